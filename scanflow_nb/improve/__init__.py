@@ -1,0 +1,15 @@
+"""Human in the loop: active learning over a pool (modAL), an oracle for simulations, and the label store."""
+from .improver import Improver
+from .oracle import Oracle, labels_to_reach, learning_curve
+from .store import LabelStore
+from .strategies import NAMES as STRATEGIES
+
+__all__ = ["Improver", "KerasClassifier", "LabelStore", "Oracle", "STRATEGIES", "labels_to_reach",
+           "learning_curve"]
+
+
+def __getattr__(name):
+    if name == "KerasClassifier":  # imports scikit-learn: only on demand
+        from .keras import KerasClassifier
+        return KerasClassifier
+    raise AttributeError(f"module 'scanflow_nb.improve' has no attribute {name!r}")

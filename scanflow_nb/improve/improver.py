@@ -1,0 +1,280 @@
+"""Active learning over a pool of candidates: query the most informative ones, learn their labels, retrain."""
+import threading
+
+import numpy as np
+
+from ..errors import ScanflowError, ValidationError
+from .strategies import NAMES, query_strategy
+
+
+def _python(value):
+    """A label as a plain Python value (numpy scalars become int/float/str), so it compares and stores simply."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _samples(X, what: str) -> np.ndarray:
+    """X as a numeric array of samples (first axis), with a clear error for anything else."""
+    try:
+        X = np.asarray(X)
+    except Exception as exc:  # ragged lists and the like
+        raise ValidationError(f"{what} is not an array of samples: {exc}") from None
+    if X.ndim < 2:
+        raise ValidationError(f"{what} must have one row per sample (2 or more dimensions), got shape {X.shape}")
+    if not np.issubdtype(X.dtype, np.number) and X.dtype != bool:
+        raise ValidationError(f"{what} must hold numeric features, got dtype {X.dtype}; "
+                              "to show text in the labeling panel pass it as samples= there")
+    if not np.all(np.isfinite(X)):
+        raise ValidationError(f"{what} contains NaN or infinite values")
+    return X
+
+
+def _flat(X: np.ndarray) -> np.ndarray:
+    return X.reshape(len(X), -1)
+
+
+class Improver:
+    """A learner, a query strategy and a pool of unlabeled candidates (modAL underneath).
+
+    Samples may have any shape (images stay images for the labeling panel); the learner sees them flattened
+    to one row of features each. Every candidate keeps a stable id (its position in the initial pool, then
+    numbered on by `extend_pool`), so labels can be stored and replayed even as the pool shrinks.
+    Until the labels cover two classes there is no model yet and every strategy draws at random.
+    Thread-safe: `retrain` fits a copy of the estimator while the previous model keeps answering queries.
+    """
+
+    def __init__(self, estimator, strategy: str = "uncertainty", X_labeled=None, y_labeled=None, X_pool=None,
+                 classes=None, seed: int = 0):
+        self.estimator = estimator
+        self.strategy = strategy
+        self._strategy = query_strategy(strategy, np.random.default_rng(seed))
+        self._rng = np.random.default_rng(seed)
+        self._lock = threading.RLock()
+        self._retrain_lock = threading.Lock()
+        if (X_labeled is None) != (y_labeled is None):
+            raise ValidationError("give both X_labeled and y_labeled, or neither")
+        if X_pool is None:
+            raise ValidationError("X_pool is required: the candidates to choose labels for")
+        self._candidates = _samples(X_pool, "X_pool")
+        if X_labeled is not None:
+            self._X0 = _samples(X_labeled, "X_labeled")
+            self._y0 = [_python(v) for v in np.asarray(y_labeled).ravel()]
+            if len(self._y0) != len(self._X0):
+                raise ValidationError(f"X_labeled has {len(self._X0)} samples but y_labeled has {len(self._y0)} labels")
+            self._check_features(self._candidates, "X_pool", self._X0.shape[1:])
+        else:
+            self._X0, self._y0 = self._candidates[:0], []
+        if classes is None:
+            if not self._y0:
+                raise ValidationError("give classes=[...] or some labeled samples, so labels can be checked")
+            classes = sorted(set(self._y0))
+        self.classes = [_python(c) for c in classes]
+        if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
+            raise ValidationError(f"classes must be at least two distinct values, got {self.classes!r}")
+        self._check_labels(self._y0)
+        self._pool_ids = np.arange(len(self._candidates))
+        self._taught: dict[int, object] = {}
+        self._learner = None
+        self.n_trained = 0
+        self.retrain()
+
+    # ---- what the improver holds
+    @property
+    def pool_size(self) -> int:
+        return len(self._pool_ids)
+
+    @property
+    def pool_ids(self) -> np.ndarray:
+        """Stable ids of the candidates still in the pool, in pool order."""
+        with self._lock:
+            return self._pool_ids.copy()
+
+    @property
+    def X_pool(self) -> np.ndarray:
+        with self._lock:
+            return self._candidates[self._pool_ids]
+
+    @property
+    def n_labeled(self) -> int:
+        return len(self._y0) + len(self._taught)
+
+    @property
+    def taught(self) -> dict:
+        """Labels learned from the pool: {candidate id: label}, in teaching order."""
+        with self._lock:
+            return dict(self._taught)
+
+    @property
+    def model(self):
+        """The current fitted estimator, or None before the labels cover two classes."""
+        learner = self._learner
+        return None if learner is None else learner.estimator
+
+    def samples(self, ids) -> np.ndarray:
+        """The candidates with these ids, in their original shape."""
+        return self._candidates[np.asarray(ids, dtype=int)]
+
+    def fingerprint(self) -> str:
+        """A digest of every candidate and class, to tell whether stored labels belong to this pool."""
+        import hashlib
+        digest = hashlib.sha256(repr((self._candidates.shape, str(self._candidates.dtype), self.classes)).encode())
+        digest.update(np.ascontiguousarray(self._candidates).tobytes())
+        return digest.hexdigest()[:16]
+
+    # ---- growing the pool
+    def extend_pool(self, X) -> np.ndarray:
+        """Add candidates (e.g. a checker's anomalous samples); returns their new ids."""
+        X = _samples(X, "the new candidates")
+        self._check_features(X, "the new candidates", self._candidates.shape[1:])
+        with self._lock:
+            start = len(self._candidates)
+            self._candidates = np.concatenate([self._candidates, X.astype(self._candidates.dtype, copy=False)])
+            new = np.arange(start, start + len(X))
+            self._pool_ids = np.concatenate([self._pool_ids, new])
+        return new
+
+    # ---- querying
+    def query_ids(self, k: int, exclude=()) -> np.ndarray:
+        """Ids of the k most informative candidates (fewer if the pool is smaller), skipping `exclude`."""
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValidationError(f"k must be a whole number >= 1, got {k!r}")
+        with self._lock:
+            learner, ids = self._learner, self._pool_ids
+            if len(exclude):
+                ids = ids[~np.isin(ids, np.asarray(list(exclude), dtype=int))]
+            X = self._candidates[ids]
+        if len(ids) == 0:
+            raise ValidationError("the pool is empty: nothing left to label (add candidates with extend_pool)")
+        k = min(int(k), len(ids))
+        if learner is None or self.strategy == "random":
+            chosen = self._rng.choice(len(ids), size=k, replace=False)
+        else:
+            chosen, _ = learner.query(_flat(X), n_instances=k)
+        return ids[np.asarray(chosen, dtype=int)]
+
+    def query(self, k: int) -> np.ndarray:
+        """Positions in the current pool of the next k samples to label."""
+        ids = self.query_ids(k)
+        with self._lock:
+            where = {int(i): p for p, i in enumerate(self._pool_ids)}
+        return np.array([where[int(i)] for i in ids])
+
+    # ---- teaching
+    def teach(self, positions, labels, retrain: bool = True) -> None:
+        """Label the samples at these pool positions: they leave the pool, join the labeled set, and the model retrains."""
+        positions = np.atleast_1d(np.asarray(positions))
+        with self._lock:
+            if positions.dtype.kind not in "iu" or np.any(positions < 0) or np.any(positions >= len(self._pool_ids)):
+                raise ValidationError(f"positions must be whole numbers in 0..{len(self._pool_ids) - 1}, "
+                                      f"got {positions.tolist()}")
+            ids = self._pool_ids[positions]
+            self.teach_ids(ids, labels, retrain=False)
+        if retrain:
+            self.retrain()
+
+    def teach_ids(self, ids, labels, retrain: bool = True) -> None:
+        """Like `teach`, by candidate id. Checks everything first: on an error nothing changes."""
+        ids = [int(i) for i in np.atleast_1d(np.asarray(ids))]
+        labels = [_python(v) for v in np.atleast_1d(np.asarray(labels, dtype=object))]
+        if len(ids) != len(labels):
+            raise ValidationError(f"{len(ids)} samples but {len(labels)} labels")
+        if len(set(ids)) != len(ids):
+            raise ValidationError("the same sample appears twice in one teach call")
+        self._check_labels(labels)
+        with self._lock:
+            in_pool = set(self._pool_ids.tolist())
+            missing = [i for i in ids if i not in in_pool]
+            if missing:
+                raise ValidationError(f"samples {missing} are not in the pool (already labeled or unknown)")
+            self._taught.update(zip(ids, labels))
+            self._pool_ids = self._pool_ids[~np.isin(self._pool_ids, ids)]
+        if retrain:
+            self.retrain()
+
+    def forget(self, ids) -> None:
+        """Undo teaching: these samples go back to the pool (the model reflects it at the next retrain)."""
+        ids = [int(i) for i in np.atleast_1d(np.asarray(ids))]
+        with self._lock:
+            unknown = [i for i in ids if i not in self._taught]
+            if unknown:
+                raise ValidationError(f"samples {unknown} were not labeled here, so there is nothing to forget")
+            for i in ids:
+                del self._taught[i]
+            self._pool_ids = np.concatenate([self._pool_ids, ids])
+
+    def retrain(self) -> None:
+        """Fit a fresh copy of the estimator on every label so far, then swap it in."""
+        from modAL.models import ActiveLearner
+        from sklearn.base import clone
+        with self._retrain_lock:
+            with self._lock:
+                ids = list(self._taught)
+                X = np.concatenate([self._X0, self._candidates[ids]]) if ids else self._X0
+                y = self._y0 + list(self._taught.values())
+            if len(set(y)) < 2:
+                learner = None
+            else:
+                learner = ActiveLearner(clone(self.estimator), self._strategy,
+                                        X_training=_flat(X), y_training=np.asarray(y))
+            with self._lock:
+                self._learner, self.n_trained = learner, len(y)
+
+    def retrain_in_background(self, on_done) -> threading.Thread:
+        """Start `retrain` in a daemon thread; `on_done(error)` gets None or the exception it raised."""
+        def work():
+            try:
+                self.retrain()
+            except BaseException as exc:  # reported to the caller, never lost with the thread
+                on_done(exc)
+            else:
+                on_done(None)
+        thread = threading.Thread(target=work, name="scanflow-retrain", daemon=True)
+        thread.start()
+        return thread
+
+    # ---- using the model
+    def predict_proba(self, X) -> np.ndarray:
+        X = self._features(X)
+        return self._trained().predict_proba(_flat(X))
+
+    def guess(self, ids) -> list[tuple[object, float]]:
+        """The model's (label, confidence) for each candidate id; empty before there is a model."""
+        learner = self._learner
+        if learner is None:
+            return []
+        proba = learner.predict_proba(_flat(self.samples(ids)))
+        classes = learner.estimator.classes_
+        return [(_python(classes[row.argmax()]), float(row.max())) for row in proba]
+
+    def score(self, X, y) -> float:
+        """The model's accuracy (its own `score`) on X, y."""
+        X = self._features(X)
+        y = np.asarray(y)
+        if len(y) != len(X):
+            raise ValidationError(f"X has {len(X)} samples but y has {len(y)} labels")
+        return float(self._trained().score(_flat(X), y))
+
+    # ---- checks
+    def _trained(self):
+        learner = self._learner
+        if learner is None:
+            raise ScanflowError("the improver has no model yet: teach it labels of at least two classes first")
+        return learner
+
+    def _features(self, X) -> np.ndarray:
+        X = _samples(X, "X")
+        self._check_features(X, "X", self._candidates.shape[1:])
+        return X
+
+    def _check_features(self, X: np.ndarray, what: str, shape) -> None:
+        if int(np.prod(X.shape[1:])) != int(np.prod(shape)):
+            raise ValidationError(f"{what} has {int(np.prod(X.shape[1:]))} features per sample but the learner "
+                                  f"uses {int(np.prod(shape))}")
+
+    def _check_labels(self, labels) -> None:
+        bad = [v for v in labels if v not in self.classes]
+        if bad:
+            raise ValidationError(f"label {bad[0]!r} is not one of the classes {self.classes}")
+
+    def __repr__(self) -> str:
+        return (f"Improver({type(self.estimator).__name__}, strategy={self.strategy!r}, "
+                f"labeled={self.n_labeled}, pool={self.pool_size})")
