@@ -1,0 +1,223 @@
+"""An app: a folder holding executor files, its workflows (saved as scanflow.yaml) and run state."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from .errors import NotFoundError, ScanflowError, ValidationError
+from .files import atomic_write
+from .run.events import Listener
+from .run.result import RunResult
+from .run.workspace import Workspace
+from .schedule import resolve, task_key
+from .spec import Executor, Tracker, Workflow, check_name
+
+CONFIG = "scanflow.yaml"
+
+
+class App:
+    """The app folder and its top-level workflows. Workflow names are unique across the app."""
+
+    def __init__(self, path: str | Path, workflows: Iterable[Workflow] = ()):
+        self.path = Path(path).expanduser().resolve()
+        if self.path.exists() and not self.path.is_dir():
+            raise ValidationError(f"app path {self.path} is a file, not a folder")
+        self.workflows: list[Workflow] = []
+        for wf in workflows:
+            self.add(wf)
+        self.workspace = Workspace(self.path)
+
+    def __repr__(self) -> str:
+        return f"App({str(self.path)!r}, workflows={[w.name for w in self.workflows]})"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.workspace.state_dir
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG
+
+    # -- opening and saving --------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path) -> "App":
+        """The app in folder `path`: loaded from its scanflow.yaml if there is one, else empty."""
+        folder = Path(path).expanduser().resolve()
+        return cls.load(folder / CONFIG) if (folder / CONFIG).is_file() else cls(folder)
+
+    @classmethod
+    def load(cls, file: str | Path) -> "App":
+        """An app from a scanflow.yaml file; the app folder is the file's folder."""
+        file = Path(file).expanduser().resolve()
+        if not file.is_file():
+            raise NotFoundError(f"no workflow file at {file}")
+        try:
+            data = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValidationError(f"{file} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("workflows", []), list):
+            raise ValidationError(f"{file}: expected a mapping with a 'workflows' list")
+        unknown = sorted(set(data) - {"version", "workflows"})
+        if unknown:
+            raise ValidationError(f"{file}: unknown top-level field(s) {', '.join(unknown)}")
+        try:
+            workflows = [Workflow.from_dict(w) for w in data.get("workflows") or []]
+        except TypeError as exc:
+            raise ValidationError(f"{file}: {exc}") from None
+        except ScanflowError as exc:
+            raise ValidationError(f"{file}: {exc}") from None
+        return cls(file.parent, workflows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": 1, "workflows": [wf.to_dict() for wf in self.workflows]}
+
+    def save(self, file: str | Path | None = None) -> Path:
+        """Write the workflows to `file` (default: scanflow.yaml in the app folder), atomically."""
+        target = Path(file).expanduser() if file else self.config_file
+        if not target.is_absolute():
+            target = self.path / target
+        atomic_write(target, yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return target
+
+    # -- looking things up ---------------------------------------------------------------------
+    def all_workflows(self) -> list[Workflow]:
+        return [wf for top in self.workflows for wf in top.walk()]
+
+    def find(self, name: str) -> Workflow:
+        """The workflow called `name`, at any depth."""
+        found = next((wf for wf in self.all_workflows() if wf.name == name), None)
+        if found is None:
+            known = ", ".join(wf.name for wf in self.all_workflows()) or "none declared yet"
+            raise NotFoundError(f"unknown workflow {name!r} (known: {known})")
+        return found
+
+    def root_of(self, name: str) -> Workflow:
+        """The top-level workflow that contains workflow `name`."""
+        self.find(name)
+        return next(top for top in self.workflows if top.find(name) is not None)
+
+    def parent_of(self, name: str) -> Workflow | None:
+        return self.root_of(name).parent_of(name)
+
+    def find_executor(self, ref: str) -> tuple[Workflow, Executor]:
+        """An executor by "name" or "workflow/name"."""
+        pairs = [(wf, ex) for top in self.workflows for wf, ex in top.all_executors()]
+        key = resolve([task_key(wf.name, ex.name) for wf, ex in pairs], ref)
+        return next((wf, ex) for wf, ex in pairs if task_key(wf.name, ex.name) == key)
+
+    def experiment_name(self, workflow: str) -> str:
+        """The MLflow experiment of a workflow's runs: its top-level workflow's name."""
+        return self.root_of(workflow).name
+
+    def log_path(self, key: str) -> Path:
+        return self.workspace.log_path(key)
+
+    # -- tracking --------------------------------------------------------------------------------
+    def tracking(self, workflow: str):
+        """Where `workflow`'s runs are tracked, starting its `mlflow server` if it declares one."""
+        from .run.backend import Tracking
+        from .track import artifact_root, embedded_uri, running_server
+        tracker = self.root_of(workflow).tracker or self.find(workflow).tracker or Tracker()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        store = embedded_uri(self.state_dir)
+        if tracker.embedded:
+            return Tracking(store, store)
+        server = running_server(store, artifact_root(self.state_dir), tracker.port, tracker.host,
+                                self.state_dir / "tracker.log")
+        return Tracking(server.uri, server.uri)
+
+    def tracking_uri(self, workflow: str) -> str:
+        return self.tracking(workflow).uri
+
+    # -- changing (used by the magics: each change is validated, then saved) ---------------------
+    def add(self, workflow: Workflow, parent: str | None = None) -> None:
+        """Add a workflow at the top level or under `parent`; names must be new in the app."""
+        taken = {wf.name for wf in self.all_workflows()} & {wf.name for wf in workflow.walk()}
+        if taken:
+            raise ValidationError(f"workflow name {sorted(taken)[0]!r} is already used in this app")
+        if parent is None:
+            self.workflows.append(workflow)
+        else:
+            self.find(parent).add(workflow)
+
+    def declare_workflow(self, name: str, parallel: bool = False, parent: str | None = None,
+                         tracker: Tracker | None = None, save: bool = True) -> tuple[Workflow, bool]:
+        """Create workflow `name`, or update it if it exists at the same place. Returns (workflow, created)."""
+        check_name(name, "workflow")
+        if parent is not None:
+            self.find(parent)
+        existing = next((wf for wf in self.all_workflows() if wf.name == name), None)
+        if existing is not None:
+            where = self.parent_of(name)
+            if (where.name if where else None) != parent:
+                now = f"under {where.name!r}" if where else "at the top level"
+                raise ValidationError(f"workflow {name!r} already exists {now}")
+            existing.parallel, existing.tracker = parallel, tracker
+            created, wf = False, existing
+        else:
+            wf = Workflow(name, parallel=parallel, tracker=tracker)
+            self.add(wf, parent)
+            created = True
+        if save:
+            self.save()
+        return wf, created
+
+    def declare_executor(self, workflow: str, name: str, source: str | None = None,
+                         save: bool = True, **options: Any) -> str:
+        """Declare executor `name` in `workflow`, writing `source` as its file <workflow>/<name>.py.
+
+        Re-declaring an executor replaces it (a notebook cell run again). Returns "wrote" or
+        "overwrote" for the file. Nothing is written unless the declaration is valid.
+        """
+        wf = self.find(workflow)
+        if source is not None:
+            options["file"] = f"{workflow}/{name}.py"
+        executor = Executor(name, **options)
+        if isinstance(executor.requirements, str) and not (self.path / executor.requirements).is_file():
+            raise NotFoundError(f"requirements file {self.path / executor.requirements} does not exist")
+        trial = copy.deepcopy(wf)
+        trial.add(executor, replace=True)              # validates; raises before anything changes
+        outcome = "wrote"
+        old_source = None
+        if source is not None:
+            target = self.path / options["file"]
+            if target.exists():
+                outcome, old_source = "overwrote", target.read_bytes()
+            atomic_write(target, source)
+        try:
+            wf.add(executor, replace=True)
+            if save:
+                self.save()
+        except BaseException:
+            if source is not None:
+                target = self.path / options["file"]
+                target.unlink() if old_source is None else atomic_write(target, old_source)
+            raise
+        return outcome
+
+    # -- running and inspecting ------------------------------------------------------------------
+    def run(self, workflow: str, backend: Any = "local", *, force: bool = False, only: str | None = None,
+            from_: str | None = None, max_workers: int | None = None, listeners: Iterable[Listener] = (),
+            echo: bool = True, background: bool = False):
+        """Run `workflow`; returns a RunResult (or a RunHandle when `background=True`)."""
+        from .run.engine import Run, RunHandle
+        run = Run(self, workflow, backend, force=force, only=only, from_=from_, max_workers=max_workers,
+                  listeners=listeners, echo=echo)
+        return RunHandle(run) if background else run.execute()
+
+    def status(self, workflow: str | None = None) -> dict[str, RunResult | None]:
+        """The last run result of `workflow` (or of every top-level workflow)."""
+        names = [self.find(workflow).name] if workflow else [wf.name for wf in self.workflows]
+        return {name: self.workspace.last_result(name) for name in names}
+
+    def logs(self, executor: str) -> str:
+        """The log of the last run of `executor` ("name" or "workflow/name")."""
+        wf, ex = self.find_executor(executor)
+        path = self.log_path(task_key(wf.name, ex.name))
+        if not path.is_file():
+            raise NotFoundError(f"executor {wf.name}/{ex.name} has not run yet: no log at {path}")
+        return path.read_text(errors="replace")
+

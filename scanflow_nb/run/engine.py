@@ -1,0 +1,404 @@
+"""The run engine shared by every back end.
+
+It flattens the workflow into tasks (`schedule.plan`), starts each task when what it waits for
+has succeeded, bounded by `max_workers`, retries and times out attempts, skips cached executors,
+writes the MLflow run tree, keeps a log per executor and sends events to listeners. Back ends
+only start attempts (`Backend.launch`). Worker threads never touch MLflow or listeners: they post
+messages to a queue that the run's own thread drains, so listeners run on one thread, in order.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import queue
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import NotFoundError, RunError, ScanflowError
+from ..files import digest
+from ..schedule import Task, cache_key, plan, select
+from ..track.runs import RunTree
+from . import events as ev
+from .backend import Backend, Launch, Tracking
+from .console import ConsoleListener
+from .result import ExecutorResult, RunResult
+from .workspace import Workspace
+
+BACKENDS = {
+    "local": ("scanflow_nb.run.local", "LocalBackend"),
+    "docker": ("scanflow_nb.run.docker", "DockerBackend"),
+    "swarm": ("scanflow_nb.run.swarm", "SwarmBackend"),
+}
+
+
+def resolve_backend(backend: str | Backend) -> Backend:
+    """A back-end instance from a name ("local", "docker", "swarm") or an instance."""
+    if not isinstance(backend, str):
+        return backend
+    if backend not in BACKENDS:
+        raise RunError(f"unknown back end {backend!r}: choose one of {', '.join(BACKENDS)}")
+    module, name = BACKENDS[backend]
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        raise RunError(f"the {backend} back end is not available: {exc}") from None
+    return cls()
+
+
+class Run:
+    """One run of one workflow. Use `App.run`; this class is its engine."""
+
+    def __init__(self, app: Any, workflow: str, backend: str | Backend = "local", *, force: bool = False,
+                 only: str | None = None, from_: str | None = None, max_workers: int | None = None,
+                 listeners: Iterable[ev.Listener] = (), echo: bool = True):
+        self.app = app
+        self.root = app.find(workflow)
+        self.tasks = plan(self.root)
+        self.selected = select(self.tasks, only, from_)
+        self.force = force
+        if max_workers is not None and max_workers < 1:
+            raise RunError(f"max_workers must be at least 1, got {max_workers}")
+        self.max_workers = max_workers or os.cpu_count() or 2
+        self.backend = resolve_backend(backend)
+        self.workspace = Workspace(app.path)
+        self.listeners = [*([ConsoleListener(self.workspace)] if echo else []), *listeners]
+        self.cancelled = threading.Event()
+        self._queue: queue.Queue = queue.Queue()
+        self._handles: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._broken_listeners: set[int] = set()
+        self.states: dict[str, str] = {}
+        self.results: dict[str, ExecutorResult] = {}
+        self._scripts: dict[str, Path | None] = {}
+        self._started: dict[str, float] = {}
+        self._digests: dict[str, str] = {}
+        self._workers: list[threading.Thread] = []
+
+    # -- public ------------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Ask the run to stop: running attempts are killed, nothing new starts."""
+        self.cancelled.set()
+
+    def execute(self) -> RunResult:
+        self._preflight()
+        started = time.time()
+        tracking: Tracking | None = None
+        interrupted: BaseException | None = None
+        self.tree = None
+        self.workflow_runs: dict[str, str] = {}
+        try:
+            tracking = self.backend.open(self.app.path, self.root.name, self.app.tracking(self.root.name))
+            self._open_tracking(tracking)
+            self._emit(ev.RunEvent(ev.RUN_STARTED, self.root.name, run_id=self.workflow_runs[self.root.name]))
+            try:
+                self._loop()
+            except KeyboardInterrupt as exc:
+                interrupted = exc
+            if interrupted is not None or self.cancelled.is_set():
+                self._stop_everything()
+            result = self._finish(started, tracking, interrupted is not None or self.cancelled.is_set())
+        except BaseException:
+            self._stop_everything()
+            self._close_open_runs()
+            raise
+        finally:
+            self.backend.close()
+        self._emit(ev.RunEvent(ev.RUN_FINISHED, self.root.name, run_id=result.run_id,
+                               duration=result.duration, error=None if result.ok else result.status))
+        if interrupted is not None:
+            raise interrupted
+        return result
+
+    # -- before anything starts --------------------------------------------------------------
+    def _preflight(self) -> None:
+        """Every problem that can be known before starting is reported before starting."""
+        for task in self.tasks:
+            if task.key not in self.selected:
+                continue
+            ex = task.executor
+            script = self.workspace.script(task.workflow, ex)
+            if script is None and self.backend.name == "local":
+                raise RunError(f"executor {task.key!r} has no Python file or code: it can only run in a container")
+            if script is not None and not script.is_file():
+                raise NotFoundError(f"executor {task.key!r}: file {script} does not exist")
+            self.workspace.requirements_text(ex)
+            self._scripts[task.key] = script
+
+    def _open_tracking(self, tracking: Tracking) -> None:
+        from ..track import artifact_root, experiment_id, get_client
+        self.tracking = tracking
+        client = get_client(tracking.uri)
+        experiment = self.app.experiment_name(self.root.name)
+        location = artifact_root(self.workspace.state_dir) if tracking.uri.startswith("sqlite:") else None
+        self.experiment, self.experiment_id = experiment, experiment_id(client, experiment, location)
+        self.tree = RunTree(client, self.experiment_id, {"scanflow.app": str(self.app.path),
+                                                         "scanflow.backend": self.backend.name})
+        for wf in self.root.walk():
+            parent = self.root.parent_of(wf.name) if wf is not self.root else None
+            tags = {"scanflow.workflow": wf.name, "scanflow.parallel": str(wf.parallel).lower()}
+            self.workflow_runs[wf.name] = self.tree.start(
+                wf.name, "workflow", self.workflow_runs.get(parent.name) if parent else None, tags)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        for task in self.tasks:
+            if task.key in self.selected:
+                self.states[task.key] = ev.PENDING
+            else:
+                self._record(task, ev.SKIPPED, error="not selected")
+        while True:
+            if self.cancelled.is_set():
+                return
+            self._schedule()
+            if not {ev.PENDING, ev.RUNNING} & set(self.states.values()):
+                return
+            try:
+                message = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self._handle(message)
+
+    def _schedule(self) -> None:
+        running = sum(state == ev.RUNNING for state in self.states.values())
+        for task in self.tasks:
+            if self.states.get(task.key) != ev.PENDING:
+                continue
+            waits = [d for d in task.deps if d in self.selected]
+            blocked = next((d for d in waits if self.states[d] in (ev.FAILED, ev.SKIPPED)), None)
+            if blocked is not None:
+                self._record(task, ev.SKIPPED, error=f"upstream {blocked} {self.states[blocked]}")
+                continue
+            if running < self.max_workers and all(self.states[d] in (ev.SUCCEEDED, ev.CACHED) for d in waits):
+                if self._start(task):
+                    running += 1
+
+    def _start(self, task: Task) -> bool:
+        """Start a task, or record it as cached. Returns True if an attempt is now running."""
+        ex = task.executor
+        script = self._scripts[task.key]
+        code = script.read_bytes() if script is not None else (ex.dockerfile or ex.image or "").encode()
+        inputs = {path: digest(self.app.path / path) for path in ex.inputs}
+        key = cache_key(ex, code, self.workspace.requirements_text(ex), inputs, self.backend.name)
+        self._digests[task.key] = key
+        parent = self.workflow_runs[task.workflow]
+        tags = {"scanflow.workflow": task.workflow, "scanflow.key": task.key}
+        previous = self.workspace.cache().get(task.key)
+        outputs_there = all((self.app.path / p).exists() for p in ex.outputs)
+        if not self.force and previous and previous["digest"] == key and outputs_there:
+            run_id = self.tree.start(ex.name, "executor", parent, {**tags, "scanflow.cached_from": previous["run_id"]},
+                                     ex.parameters)
+            self.tree.finish(run_id, ev.CACHED)
+            self._record(task, ev.CACHED, run_id=run_id, duration=0.0)
+            return False
+        run_id = self.tree.start(ex.name, "executor", parent, tags, ex.parameters)
+        self.states[task.key] = ev.RUNNING
+        self._started[task.key] = time.time()
+        self.results[task.key] = ExecutorResult(task.key, task.workflow, ex.name, ev.RUNNING, run_id=run_id,
+                                                log_path=str(self.workspace.log_path(task.key)))
+        launch = Launch(task.key, task.workflow, ex, self.app.path, script, ex.command_args(),
+                        self._executor_env(task, run_id), attempt=1)
+        worker = threading.Thread(target=self._attempts, args=(task, launch), daemon=True,
+                                  name=f"scanflow-{task.key}")
+        self._workers.append(worker)
+        self._emit(ev.RunEvent(ev.STARTED, self.root.name, task.key, run_id=run_id))
+        worker.start()
+        return True
+
+    def _executor_env(self, task: Task, run_id: str) -> dict[str, str]:
+        return {**task.executor.env, "PYTHONUNBUFFERED": "1",
+                "MLFLOW_TRACKING_URI": self.tracking.executor_uri, "MLFLOW_RUN_ID": run_id,
+                "MLFLOW_EXPERIMENT_ID": self.experiment_id, "MLFLOW_DISABLE_TELEMETRY": "true",
+                "SCANFLOW_APP_DIR": str(self.app.path), "SCANFLOW_WORKFLOW": task.workflow,
+                "SCANFLOW_EXECUTOR": task.executor.name, "SCANFLOW_RUN_ID": self.workflow_runs[self.root.name]}
+
+    # -- worker threads: attempts of one executor ----------------------------------------------
+    def _attempts(self, task: Task, launch: Launch) -> None:
+        ex, post = task.executor, self._queue.put
+        log_path = self.workspace.log_path(task.key)
+        attempt, code, error = 0, None, None
+        try:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "w", buffering=1) as log:
+                for attempt in range(1, ex.retries + 2):
+                    if self.cancelled.is_set():
+                        error = "interrupted"
+                        break
+                    if attempt > 1:
+                        log.write(f"--- attempt {attempt} of {ex.retries + 1} ---\n")
+                        post(("retrying", task.key, attempt, error))
+                    code, error = self._one_attempt(replace(launch, attempt=attempt), ex.timeout, log)
+                    if code == 0 and error is None:
+                        break
+        except Exception as exc:  # never let a worker die silently
+            code, error = None, f"internal error: {type(exc).__name__}: {exc}"
+        if self.cancelled.is_set() and not (code == 0 and error is None):
+            error = "interrupted"
+        post(("done", task.key, ev.SUCCEEDED if code == 0 and error is None else ev.FAILED, attempt, code, error))
+
+    def _one_attempt(self, launch: Launch, timeout: float | None, log) -> tuple[int | None, str | None]:
+        key = launch.key
+        try:
+            handle = self.backend.launch(launch)
+        except ScanflowError as exc:
+            log.write(f"{exc}\n")
+            return None, str(exc)
+        with self._lock:
+            self._handles[key] = handle
+        if self.cancelled.is_set():
+            handle.kill()
+
+        def pump() -> None:
+            try:
+                for line in handle.lines():
+                    log.write(line + "\n")
+                    self._queue.put(("line", key, line))
+            except Exception as exc:
+                self._queue.put(("line", key, f"[scanflow] output stream broke: {exc}"))
+
+        reader = threading.Thread(target=pump, daemon=True, name=f"scanflow-log-{key}")
+        reader.start()
+        error = None
+        try:
+            code = handle.wait(timeout)
+        except TimeoutError:
+            handle.kill()
+            code, error = None, f"timed out after {timeout:g} s"
+        reader.join(10)
+        with self._lock:
+            self._handles.pop(key, None)
+        if error is None and code != 0:
+            error = f"exit code {code}"
+        return code, error
+
+    # -- messages from workers (on the run's own thread) --------------------------------------
+    def _handle(self, message: tuple) -> None:
+        kind, key = message[0], message[1]
+        if kind == "line":
+            self._emit(ev.RunEvent(ev.LINE, self.root.name, key, line=message[2]))
+        elif kind == "retrying":
+            self._emit(ev.RunEvent(ev.RETRYING, self.root.name, key, attempt=message[2], error=message[3]))
+        elif kind == "done":
+            _, _, state, attempts, code, error = message
+            task = next(t for t in self.tasks if t.key == key)
+            result = self.results[key]
+            duration = time.time() - self._started[key]
+            metrics = {"duration_s": duration, "attempts": attempts}
+            if code is not None:
+                metrics["exit_code"] = code
+            self.tree.finish(result.run_id, state, metrics, {"scanflow.error": error} if error else None,
+                             [self.workspace.log_path(key), self._scripts[key] or Path()])
+            if state == ev.SUCCEEDED:
+                self.workspace.remember(key, self._digests[key], result.run_id)
+            self._record(task, state, attempts=attempts, exit_code=code, duration=duration,
+                         run_id=result.run_id, error=error)
+
+    def _record(self, task: Task, state: str, **fields: Any) -> None:
+        self.states[task.key] = state
+        fields.setdefault("log_path", str(self.workspace.log_path(task.key)) if state not in (ev.SKIPPED,) else None)
+        self.results[task.key] = ExecutorResult(task.key, task.workflow, task.executor.name, state, **fields)
+        r = self.results[task.key]
+        self._emit(ev.RunEvent(state, self.root.name, task.key, attempt=r.attempts, duration=r.duration,
+                               exit_code=r.exit_code, error=r.error, run_id=r.run_id))
+
+    def _emit(self, event: ev.RunEvent) -> None:
+        for listener in self.listeners:
+            if id(listener) in self._broken_listeners:
+                continue
+            try:
+                listener(event)
+            except Exception as exc:  # a broken display must not break the run
+                self._broken_listeners.add(id(listener))
+                print(f"[scanflow] listener {listener!r} failed and was detached: {exc}")
+
+    # -- the end ------------------------------------------------------------------------------
+    def _stop_everything(self) -> None:
+        """Kill every running attempt and wait (bounded) for the workers to notice."""
+        self.cancelled.set()
+        with self._lock:
+            handles = list(self._handles.values())
+        for handle in handles:
+            try:
+                handle.kill()
+            except Exception:
+                pass
+        deadline = time.monotonic() + 15
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        while True:  # record what the workers reported while stopping
+            try:
+                message = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if message[0] == "done" and self.tree is not None:
+                self._handle(message)
+
+    def _finish(self, started: float, tracking: Tracking, interrupted: bool) -> RunResult:
+        for task in self.tasks:
+            state = self.states.get(task.key)
+            if state == ev.RUNNING:
+                run_id = self.results[task.key].run_id
+                self.tree.finish(run_id, ev.FAILED, tags={"scanflow.error": "interrupted"})
+                self._record(task, ev.FAILED, run_id=run_id, error="interrupted")
+            elif state == ev.PENDING:
+                self._record(task, ev.SKIPPED, error="interrupted")
+        for wf in self.root.walk():
+            mine = [self.states[t.key] for t in self.tasks if wf.name in t.lineage]
+            state = (ev.FAILED if ev.FAILED in mine else
+                     ev.SKIPPED if all(s == ev.SKIPPED for s in mine) else ev.SUCCEEDED)
+            if wf is self.root and interrupted:
+                state = "interrupted"
+            self.tree.finish(self.workflow_runs[wf.name], state)
+        status = "interrupted" if interrupted else ev.FAILED if ev.FAILED in self.states.values() else ev.SUCCEEDED
+        result = RunResult(self.root.name, status, self.backend.name, self.workflow_runs[self.root.name],
+                           tracking.uri, self.experiment, started, time.time() - started,
+                           {t.key: self.results[t.key] for t in self.tasks})
+        self.workspace.save_result(result)
+        return result
+
+    def _close_open_runs(self) -> None:
+        """After an unexpected error: leave no MLflow run marked as running."""
+        if self.tree is None:
+            return
+        open_runs = [r.run_id for r in self.results.values() if r.status == ev.RUNNING and r.run_id]
+        for run_id in [*open_runs, *self.workflow_runs.values()]:
+            try:
+                self.tree.client.set_terminated(run_id, "FAILED")
+            except Exception:
+                pass
+
+
+class RunHandle:
+    """A run going on in a background thread (`App.run(..., background=True)`)."""
+
+    def __init__(self, run: Run):
+        self._run = run
+        self._result: RunResult | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._target, daemon=True, name=f"scanflow-run-{run.root.name}")
+        self._thread.start()
+
+    def _target(self) -> None:
+        try:
+            self._result = self._run.execute()
+        except BaseException as exc:
+            self._error = exc
+            print(f"[scanflow] background run of {self._run.root.name!r} failed: {exc}")
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def cancel(self) -> None:
+        self._run.cancel()
+
+    def result(self, timeout: float | None = None) -> RunResult:
+        """The run's result, waiting up to `timeout` seconds; raises what the run raised."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"run of {self._run.root.name!r} still going after {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self._result

@@ -1,0 +1,75 @@
+"""The local back end: each executor attempt is a Python subprocess in the app folder.
+
+Each attempt gets its own process group so a timeout or an interrupt stops it and anything it
+started. With `isolated=True`, executors that declare requirements run in a virtual environment
+built once per requirements digest and reused.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from .backend import Launch, Tracking
+from .venvs import venv_python
+
+
+class LocalProcess:
+    def __init__(self, process: subprocess.Popen):
+        self.process = process
+
+    def lines(self) -> Iterator[str]:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            yield line.rstrip("\n")
+        self.process.stdout.close()
+
+    def wait(self, timeout: float | None) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError from None
+
+    def kill(self) -> None:
+        """SIGTERM to the process group, SIGKILL if it is still there after 3 s."""
+        for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
+            if self.process.poll() is not None:
+                return
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                continue
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, isolated: bool = False, python: str | None = None):
+        self.isolated = isolated
+        self.python = python or sys.executable
+        self._app_dir: Path | None = None
+
+    def open(self, app_dir: Path, workflow: str, tracking: Tracking) -> Tracking:
+        self._app_dir = Path(app_dir)
+        return tracking
+
+    def launch(self, launch: Launch) -> LocalProcess:
+        python = self.python
+        if self.isolated and launch.executor.requirements:
+            python = venv_python(launch.app_dir, launch.executor)
+        env = {**os.environ, **launch.env}
+        process = subprocess.Popen(
+            [python, str(launch.script), *launch.args], cwd=launch.app_dir, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            text=True, errors="replace", bufsize=1, start_new_session=True)
+        return LocalProcess(process)
+
+    def close(self) -> None:
+        self._app_dir = None

@@ -1,0 +1,5 @@
+"""MLflow tracking: the app's embedded store, a real `mlflow server` over it, and the run tree."""
+from .store import artifact_root, embedded_uri, experiment_id, get_client
+from .server import TrackerServer, running_server
+
+__all__ = ["TrackerServer", "artifact_root", "embedded_uri", "experiment_id", "get_client", "running_server"]

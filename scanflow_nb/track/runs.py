@@ -1,0 +1,46 @@
+"""The MLflow run tree of a workflow run: a parent run, nested runs per child workflow and executor.
+
+Uses MlflowClient with explicit run ids (no fluent, thread-local active run), so it works the
+same from the kernel's main thread and from a background run.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from ..run.events import CACHED, FAILED, SKIPPED, SUCCEEDED
+
+MLFLOW_STATUS = {SUCCEEDED: "FINISHED", CACHED: "FINISHED", FAILED: "FAILED", SKIPPED: "KILLED",
+                 "interrupted": "KILLED"}
+
+
+class RunTree:
+    def __init__(self, client, experiment_id: str, common_tags: dict[str, str]):
+        self.client, self.experiment_id, self.common_tags = client, experiment_id, common_tags
+
+    def start(self, name: str, kind: str, parent_id: str | None, tags: dict[str, str] | None = None,
+              params: dict[str, Any] | None = None) -> str:
+        """Create a running run named `name`; `kind` is "workflow" or "executor"."""
+        from mlflow.entities import Param, RunTag
+        all_tags = {**self.common_tags, "scanflow.kind": kind, **(tags or {})}
+        if parent_id:
+            all_tags["mlflow.parentRunId"] = parent_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        if params:
+            self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        return run.info.run_id
+
+    def finish(self, run_id: str, state: str, metrics: dict[str, float] | None = None,
+               tags: dict[str, str] | None = None, artifacts: list[Path] = ()) -> None:
+        """Record the outcome of a run and close it with the matching MLflow status."""
+        from mlflow.entities import Metric, RunTag
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+            tags=[RunTag(k, str(v)) for k, v in {"scanflow.status": state, **(tags or {})}.items()])
+        for path in artifacts:
+            if Path(path).is_file():
+                self.client.log_artifact(run_id, str(path), artifact_path="scanflow")
+        self.client.set_terminated(run_id, MLFLOW_STATUS.get(state, "FINISHED"))
