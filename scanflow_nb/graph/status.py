@@ -122,7 +122,8 @@ class RunProgress:
                 self.run_id, self.started, self.finished, self.run_error = event.run_id, event.time, None, None
                 return True
             if event.kind == ev.RUN_FINISHED:
-                self.finished, self.run_error = event.time, event.error
+                self.finished = event.time
+                self.run_error = f"the run {event.error}" if event.error and " " not in event.error else event.error
                 self.run_id = self.run_id or event.run_id
                 return False
             if event.key is None or event.kind == ev.LINE:

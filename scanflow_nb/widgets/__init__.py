@@ -1,0 +1,1 @@
+"""Notebook widgets: the workflow graph, the drift monitor and the labeling panel."""
