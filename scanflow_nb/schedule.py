@@ -36,12 +36,12 @@ def plan(root: Workflow) -> list[Task]:
     """
     tasks: list[Task] = []
     _plan_level(root, (root.name,), set(), tasks)
+    if not tasks:
+        raise RunError(f"workflow {root.name!r} has no executors: declare some before running it")
     return tasks
 
 
 def _plan_level(wf: Workflow, lineage: tuple[str, ...], inherited: set[str], out: list[Task]) -> set[str]:
-    if not wf.executors and not wf.workflows:
-        raise RunError(f"workflow {wf.name!r} is empty: declare executors in it before running")
     by_name = {c.name: c for c in wf.children()}
     done: dict[str, set[str]] = {}          # child name -> keys of all its tasks
     previous: set[str] = set()
@@ -59,7 +59,7 @@ def _plan_level(wf: Workflow, lineage: tuple[str, ...], inherited: set[str], out
         else:
             done[name] = _plan_level(child, lineage + (child.name,), deps, out)
         previous = done[name]
-    return set().union(*done.values())
+    return set().union(set(), *done.values())
 
 
 def select(tasks: list[Task], only: str | None = None, start: str | None = None) -> set[str]:

@@ -5,11 +5,12 @@ rest of the line with the function's own parser, so `%scanflow?` and errors come
 """
 from __future__ import annotations
 
+import shlex
+
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from IPython.core.error import UsageError
-from IPython.core.magic_arguments import parse_argstring
 
 from ..errors import ScanflowError
 
@@ -52,7 +53,14 @@ def dispatch(ctx: Any, line: str, cell: str | None) -> Any:
     if not sub.cell and cell is not None:
         raise UsageError(f"scanflow {name} is a line magic: use %scanflow {name} ...")
     try:
-        args = parse_argstring(sub.func, rest)
+        words = shlex.split(rest)
+    except ValueError as exc:
+        raise UsageError(f"scanflow {name}: cannot parse the line: {exc}") from None
+    if "-h" in words or "--help" in words:
+        print(sub.help())
+        return None
+    try:
+        args = sub.func.parser.parse_args(words)
     except UsageError as exc:
         raise UsageError(f"scanflow {name}: {exc}") from None
     try:

@@ -64,9 +64,12 @@ class LocalBackend:
         python = self.python
         if self.isolated and launch.executor.requirements:
             python = venv_python(launch.app_dir, launch.executor)
-        env = {**os.environ, **launch.env}
+        # -P: the script's folder is not put first on sys.path, so an executor named like a standard
+        # module (select.py, json.py) does not shadow it; the app folder is importable instead.
+        pythonpath = os.pathsep.join(filter(None, [str(launch.app_dir), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, **launch.env, "PYTHONPATH": pythonpath}
         process = subprocess.Popen(
-            [python, str(launch.script), *launch.args], cwd=launch.app_dir, env=env,
+            [python, "-P", str(launch.script), *launch.args], cwd=launch.app_dir, env=env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             text=True, errors="replace", bufsize=1, start_new_session=True)
         return LocalProcess(process)
