@@ -1,0 +1,171 @@
+"""The live graph widget, fed by real runs of the local back end (real subprocesses, real MLflow store)."""
+from __future__ import annotations
+
+import shutil
+import threading
+
+import pytest
+
+from scanflow_nb import Executor, Workflow
+from scanflow_nb.app import App
+from scanflow_nb.run.events import RunEvent
+
+widgets = pytest.importorskip("ipywidgets", reason="ipywidgets is not installed")
+from scanflow_nb.widgets.graph import NO_SELECTION, GraphWidget  # noqa: E402
+
+needs_dot = pytest.mark.skipif(not shutil.which("dot"),
+                               reason="graphviz's `dot` program is not installed (apt-get install graphviz)")
+
+
+@pytest.fixture(autouse=True)
+def _no_telemetry(monkeypatch):
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture
+def app(tmp_path):
+    """A nested app: pipeline (sequential) > evaluate (parallel) > a, b; b fails with exit code 3."""
+    app = App(tmp_path / "app")
+    app.declare_workflow("pipeline")
+    app.declare_workflow("evaluate", parallel=True, parent="pipeline")
+    app.declare_executor("pipeline", "prepare", source="import sys\nprint('rows', sys.argv[1:])\n",
+                         parameters={"rows": 10})
+    app.declare_executor("evaluate", "a", source="print('a is fine')\n")
+    app.declare_executor("evaluate", "b", source="import sys\nprint('b is about to fail')\nsys.exit(3)\n")
+    return app
+
+
+def node_classes(widget: GraphWidget) -> dict[str, str]:
+    """Executor key -> its state as drawn, read from the SVG the widget shows."""
+    import re
+    return {key.replace("&#45;", "-"): state for key, state in
+            re.findall(r'<g id="sf&#45;([^"]+)" class="node sf&#45;executor sf&#45;(\w+)"', widget.graph.value)}
+
+
+@needs_dot
+def test_a_failed_run_is_shown_live_with_its_failure_selected(app):
+    widget = GraphWidget(app.find("pipeline"), app)
+    assert node_classes(widget) == {"pipeline/prepare": "pending", "evaluate/a": "pending", "evaluate/b": "pending"}
+    result = app.run("pipeline", listeners=[widget.on_event], echo=False)
+    assert result.status == "failed"
+    assert node_classes(widget) == {"pipeline/prepare": "succeeded", "evaluate/a": "succeeded",
+                                    "evaluate/b": "failed"}
+    assert "3/3 done · 1 failed (evaluate/b)" in widget.summary.value
+    assert "the run failed" in widget.summary.value
+    assert (widget.bar.value, widget.bar.bar_style) == (3, "danger")
+    assert widget.selector.value == "evaluate/b"                 # opens on the failure
+    assert "exit code 3" in widget.details.value
+    assert result.executors["evaluate/b"].run_id in widget.details.value
+    assert "mlflow ui --backend-store-uri sqlite:///" in widget.details.value
+    assert "b is about to fail" in widget.log_view.value
+    widget.selector.value = "pipeline/prepare"
+    assert "rows=10" in widget.details.value
+    assert "rows [&#x27;--rows&#x27;, &#x27;10&#x27;]" in widget.log_view.value
+    assert widget.errors == []
+
+
+@needs_dot
+def test_a_background_run_updates_the_widget_from_the_run_thread(app):
+    app.declare_executor("evaluate", "b", source="print('fixed')\n")
+    widget = GraphWidget(app.find("pipeline"), app)
+    threads = set()
+    handle = app.run("pipeline", listeners=[widget.on_event, lambda e: threads.add(threading.current_thread())],
+                     echo=False, background=True)
+    result = handle.result(timeout=120)
+    assert result.status == "succeeded"
+    assert threading.main_thread() not in threads                # events really came from another thread
+    assert set(node_classes(widget).values()) == {"succeeded"}
+    assert (widget.bar.value, widget.bar.bar_style) == (3, "success")
+    assert widget.selector.value == NO_SELECTION
+
+
+@needs_dot
+def test_a_past_run_loads_with_log_tails_from_the_log_files(app):
+    app.run("pipeline", echo=False)
+    widget = GraphWidget(app.find("pipeline"), app)
+    widget.load_result(app.status("pipeline")["pipeline"])
+    assert node_classes(widget)["evaluate/b"] == "failed"
+    widget.selector.value = "evaluate/b"
+    assert "b is about to fail" in widget.log_view.value         # read from app.log_path(key)
+
+
+@needs_dot
+def test_bursts_of_events_from_threads_are_coalesced(app):
+    widget = GraphWidget(app.find("pipeline"), refresh_interval=0.2)
+    keys = ["pipeline/prepare", "evaluate/a", "evaluate/b"]
+
+    def feed(key):
+        widget.on_event(RunEvent("started", "pipeline", key))
+        for i in range(2000):
+            widget.on_event(RunEvent("line", "pipeline", key, line=f"{key} line {i}"))
+        widget.on_event(RunEvent("succeeded", "pipeline", key, duration=0.5))
+
+    widget.on_event(RunEvent("run_started", "pipeline", run_id="r"))
+    workers = [threading.Thread(target=feed, args=(key,)) for key in keys]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    widget.on_event(RunEvent("run_finished", "pipeline", run_id="r"))
+    assert widget.renders <= 10, f"{widget.renders} redraws for 6,000 log lines and 6 state changes"
+    assert set(node_classes(widget).values()) == {"succeeded"}
+    widget.selector.value = "evaluate/a"
+    assert widget.log_view.value.count("evaluate/a line") == widget.log_tail
+    assert "evaluate/a line 1999" in widget.log_view.value
+
+
+def test_without_dot_the_widget_shows_a_text_tree_and_says_why(app, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    widget = GraphWidget(app.find("pipeline"), app)
+    widget.on_event(RunEvent("run_started", "pipeline", run_id="r"))
+    widget.on_event(RunEvent("failed", "pipeline", "evaluate/b", exit_code=3, error="exit code 3"))
+    widget.on_event(RunEvent("run_finished", "pipeline", run_id="r", error="failed"))
+    assert "graphviz&#x27;s `dot` program is not installed" in widget.message.value
+    assert "b  [failed]" in widget.graph.value
+    assert widget._repr_svg_() is None
+    assert "b  [failed]" in widget._repr_html_()
+    assert widget.errors == []
+
+
+def test_a_drawing_failure_is_shown_in_the_widget_not_raised(app, monkeypatch, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "dot").write_text("#!/bin/sh\necho 'Error: out of memory' >&2\nexit 1\n")
+    (bin_dir / "dot").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    widget = GraphWidget(app.find("pipeline"), app)
+    assert "could not redraw the graph: graphviz failed" in widget.message.value
+    assert widget.errors and "Error: out of memory" in widget.errors[0]
+
+
+def test_an_empty_workflow_says_how_to_add_an_executor(tmp_path):
+    widget = GraphWidget(Workflow("empty"))
+    assert "workflow &#x27;empty&#x27; has no executors yet" in widget.message.value
+    assert "no executors" in widget.summary.value
+    assert list(widget.selector.options) == [NO_SELECTION]
+
+
+@needs_dot
+def test_static_renderings_carry_the_graph(app):
+    widget = GraphWidget(app.find("pipeline"), app)
+    assert widget._repr_svg_().startswith("<svg")
+    assert "0/3 done" in widget._repr_html_() and "evaluate/b" in widget._repr_html_()
+    from IPython.core.formatters import DisplayFormatter
+    data, _ = DisplayFormatter().format(widget)
+    assert {"application/vnd.jupyter.widget-view+json", "image/svg+xml", "text/html"} <= set(data)
+
+
+def test_only_workflows_are_accepted():
+    from scanflow_nb.errors import ScanflowError
+    with pytest.raises(ScanflowError, match="GraphWidget needs a Workflow, got str"):
+        GraphWidget("pipeline")
+
+
+def test_server_tracker_links_to_the_mlflow_ui(tmp_path):
+    from scanflow_nb import Tracker
+    app = App(tmp_path / "app", [Workflow("served", tracker=Tracker(port=5123),
+                                          executors=[Executor("x", code="print(1)")])])
+    widget = GraphWidget(app.find("served"), app)
+    widget.on_event(RunEvent("succeeded", "served", "served/x", run_id="abc123"))
+    widget.selector.value = "served/x"
+    assert "<a href='http://127.0.0.1:5123/#/runs/abc123' target='_blank'>abc123</a>" in widget.details.value
