@@ -1,0 +1,245 @@
+"""The background checker: a daemon thread that checks every inference batch of an experiment once.
+
+Each poll asks MLflow for batch runs (see `tracking`) not yet tagged `scanflow.checked`, oldest
+first, scores each with the detector and logs the result (`tracking.log_check`). Before scoring,
+results left by an interrupted earlier attempt are reconciled: a complete one is adopted (the tag
+is repaired), an incomplete one is deleted, so a batch ends with exactly one check run even across
+stop/start, kernel restarts and tracker outages. While the tracker is unreachable the thread
+backs off (doubling the wait up to `max_backoff`), records the outage and tries again; it never
+skips a batch. Errors never end the thread silently: they are logged, kept in `status()` and
+passed to `on_error` callbacks.
+
+One watcher per experiment at a time: two watchers on one experiment could check a batch twice.
+`start()` sets MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false unless it is set: progress bars drawn
+from a background thread would land in whatever notebook cell happens to be running.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..errors import ScanflowError, ValidationError
+from . import tracking as tr
+from .result import DriftResult
+
+log = logging.getLogger("scanflow_nb.check")
+MAX_HISTORY = 1000
+
+
+@dataclass
+class CheckRecord:
+    """One checked batch as the watcher saw it."""
+
+    batch_run_id: str
+    check_run_id: str
+    result: DriftResult | None      # None when the batch could not be scored
+    error: str | None
+    checked_at: float               # time.time() when the result was complete in MLflow
+    delay: float | None             # seconds from the batch being logged to its result being complete
+
+
+class Watcher:
+    """Checks the inference batches logged to `experiment` at `tracking_uri` with a fitted `detector`.
+
+    `start()` runs `poll()` every `every` seconds in a daemon thread; `stop()` returns within 2 s.
+    Callbacks: `on_result(record)` for every checked batch, `on_drift(record)` for drifted ones,
+    `on_error(message)` for outages and failures; a failing callback is logged, never fatal.
+    """
+
+    def __init__(self, tracking_uri: str, experiment: str, detector, every: float = 5.0, max_backoff: float = 30.0,
+                 on_result: Callable | None = None, on_drift: Callable | None = None,
+                 on_error: Callable | None = None) -> None:
+        if not getattr(detector, "fitted", False):
+            raise ValidationError("the watcher needs a fitted detector: call detector.fit(X_reference) first")
+        if isinstance(every, bool) or not isinstance(every, (int, float)) or not every > 0:
+            raise ValidationError(f"every must be a positive number of seconds, got {every!r}")
+        self.tracking_uri, self.experiment, self.detector = tracking_uri, experiment, detector
+        self.every, self.max_backoff = float(every), max(float(max_backoff), float(every))
+        self.callbacks: dict[str, list[Callable]] = {"result": [], "drift": [], "error": []}
+        for event, fn in (("result", on_result), ("drift", on_drift), ("error", on_error)):
+            if fn is not None:
+                self.add_callback(event, fn)
+        self.records: list[CheckRecord] = []
+        self.outages: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._state = "stopped"
+        self._client = None
+        self._exp_id: str | None = None
+        self._polls = 0
+        self._last_poll: float | None = None
+        self._outage_start: float | None = None
+
+    # -- control ------------------------------------------------------------------------------
+    def add_callback(self, event: str, fn: Callable) -> None:
+        """Call `fn` on "result" (CheckRecord), "drift" (CheckRecord) or "error" (message)."""
+        if event not in self.callbacks:
+            raise ValidationError(f"unknown watcher event {event!r}; choose one of: {', '.join(self.callbacks)}")
+        self.callbacks[event].append(fn)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> "Watcher":
+        """Start the background thread (no-op if it is running)."""
+        if self.running:
+            if not self._stop.is_set():
+                return self
+            self._thread.join(10.0)  # a stopped thread finishing its last batch
+            if self._thread.is_alive():
+                raise ScanflowError("the previous checker thread is still finishing a batch; try again shortly")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        self._stop.clear()
+        self._state = "starting"
+        self._thread = threading.Thread(target=self._run, name=f"scanflow-checker-{self.experiment}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 1.9) -> bool:
+        """Ask the thread to stop and wait at most `timeout` s; True if it has ended.
+
+        A batch being logged at that moment is finished by the (daemon) thread before it ends.
+        """
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        ended = not self.running
+        self._state = "stopped" if ended else "stopping"
+        return ended
+
+    def status(self) -> dict[str, Any]:
+        """Plain-data snapshot: state, counts, last poll, last error, outages."""
+        with self._lock:
+            drifts = sum(1 for r in self.records if r.result is not None and r.result.is_drift)
+            return {"state": self._state if self.running or self._state == "crashed" else "stopped",
+                    "experiment": self.experiment, "tracking_uri": self.tracking_uri, "every": self.every,
+                    "detector": type(self.detector).__name__, "polls": self._polls, "checked": len(self.records),
+                    "drifts": drifts, "failed": sum(1 for r in self.records if r.error),
+                    "last_poll": self._last_poll, "last_error": self.errors[-1] if self.errors else None,
+                    "outages": [dict(o) for o in self.outages]}
+
+    # -- the work -------------------------------------------------------------------------------
+    def poll(self) -> list[CheckRecord]:
+        """Check every pending batch once, oldest first; returns the new records.
+
+        Raises TrackerError (or MLflow's error) when the tracker cannot be reached: nothing is lost,
+        the next poll takes up where this one stopped.
+        """
+        tr.ensure_reachable(self.tracking_uri)
+        if self._client is None:
+            self._client = tr.client_for(self.tracking_uri)
+        if self._exp_id is None:
+            self._exp_id = tr.experiment_id(self._client, self.experiment)
+        pending = tr._search_all(self._client, self._exp_id,
+                                 f"tags.`{tr.BATCH_TAG}` = 'true' and tags.`{tr.CHECKED_TAG}` IS NULL")
+        if self._outage_start is not None:
+            self._end_outage()
+        new = []
+        for run in pending:
+            if self._stop.is_set():
+                break
+            record = self._check(run)
+            if record is not None:
+                new.append(record)
+        return new
+
+    def _check(self, run) -> CheckRecord | None:
+        client, batch_id = self._client, run.info.run_id
+        earlier = client.search_runs([self._exp_id], f"tags.`{tr.BATCH_RUN_TAG}` = '{batch_id}'")
+        for old in earlier:
+            if old.info.status == "FINISHED" or (old.info.status == "FAILED" and tr.ERROR_TAG in old.data.tags):
+                client.set_tag(batch_id, tr.CHECKED_TAG, old.info.run_id)  # complete result, tag was lost
+                return None
+        for old in earlier:
+            client.delete_run(old.info.run_id)  # an attempt cut short: its result is incomplete
+        result, error = None, None
+        folder = tr.BATCH_ARTIFACT.rsplit("/", 1)[0]
+        if tr.BATCH_ARTIFACT not in {f.path for f in client.list_artifacts(batch_id, folder)}:
+            error = f"the run is tagged {tr.BATCH_TAG} but has no artifact {tr.BATCH_ARTIFACT}"
+        else:
+            try:
+                batch = tr.download_npy(client, batch_id, tr.BATCH_ARTIFACT)
+            except ValueError as exc:  # not a readable .npy (or a pickle): the batch itself is bad
+                error = f"batch artifact {tr.BATCH_ARTIFACT} is unreadable: {exc}"
+        if error is None:
+            try:
+                result = self.detector.score(batch)
+            except ScanflowError as exc:
+                error = str(exc)
+        extra = {}
+        if self.outages and not self.outages[-1].get("reported") and self.outages[-1].get("end"):
+            o = self.outages[-1]
+            extra[tr.OUTAGE_TAG] = f"{o['end'] - o['start']:.1f} s unreachable until {time.ctime(o['end'])}: {o['error']}"
+        check_id = tr.log_check(client, self._exp_id, batch_id, result, error, extra)
+        if extra:
+            self.outages[-1]["reported"] = True
+        now = time.time()
+        logged_at = run.data.tags.get(tr.LOGGED_AT_TAG)
+        record = CheckRecord(batch_id, check_id, result, error, now, now - float(logged_at) if logged_at else None)
+        with self._lock:
+            self.records.append(record)
+            del self.records[:-MAX_HISTORY]
+        if error:
+            log.warning("batch run %s could not be checked: %s", batch_id, error)
+            self._emit("error", f"batch run {batch_id}: {error}")
+        self._emit("result", record)
+        if result is not None and result.is_drift:
+            self._emit("drift", record)
+        return record
+
+    def _emit(self, event: str, payload: Any) -> None:
+        for fn in list(self.callbacks[event]):
+            try:
+                fn(payload)
+            except Exception as exc:  # user code must not stop the checker
+                log.exception("checker %s callback %r failed", event, fn)
+                with self._lock:
+                    self.errors.append(f"{event} callback failed: {type(exc).__name__}: {exc}")
+
+    def _run(self) -> None:
+        failures = 0
+        try:
+            while not self._stop.is_set():
+                self._state = "watching" if failures == 0 else "retrying"
+                try:
+                    self.poll()
+                    failures, wait = 0, self.every
+                except Exception as exc:  # tracker unreachable or failing: retry with backoff
+                    failures += 1
+                    self._client = None if failures > 2 else self._client
+                    wait = min(self.every * 2 ** (failures - 1), self.max_backoff)
+                    self._record_failure(exc, wait)
+                self._polls += 1
+                self._last_poll = time.time()
+                self._stop.wait(wait)
+        except BaseException as exc:  # never die silently
+            self._state = "crashed"
+            log.exception("the checker thread of %s crashed", self.experiment)
+            self.errors.append(f"checker thread crashed: {type(exc).__name__}: {exc}")
+            raise
+
+    def _record_failure(self, exc: Exception, wait: float) -> None:
+        message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+        now = time.time()
+        with self._lock:
+            self.errors.append(message)
+            del self.errors[:-100]
+            if self._outage_start is None:
+                self._outage_start = now
+                self.outages.append({"start": now, "end": None, "error": message, "attempts": 0})
+            self.outages[-1]["attempts"] += 1
+        log.warning("checker of %s: %s; retrying in %.1f s", self.experiment, message, wait)
+        self._emit("error", f"tracker problem ({message}); retrying in {wait:.1f} s")
+
+    def _end_outage(self) -> None:
+        with self._lock:
+            self.outages[-1]["end"] = time.time()
+            start, self._outage_start = self._outage_start, None
+        log.warning("checker of %s: tracker reachable again after %.1f s", self.experiment, time.time() - start)
