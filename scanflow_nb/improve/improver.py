@@ -61,6 +61,7 @@ class Improver:
             if len(self._y0) != len(self._X0):
                 raise ValidationError(f"X_labeled has {len(self._X0)} samples but y_labeled has {len(self._y0)} labels")
             self._check_features(self._candidates, "X_pool", self._X0.shape[1:])
+            self._X0 = self._X0.reshape((len(self._X0), *self._candidates.shape[1:]))
         else:
             self._X0, self._y0 = self._candidates[:0], []
         if classes is None:
@@ -127,7 +128,8 @@ class Improver:
         self._check_features(X, "the new candidates", self._candidates.shape[1:])
         with self._lock:
             start = len(self._candidates)
-            self._candidates = np.concatenate([self._candidates, X.astype(self._candidates.dtype, copy=False)])
+            X = X.reshape((len(X), *self._candidates.shape[1:])).astype(self._candidates.dtype, copy=False)
+            self._candidates = np.concatenate([self._candidates, X])
             new = np.arange(start, start + len(X))
             self._pool_ids = np.concatenate([self._pool_ids, new])
         return new
