@@ -1,0 +1,246 @@
+"""The docker back end: each executor attempt is a container; the tracker is a container too.
+
+Per workflow run: one bridge network, one tracker container (`mlflow server` over the app's own
+store, reachable as `tracker`), and one container per attempt. The app folder is mounted at its own
+absolute path and is the working directory, so scripts, relative inputs/outputs and the store's
+file artifact locations line up with the local back end. Containers run as the owner of the app
+folder (files they write belong to that user; when the app folder belongs to root, that is root).
+
+Everything created carries the labels `scanflow.app` (a hash of the app folder) and `scanflow.run`;
+`close()` removes exactly the objects of its run, and `remove_leftovers()` those of an app.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ..build.docker_client import client
+from ..build.images import ImageBuilder
+from ..build.names import LABEL_APP, LABEL_KEY, LABEL_RUN, LABEL_WORKFLOW, app_id
+from ..errors import RunError, TrackerError
+from .backend import Launch, Tracking
+
+TRACKER_ALIAS, TRACKER_PORT = "tracker", 5000
+HEALTH_PROBE = ["python", "-c", "import urllib.request as u; "
+                f"u.urlopen('http://127.0.0.1:{TRACKER_PORT}/health', timeout=2)"]
+
+
+def tracker_command(store_uri: str, artifacts: str, allowed_hosts: list[str]) -> list[str]:
+    """`mlflow server` kept lean (one worker) and letting executors in by the tracker's alias."""
+    return ["mlflow", "server", "--host", "0.0.0.0", "--port", str(TRACKER_PORT), "--workers", "1",
+            "--backend-store-uri", store_uri, "--artifacts-destination", artifacts,
+            "--allowed-hosts", ",".join(allowed_hosts)]
+
+
+def allowed_hosts(*aliases: str) -> list[str]:
+    hosts = [*aliases, "localhost", "127.0.0.1"]
+    return [form for host in hosts for form in (host, f"{host}:*")]
+
+
+TRACKER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "HOME": "/tmp"}
+
+
+class ContainerHandle:
+    """One executor attempt running as a container."""
+
+    def __init__(self, container):
+        self.container = container
+
+    def lines(self) -> Iterator[str]:
+        pending = b""
+        for chunk in self.container.logs(stream=True, follow=True, stdout=True, stderr=True):
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            for line in complete:
+                yield line.decode(errors="replace").rstrip("\r")
+        if pending:
+            yield pending.decode(errors="replace")
+
+    def wait(self, timeout: float | None) -> int:
+        import requests
+        try:
+            return int(self.container.wait(timeout=timeout)["StatusCode"])
+        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+            raise TimeoutError from None
+
+    def kill(self) -> None:
+        import docker.errors
+        try:
+            self.container.kill()
+        except docker.errors.APIError:  # already gone or not running any more
+            pass
+
+
+def wait_healthy(exec_probe: Callable[[], bool], failed: Callable[[], str | None], timeout: float) -> None:
+    """Poll until `exec_probe()` is true; TrackerError when `failed()` gives a reason or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reason = failed()
+        if reason:
+            raise TrackerError(f"the tracker container failed to start: {reason}")
+        if exec_probe():
+            return
+        if time.monotonic() > deadline:
+            raise TrackerError(f"the tracker container did not answer within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def _tail(logs: bytes, n: int = 5) -> str:
+    lines = [line for line in logs.decode(errors="replace").splitlines() if line.strip()]
+    return " | ".join(lines[-n:]) or "no output"
+
+
+def app_owner(app_dir: Path) -> str:
+    st = Path(app_dir).stat()
+    return f"{st.st_uid}:{st.st_gid}"
+
+
+def store_location(app_dir: Path, tracking: Tracking) -> tuple[str, str]:
+    """(store URI, artifact folder) the tracker container serves: the app's own embedded store."""
+    state = Path(app_dir) / ".scanflow"
+    uri = tracking.uri if tracking.uri.startswith("sqlite:///") else f"sqlite:///{state / 'mlflow.db'}"
+    return uri, str(state / "mlartifacts")
+
+
+class DockerBackend:
+    """Run executors as containers on one Docker engine.
+
+    `base_image`: base of generated Dockerfiles ($SCANFLOW_BASE_IMAGE, else python:3.11-slim).
+    `echo`: where image build output goes (the notebook by default).
+    """
+
+    name = "docker"
+    network_driver = "bridge"
+
+    def __init__(self, base_image: str | None = None, echo: Callable[[str], None] = print,
+                 tracker_timeout: float = 120.0, builder: ImageBuilder | None = None):
+        self.builder = builder or ImageBuilder(base_image, echo=echo)
+        self.tracker_timeout = tracker_timeout
+        self._lock = threading.Lock()
+        self._open = False
+        self.run_token: str | None = None
+
+    # -- naming and labels ------------------------------------------------------------------------
+    def labels(self, **extra: str) -> dict[str, str]:
+        return {LABEL_APP: self.app, LABEL_RUN: self.run_token, LABEL_WORKFLOW: self.workflow, **extra}
+
+    def object_name(self, *parts: str) -> str:
+        return "-".join(["scanflow", self.run_token, *parts])
+
+    # -- Backend protocol -------------------------------------------------------------------------
+    def open(self, app_dir: Path, workflow: str, tracking: Tracking) -> Tracking:
+        self.docker = client()
+        self.app_dir, self.workflow = Path(app_dir).resolve(), workflow
+        self.app, self.run_token = app_id(self.app_dir), uuid.uuid4().hex[:10]
+        self.user = app_owner(self.app_dir)
+        self._open = True
+        tracker_image = self.builder.tracker_image()
+        self.network = self.docker.networks.create(self.object_name("net"), driver=self.network_driver,
+                                                   labels=self.labels(), **self.network_options())
+        store, artifacts = store_location(self.app_dir, tracking)
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+        self.start_tracker(tracker_image, tracker_command(store, artifacts, allowed_hosts(TRACKER_ALIAS)))
+        return Tracking(tracking.uri, f"http://{TRACKER_ALIAS}:{TRACKER_PORT}")
+
+    def launch(self, launch: Launch) -> ContainerHandle:
+        image = self.builder.executor_image(launch.app_dir, launch.workflow, launch.executor)
+        command = (["python", "-P", str(launch.script), *launch.args] if launch.script is not None
+                   else launch.args or None)
+        env = {**launch.env, "PYTHONPATH": str(self.app_dir), "HOME": "/tmp"}
+        with self._lock:
+            if not self._open:
+                raise RunError("the docker back end is closed: the run was stopped")
+            return self.start_executor(launch, image, command, env)
+
+    def close(self) -> None:
+        with self._lock:
+            was_open, self._open = self._open, False
+        if was_open:
+            remove_run(self.docker, self.run_token)
+
+    # -- what differs between Docker and Swarm -----------------------------------------------------
+    def network_options(self) -> dict:
+        return {}
+
+    def workspace_mount(self) -> dict:
+        return {str(self.app_dir): {"bind": str(self.app_dir), "mode": "rw"}}
+
+    def start_tracker(self, image: str, command: list[str]) -> None:
+        import docker.errors
+        container = self.docker.containers.run(
+            image, command, detach=True, name=self.object_name("tracker"), labels=self.labels(),
+            network=self.network.name, volumes=self.workspace_mount(), user=self.user, environment=TRACKER_ENV,
+            networking_config={self.network.name: self.docker.api.create_endpoint_config(aliases=[TRACKER_ALIAS])})
+
+        def probe() -> bool:
+            try:
+                return container.exec_run(HEALTH_PROBE).exit_code == 0
+            except docker.errors.APIError:
+                return False
+
+        def failed() -> str | None:
+            container.reload()
+            if container.status in ("exited", "dead"):
+                return f"exit code {container.attrs['State']['ExitCode']}: {_tail(container.logs())}"
+            return None
+
+        wait_healthy(probe, failed, self.tracker_timeout)
+
+    def start_executor(self, launch: Launch, image: str, command, env: dict[str, str]) -> ContainerHandle:
+        import docker.errors
+        name = self.object_name(launch.workflow, launch.executor.name, str(launch.attempt))
+        try:
+            container = self.docker.containers.run(
+                image, command, detach=True, name=name, labels=self.labels(**{LABEL_KEY: launch.key}),
+                network=self.network.name, volumes=self.workspace_mount(), working_dir=str(self.app_dir),
+                user=self.user, environment=env)
+        except docker.errors.APIError as exc:
+            raise RunError(f"cannot start a container for {launch.key}: {exc.explanation or exc}") from None
+        return ContainerHandle(container)
+
+
+def remove_run(docker_client, run_token: str) -> None:
+    """Remove the services, containers and networks labelled with this run, and nothing else."""
+    _remove(docker_client, {"label": f"{LABEL_RUN}={run_token}"})
+
+
+def remove_leftovers(app_dir: str | Path) -> int:
+    """Remove every container, service and network any run of this app left behind; return how many."""
+    return _remove(client(), {"label": f"{LABEL_APP}={app_id(Path(app_dir).resolve())}"})
+
+
+def leftovers(app_dir: str | Path | None = None) -> list[str]:
+    """Names of the containers, services and networks left by runs of `app_dir` (of any app if None)."""
+    label = f"{LABEL_APP}={app_id(Path(app_dir).resolve())}" if app_dir else LABEL_APP
+    return [obj.name for obj in _objects(client(), {"label": label})]
+
+
+def _objects(docker_client, filters: dict) -> list:
+    found = []
+    if docker_client.info().get("Swarm", {}).get("LocalNodeState") == "active":
+        found += docker_client.services.list(filters=filters)
+    found += docker_client.containers.list(all=True, filters=filters)
+    found += docker_client.networks.list(filters=filters)
+    return found
+
+
+def _remove(docker_client, filters: dict) -> int:
+    import docker.errors
+    removed = 0
+    for obj in _objects(docker_client, filters):
+        for attempt in range(10):
+            try:
+                obj.remove(force=True) if hasattr(obj, "kill") else obj.remove()
+                removed += 1
+                break
+            except docker.errors.NotFound:
+                break
+            except docker.errors.APIError:  # a network is still in use while its containers go
+                time.sleep(0.5)
+        else:
+            raise RunError(f"could not remove Docker object {obj.name}; remove it with `docker rm -f` / "
+                           "`docker network rm`")
+    return removed
