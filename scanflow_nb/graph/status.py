@@ -150,7 +150,9 @@ class RunProgress:
                 self._statuses[key] = ExecutorStatus(
                     state=res.status, duration=res.duration, attempt=res.attempts or 1,
                     run_id=res.run_id, exit_code=res.exit_code, error=res.error)
-            self.started = self.finished = None
+            self.started = getattr(result, "started", None)
+            duration = getattr(result, "duration", None)
+            self.finished = (self.started or 0.0) + (duration or 0.0)
             status = getattr(result, "status", None)
             self.run_error = None if status in (None, ev.SUCCEEDED) else f"the run {status}"
 
