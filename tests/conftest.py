@@ -1,0 +1,36 @@
+"""Fixtures shared by every test: a real IPython shell with the extension, and app folders."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture
+def app_dir(tmp_path):
+    return tmp_path / "app"
+
+
+@pytest.fixture
+def shell(app_dir):
+    """A real InteractiveShell with `%load_ext scanflow_nb` done and no current app."""
+    from IPython.core.interactiveshell import InteractiveShell
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "scanflow_nb")
+    magics = ip.magics_manager.registry["ScanflowMagics"]
+    magics.current_app = None
+    yield ip
+    magics.current_app = None
+
+
+@pytest.fixture
+def run_cell(shell, capsys):
+    """Run a cell; return (result, stdout, stderr)."""
+    def run(source: str):
+        capsys.readouterr()
+        result = shell.run_cell(source)
+        out = capsys.readouterr()
+        return result, out.out, out.err
+    return run
