@@ -66,6 +66,9 @@ class RunResult:
     def __str__(self) -> str:
         return self.summary()
 
+    def _repr_pretty_(self, printer, cycle) -> None:
+        printer.text(self.summary())
+
     def _repr_html_(self) -> str:
         colour = {"succeeded": "#2e7d32", "cached": "#1565c0", "failed": "#c62828", "skipped": "#757575"}
         cells = "".join(

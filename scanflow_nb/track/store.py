@@ -1,6 +1,7 @@
 """The embedded store: SQLite plus an artifact folder inside the app's state folder."""
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from functools import lru_cache
@@ -23,6 +24,8 @@ def artifact_root(state_dir: Path) -> Path:
 @lru_cache(maxsize=None)
 def _client(uri: str):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    for noisy in ("mlflow.store.db.utils", "alembic"):  # table creation chatter, not news for a user
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
     return MlflowClient(tracking_uri=uri)
 
