@@ -139,7 +139,9 @@ def log_detector(detector, tracking_uri: str, experiment: str, run_id: str | Non
         detector.save(Path(tmp) / "detector")
         client.log_artifacts(run_id, str(Path(tmp) / "detector"), artifact_path="detector")
     client.set_tag(run_id, DETECTOR_TAG, detector.kind)
-    client.log_params(run_id, {f"detector.{k}": str(v)[:500] for k, v in detector.params().items()})
+    from mlflow.entities import Param
+
+    client.log_batch(run_id, params=[Param(f"detector.{k}", str(v)[:500]) for k, v in detector.params().items()])
     if created:
         client.set_terminated(run_id, "FINISHED")
     return run_id
