@@ -11,7 +11,7 @@ from .errors import ScanflowError
 def _app(args):
     from .app import App
     path = Path(args.file)
-    return App.load(path / "scanflow.yaml" if path.is_dir() else path)
+    return App.load(path if path.suffix in (".yaml", ".yml") else path / "scanflow.yaml")
 
 
 def cmd_run(args) -> int:

@@ -24,6 +24,8 @@ def artifact_root(state_dir: Path) -> Path:
 @lru_cache(maxsize=None)
 def _client(uri: str):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # the run summary already says where runs are; MLflow would add two lines per closed run
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     for noisy in ("mlflow.store.db.utils", "alembic"):  # table creation chatter, not news for a user
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
