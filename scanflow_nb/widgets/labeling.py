@@ -72,12 +72,15 @@ class LabelingPanel:
     budget         labels to give before the panel finishes by itself (default: the whole pool)
     X_test, y_test a held-out set: the model's score is shown after every retrain
     tracking_uri, experiment   where `finish` logs the session (labels CSV, counts, scores) to MLflow
+    parent_run_id  nest that run under another (e.g. a closed-loop round)
+    among          only these candidate ids are shown (default: the whole pool)
     on_finish      called with the panel after the final retrain (e.g. to let a planner decide)
     """
 
     def __init__(self, improver, store=None, session: str = "default", samples=None, retrain_every: int = 10,
                  budget: int | None = None, X_test=None, y_test=None, tracking_uri: str | None = None,
-                 experiment: str = "labeling", feature_names=None, on_finish=None):
+                 experiment: str = "labeling", feature_names=None, on_finish=None,
+                 parent_run_id: str | None = None, among=None):
         from ..improve import LabelStore
         if not isinstance(retrain_every, int) or retrain_every < 1:
             raise ValidationError(f"retrain_every must be a whole number >= 1, got {retrain_every!r}")
@@ -91,6 +94,8 @@ class LabelingPanel:
         self.test = None if X_test is None else (X_test, y_test)
         self.tracking_uri, self.experiment = tracking_uri, experiment
         self.feature_names, self.on_finish = feature_names, on_finish
+        self.parent_run_id = parent_run_id
+        self.among = None if among is None else {int(i) for i in among}
         self.keys = _key_map(improver.classes)
         self.queue: list[int] = []
         self.skipped: set[int] = set()
@@ -273,7 +278,8 @@ class LabelingPanel:
             if self.tracking_uri:
                 from ..improve.tracking import log_label_session
                 metrics = {"score": self.scores[-1][1]} if self.scores else {}
-                self.run_id = log_label_session(self.tracking_uri, self.experiment, self.store, self.session, metrics)
+                self.run_id = log_label_session(self.tracking_uri, self.experiment, self.store, self.session,
+                                                metrics, self.parent_run_id)
             if self.on_finish is not None:
                 self.on_finish(self)
         except Exception as exc:  # shown in the panel and kept in .errors
@@ -289,7 +295,7 @@ class LabelingPanel:
         """Replace the not-yet-shown part of the queue by the new model's choice."""
         with self._lock:
             keep = self.queue[:1]
-            exclude = self.skipped | set(keep)
+            exclude = self._excluded() | set(keep)
         try:
             fresh = self.improver.query_ids(self.retrain_every, exclude=exclude).tolist()
         except ValidationError:  # pool exhausted
@@ -304,9 +310,15 @@ class LabelingPanel:
         if self.queue:
             return
         try:
-            self.queue = self.improver.query_ids(self.retrain_every, exclude=self.skipped).tolist()
+            self.queue = self.improver.query_ids(self.retrain_every, exclude=self._excluded()).tolist()
         except ValidationError:  # nothing left but skipped samples
             self.queue = []
+
+    def _excluded(self) -> set[int]:
+        """Pool ids not to show: skipped ones, and those outside `among`."""
+        if self.among is None:
+            return set(self.skipped)
+        return self.skipped | (set(self.improver.pool_ids.tolist()) - self.among)
 
     def _require_current(self) -> int:
         sample = self.current
