@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 from ..errors import BackendUnavailable
 
@@ -10,7 +11,7 @@ HOW_TO_START = ("start one (`sudo dockerd` or `systemctl start docker`; this pro
 
 
 @functools.lru_cache(maxsize=None)
-def _cached_client():
+def _cached_client(docker_host: str | None):
     import docker
     return docker.from_env(timeout=300)
 
@@ -22,7 +23,7 @@ def client():
     except ImportError:
         raise BackendUnavailable("the docker back end needs the docker SDK: pip install 'scanflow_nb[docker]'") from None
     try:
-        c = _cached_client()
+        c = _cached_client(os.environ.get("DOCKER_HOST"))
         c.ping()
         return c
     except Exception as exc:  # DockerException, requests' ConnectionError, socket errors

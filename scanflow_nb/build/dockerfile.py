@@ -25,9 +25,9 @@ def executor_dockerfile(base: str, pip: PipSettings, code_files: list[str]) -> s
     """Dockerfile for an executor: requirements (MLflow client included) then its code files."""
     lines = _prologue(base, pip, WORKSPACE)
     lines += [f"COPY {REQUIREMENTS} /opt/scanflow/requirements.txt",
-              "RUN python -m pip install -r /opt/scanflow/requirements.txt"]
+              "RUN python -m pip install -r /opt/scanflow/requirements.txt",
+              f"WORKDIR {WORKSPACE}", f"USER {USER}", f"ENV HOME=/home/{USER} PYTHONUNBUFFERED=1"]
     lines += [f"COPY code/{path} {CODE_DIR}/{path}" for path in code_files]
-    lines += [f"WORKDIR {WORKSPACE}", f"USER {USER}", f"ENV HOME=/home/{USER} PYTHONUNBUFFERED=1"]
     return "\n".join(lines) + "\n"
 
 

@@ -170,10 +170,13 @@ class DockerBackend:
 
     def start_tracker(self, image: str, command: list[str]) -> None:
         import docker.errors
-        container = self.docker.containers.run(
-            image, command, detach=True, name=self.object_name("tracker"), labels=self.labels(),
-            network=self.network.name, volumes=self.workspace_mount(), user=self.user, environment=TRACKER_ENV,
-            networking_config={self.network.name: self.docker.api.create_endpoint_config(aliases=[TRACKER_ALIAS])})
+        try:
+            container = self.docker.containers.run(
+                image, command, detach=True, name=self.object_name("tracker"), labels=self.labels(),
+                network=self.network.name, volumes=self.workspace_mount(), user=self.user, environment=TRACKER_ENV,
+                networking_config={self.network.name: self.docker.api.create_endpoint_config(aliases=[TRACKER_ALIAS])})
+        except docker.errors.APIError as exc:
+            raise TrackerError(f"the tracker container failed to start: {exc.explanation or exc}") from None
 
         def probe() -> bool:
             try:

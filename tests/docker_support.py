@@ -1,0 +1,70 @@
+"""Fixtures for container tests: a reachable engine, the registry-free base image, leftover audits.
+
+Tests that need Docker are skipped with the reason when no engine answers (run .ci/docker.sh to
+install and start one); they are never silently passed.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from scanflow_nb import App
+from scanflow_nb.build.base import DEFAULT_BASE_TAG
+from scanflow_nb.errors import BackendUnavailable
+
+BASE = os.environ.get("SCANFLOW_TEST_BASE_IMAGE", DEFAULT_BASE_TAG)
+RUNS = {"docker": 0}          # container runs made by this test session, for the leftover audit
+
+
+def engine():
+    from scanflow_nb.build.docker_client import client
+    try:
+        return client()
+    except BackendUnavailable as exc:
+        pytest.skip(f"needs a Docker engine: {exc}")
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    return engine()
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_engine):
+    """The debootstrap base image (built by .ci/docker.sh; built here, slowly, if missing)."""
+    from scanflow_nb.build.base import base_image_exists, build_base_image
+    if not base_image_exists(BASE):
+        if os.geteuid() != 0 or not __import__("shutil").which("debootstrap"):
+            pytest.skip(f"base image {BASE} is missing and cannot be built here: run .ci/docker.sh")
+        build_base_image(BASE, echo=lambda line: None)
+    os.environ["SCANFLOW_BASE_IMAGE"] = BASE
+    return BASE
+
+
+@pytest.fixture
+def docker_backend(base_image):
+    """A factory of DockerBackends on the test base image; counts runs for the leftover audit."""
+    from scanflow_nb.run.docker import DockerBackend
+
+    def make(**kwargs):
+        RUNS["docker"] += 1
+        kwargs.setdefault("echo", lambda line: None)
+        return DockerBackend(base_image=base_image, **kwargs)
+    return make
+
+
+@pytest.fixture
+def swarm_engine(docker_engine):
+    if docker_engine.info().get("Swarm", {}).get("LocalNodeState") != "active":
+        pytest.skip("needs a single-node swarm: `docker swarm init --advertise-addr 127.0.0.1` (.ci/docker.sh does it)")
+    return docker_engine
+
+
+def new_app(app_dir, *workflows) -> App:
+    app = App(app_dir)
+    app.path.mkdir(parents=True, exist_ok=True)
+    for wf in workflows:
+        app.add(wf)
+    return app
+
