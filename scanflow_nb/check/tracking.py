@@ -121,9 +121,9 @@ def download_npy(client, run_id: str, artifact: str) -> np.ndarray:
 def load_reference(tracking_uri: str, experiment: str) -> tuple[np.ndarray, str]:
     """The newest reference data logged for `experiment` and the id of its run."""
     client = client_for(tracking_uri)
-    exp_id = experiment_id(client, experiment, create=False)
-    runs = client.search_runs([exp_id], f"tags.`{REFERENCE_TAG}` = 'true'", order_by=["attributes.start_time DESC"],
-                              max_results=1)
+    found = client.get_experiment_by_name(experiment)
+    runs = [] if found is None else client.search_runs(
+        [found.experiment_id], f"tags.`{REFERENCE_TAG}` = 'true'", order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
         raise NotFoundError(f"no reference data logged in experiment {experiment!r}: "
                             "call scanflow_nb.check.log_reference(X, tracking_uri, experiment) first")

@@ -2,7 +2,8 @@
 
 Thread-safe: the watcher thread calls `add(record)`; the monitor only sets widget traits (an
 Image's bytes, HTML strings), never `with output:`. The plot is drawn with matplotlib's
-object API (no pyplot state) on the Agg canvas.
+object API (no pyplot state) on the Agg canvas, one figure at a time (matplotlib's text
+layout is not thread-safe).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import ipywidgets as W
 
 _ALERT = ("<div style='background:#c62828;color:white;padding:6px 10px;border-radius:4px;font-weight:bold'>"
           "DRIFT: {text}</div>")
+_DRAWING = threading.Lock()
 _OK = "<div style='background:#2e7d32;color:white;padding:6px 10px;border-radius:4px'>{text}</div>"
 
 
@@ -66,7 +68,9 @@ class DriftMonitor(W.VBox):
             self.alert.value = _OK.format(text=html.escape(
                 f"{len(points)} batches checked, {len(drifts)} drifted" if points else "no batch checked yet"))
         self.info.value = ""
-        self.plot.value = self.figure_png(points)
+        with _DRAWING:
+            png = self.figure_png(points)
+        self.plot.value = png
 
     @staticmethod
     def figure_png(points: list[dict]) -> bytes:

@@ -1,0 +1,112 @@
+"""`%scanflow checker` in a real IPython shell, and the drift monitor widget it shows."""
+import threading
+import time
+
+import numpy as np
+import pytest
+import yaml
+from IPython.core.error import UsageError
+
+import scanflow_nb.magics.checker  # noqa: F401  (registers the subcommand until the lead wires it in)
+from scanflow_nb.check import tracking as tr
+from scanflow_nb.check.watcher import CheckRecord
+from scanflow_nb.datasets import corrupt, load_digits
+
+
+@pytest.fixture
+def digits_app(app_dir, monkeypatch):
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    X, _ = load_digits()
+    order = np.random.default_rng(0).permutation(len(X))
+    app_dir.mkdir(parents=True)
+    np.save(app_dir / "reference.npy", X[order[:1000]])
+    (app_dir / "scanflow.yaml").write_text(yaml.safe_dump({"version": 1, "workflows": [
+        {"name": "serve", "checker": {"detector": "ks", "every": 0.3}},
+        {"name": "other"}]}))
+    return app_dir, X[order[1000:1100]], corrupt(X[order[1100:1200]], "rotate", severity=4, seed=0)
+
+
+def test_start_status_stop_from_the_notebook(shell, digits_app, capsys):
+    app_dir, clean, drifted = digits_app
+    shell.run_line_magic("scanflow", f"app {app_dir}")
+    monitor = shell.run_line_magic("scanflow", "checker start serve --reference reference.npy")
+    out = capsys.readouterr().out
+    assert "checker of 'serve' watching experiment 'serve'" in out and "every 0.3 s" in out and "KSDetector" in out
+    app = shell.magics_manager.registry["ScanflowMagics"].current_app
+    uri = app.tracking_uri("serve")
+    try:
+        tr.log_batch(clean, uri, "serve")
+        tr.log_batch(drifted, uri, "serve")
+        deadline = time.monotonic() + 30
+        while len(monitor.points) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [p["drift"] for p in monitor.points] == [False, True]
+        assert "DRIFT" in monitor.alert.value and "1 of 2 batches drifted" in monitor.alert.value
+        assert monitor.plot.value[:8] == b"\x89PNG\r\n\x1a\n"
+        again = shell.run_line_magic("scanflow", "checker start serve --reference reference.npy")
+        assert again.watcher is monitor.watcher, "a running checker is reused, not doubled"
+        capsys.readouterr()
+        shell.run_line_magic("scanflow", "checker status serve")
+        assert "watching, 2 batches checked, 1 drifted" in capsys.readouterr().out
+    finally:
+        started = time.monotonic()
+        shell.run_line_magic("scanflow", "checker stop serve")
+        assert time.monotonic() - started < 2.0
+    assert "checker of 'serve' stopped" in capsys.readouterr().out
+    assert (app_dir / ".scanflow" / "checker" / "serve" / "detector" / "detector.json").is_file()
+
+
+def test_reference_logged_to_mlflow_and_the_cached_detector(shell, digits_app):
+    from scanflow_nb.check.supervise import fitted_detector
+
+    app_dir, clean, _ = digits_app
+    shell.run_line_magic("scanflow", f"app {app_dir}")
+    app = shell.magics_manager.registry["ScanflowMagics"].current_app
+    with pytest.raises(UsageError, match="no reference data logged in experiment 'serve'"):
+        shell.run_line_magic("scanflow", "checker start serve")
+    tr.log_reference(np.load(app_dir / "reference.npy"), app.tracking_uri("serve"), "serve")
+    first = fitted_detector(app, "serve")
+    saved = app_dir / ".scanflow" / "checker" / "serve" / "detector" / "state.npz"
+    stamp = saved.stat().st_mtime_ns
+    second = fitted_detector(app, "serve")
+    assert saved.stat().st_mtime_ns == stamp, "the same reference must reuse the saved detector"
+    assert second.score(clean).p_value == pytest.approx(first.score(clean).p_value)
+
+
+def test_user_errors_are_one_line(shell, digits_app):
+    app_dir, _, _ = digits_app
+    shell.run_line_magic("scanflow", f"app {app_dir}")
+    with pytest.raises(UsageError, match="unknown workflow 'nope'"):
+        shell.run_line_magic("scanflow", "checker start nope --reference reference.npy")
+    with pytest.raises(UsageError, match="reference data file .*missing.npy' does not exist"):
+        shell.run_line_magic("scanflow", "checker start serve --reference missing.npy")
+    with pytest.raises(UsageError, match="no checker was started for workflow 'other'"):
+        shell.run_line_magic("scanflow", "checker status other")
+    with pytest.raises(UsageError):
+        shell.run_line_magic("scanflow", "checker pause serve")
+    (app_dir / "bad.npy").write_text("not numpy")
+    with pytest.raises(UsageError, match="not a numpy .npy array"):
+        shell.run_line_magic("scanflow", "checker start serve --reference bad.npy")
+
+
+def test_monitor_updates_from_another_thread():
+    from scanflow_nb.check import DriftResult
+    from scanflow_nb.widgets.drift import DriftMonitor
+
+    monitor = DriftMonitor()
+    assert "no batch checked yet" in monitor.alert.value
+
+    def feed():
+        for i, p in enumerate([0.4, 0.3, 0.001]):
+            res = DriftResult.build(p, 1.0 + i, np.arange(5.0), 3.5, 0.05)
+            monitor.add(CheckRecord(f"b{i}", f"c{i}", res, None, time.time(), 0.5))
+        monitor.add(CheckRecord("b3", "c3", None, "wrong shape", time.time(), 0.5))
+
+    thread = threading.Thread(target=feed)
+    thread.start()
+    thread.join()
+    assert [p["drift"] for p in monitor.points] == [False, False, True, False]
+    assert "3 of 4 batches" not in monitor.alert.value and "4 batches checked, 1 drifted" in monitor.alert.value
+    monitor.note("tracker unreachable; retrying in 2.0 s")
+    assert "retrying" in monitor.info.value
+    assert len(monitor.plot.value) > 1000
