@@ -200,8 +200,9 @@ class GraphWidget(widgets.VBox):
             url = f"{uri.rstrip('/')}/#/runs/{run_id}"
             return f"<a href='{html.escape(url)}' target='_blank'>{run_id}</a>"
         if uri:
-            return (f"<code>{run_id}</code> in <code>{html.escape(uri)}</code> "
-                    f"(browse with <code>mlflow ui --backend-store-uri {html.escape(uri)}</code>)")
+            store = "the app's embedded store" if uri.startswith("sqlite") else html.escape(uri)
+            browse = html.escape(f"mlflow ui --backend-store-uri {uri}")
+            return f"<code>{run_id}</code> in {store}<br><small>browse it: <code>{browse}</code></small>"
         return f"<code>{run_id}</code>"
 
     def _guess_tracking_uri(self) -> str | None:

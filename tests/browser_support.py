@@ -1,0 +1,232 @@
+"""End-to-end notebook tests: a real JupyterLab driven by headless Chromium through Playwright.
+
+Import the fixtures into a test module and mark it::
+
+    from browser_support import lab, open_notebook, page, run_cell  # noqa: F401
+    pytestmark = pytest.mark.browser
+
+    def test_something(lab, page):
+        open_notebook(page, lab, "demo.ipynb")
+        cell = run_cell(page, "print(6 * 7)")
+        assert "42" in cell.inner_text()
+
+`lab` starts JupyterLab on a free port in a temporary root folder (a token, no browser, the news and
+update pop-ups switched off through temporary user settings), `page` is a Chromium page at a
+desktop size. Both stop completely at the end. Everything missing (the `chromium` binary,
+jupyterlab, playwright) makes the tests skip with a reason that says what to install. Chromium is
+Debian's (`apt-get install chromium`), never a `playwright install` download.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+NO_POPUPS = {"@jupyterlab/apputils-extension/notification.jupyterlab-settings":
+             {"checkForUpdates": False, "fetchNews": "false"}}
+VIEWPORT = {"width": 1400, "height": 1000}
+
+
+def chromium_path() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def missing_reason() -> str | None:
+    """Why browser tests cannot run here, or None if they can."""
+    if chromium_path() is None:
+        return "no chromium binary (install it: apt-get install chromium)"
+    for module, extra in (("jupyterlab", "jupyterlab"), ("playwright", "playwright")):
+        if find_spec(module) is None:
+            return f"{extra} is not installed (pip install -e '.[browser]')"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Lab:
+    """A running JupyterLab server."""
+
+    url: str
+    token: str
+    root: Path
+    process: subprocess.Popen
+    log: Path
+
+    def api(self, method: str, path: str, body: dict | None = None) -> dict:
+        """Call the Jupyter server REST API (e.g. "PUT", "api/contents/x.ipynb")."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"{self.url}/{path}", data=data, method=method,
+                                         headers={"Authorization": f"token {self.token}",
+                                                  "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            text = response.read().decode()
+        return json.loads(text) if text else {}
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """Stop the server, its kernels and anything they started (one process group)."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+
+
+def start_lab(root: Path, timeout: float = 90) -> Lab:
+    """Start JupyterLab serving `root`; returns once its API answers."""
+    root = Path(root)
+    home = root.parent / f"{root.name}-jupyter"
+    settings = home / "lab-settings"
+    for name, values in NO_POPUPS.items():
+        target = settings / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(values))
+    root.mkdir(parents=True, exist_ok=True)
+    port, token = free_port(), secrets.token_hex(16)
+    env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(settings), "JUPYTERLAB_WORKSPACES_DIR": str(home / "ws"),
+           "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "JUPYTER_CONFIG_DIR": str(home / "config"),
+           "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+    log = home / "jupyterlab.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+             f"--ServerApp.root_dir={root}", f"--IdentityProvider.token={token}", "--allow-root",
+             "--ServerApp.open_browser=False"],
+            cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    lab = Lab(f"http://127.0.0.1:{port}", token, root, process, log)
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"JupyterLab exited with code {process.returncode}:\n{lab.log_tail()}")
+        try:
+            lab.api("GET", "api/status")
+            return lab
+        except (urllib.error.URLError, ConnectionError, OSError):
+            if time.monotonic() > deadline:
+                lab.stop()
+                raise RuntimeError(f"JupyterLab did not answer within {timeout} s:\n{lab.log_tail()}")
+            time.sleep(0.3)
+
+
+def create_notebook(lab: Lab, name: str, sources: list[str] = ()) -> None:
+    """Write a notebook (Python 3 kernel, optional code cells) into the lab's root folder."""
+    cells = [{"cell_type": "code", "source": src, "metadata": {}, "outputs": [], "execution_count": None}
+             for src in sources]
+    content = {"cells": cells, "nbformat": 4, "nbformat_minor": 5,
+               "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)",
+                                           "language": "python"}}}
+    lab.api("PUT", f"api/contents/{name}", {"type": "notebook", "format": "json", "content": content})
+
+
+def open_notebook(page, lab: Lab, name: str, timeout: float = 90) -> None:
+    """Create `name` if needed, open it in the page and wait until its kernel is idle."""
+    try:
+        lab.api("GET", f"api/contents/{name}?content=0")
+    except urllib.error.HTTPError:
+        create_notebook(lab, name)
+    page.goto(f"{lab.url}/lab/tree/{name}?token={lab.token}")
+    page.locator(".jp-NotebookPanel .jp-Cell").first.wait_for(timeout=timeout * 1000)
+    wait_for_kernel_idle(page, timeout)
+
+
+def wait_for_kernel_idle(page, timeout: float = 90) -> None:
+    """Wait until the notebook's kernel reports Idle (cells run before that are silently dropped)."""
+    page.locator("#jp-main-statusbar").get_by_text(re.compile(r"\| Idle$")).first.wait_for(timeout=timeout * 1000)
+
+
+def run_cell(page, code: str, timeout: float = 120, wait: bool = True):
+    """Type `code` into the notebook's last cell and run it; returns that cell.
+
+    With `wait` (the default) it returns once the cell has finished (see `wait_for_cell`).
+    Typing goes through `insert_text`, so the editor adds no brackets or indentation of its own.
+    """
+    cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell")
+    index = cells.count() - 1
+    cell = cells.nth(index)
+    editor = cell.locator(".cm-content")
+    if editor.inner_text().strip():             # the last cell is used: add a new one below it
+        editor.click()
+        page.keyboard.press("Escape")
+        page.keyboard.press("b")
+        index += 1
+        cell = cells.nth(index)
+        editor = cell.locator(".cm-content")
+    editor.click()
+    page.keyboard.insert_text(code)
+    page.keyboard.press("Shift+Enter")
+    if wait:
+        wait_for_cell(page, cell, timeout)
+    return cell
+
+
+def wait_for_cell(page, cell, timeout: float = 120) -> None:
+    """Wait until a cell's prompt shows its execution count ("[3]:" rather than "[*]:" or "[ ]:")."""
+    prompt = cell.locator(".jp-InputArea-prompt")
+    deadline = time.monotonic() + timeout
+    while not re.fullmatch(r"\[\d+\]:", prompt.inner_text().strip()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"cell did not finish within {timeout} s: {cell.inner_text()[:80]!r}")
+        page.wait_for_timeout(200)
+
+
+def wait_for_text(locator, text: str, timeout: float = 60) -> None:
+    """Wait until `text` appears inside a page or a locator."""
+    locator.get_by_text(text).first.wait_for(timeout=timeout * 1000)
+
+
+def screenshot(target, path: str | os.PathLike) -> Path:
+    """Save a PNG of a page or an element."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    target.screenshot(path=str(path))
+    return path
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """A JupyterLab server on a free port serving tmp_path/"root"; stopped after the test."""
+    reason = missing_reason()
+    if reason:
+        pytest.skip(f"browser test skipped: {reason}")
+    server = start_lab(tmp_path / "root")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def page(lab):
+    """A headless Chromium page (Debian's chromium, driven by Playwright)."""
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=VIEWPORT)
+            page.set_default_timeout(60_000)
+            yield page
+        finally:
+            browser.close()
