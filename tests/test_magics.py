@@ -155,3 +155,14 @@ def test_load_ext_is_fast_and_imports_nothing_heavy():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_background_run_returns_a_handle(shell, run_cell, app_dir):
+    run_cell(f"%scanflow app {app_dir}")
+    run_cell("%scanflow workflow w")
+    run_cell("%%scanflow executor a -w w\nimport time; time.sleep(1); print('late')")
+    result, out, err = run_cell("h = %scanflow run w --background")
+    handle = shell.user_ns["h"]
+    assert "running" in repr(handle) and not err
+    assert handle.result(timeout=60).status == "succeeded"
+    assert "succeeded" in repr(handle)

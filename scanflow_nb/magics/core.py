@@ -114,6 +114,8 @@ def executor(ctx, args, cell):
 @argument("--isolated", action="store_true", help="local: run executors with requirements in their own venv")
 @argument("--quiet", "-q", action="store_true", help="do not stream executor output")
 @argument("--no-graph", action="store_true", help="do not show the live graph widget")
+@argument("--background", action="store_true",
+          help="return at once with a handle (.result(), .cancel()); the graph widget follows the run")
 def run(ctx, args):
     """Run a workflow; output streams live and the result lists each executor and its MLflow run."""
     app = ctx.app
@@ -128,7 +130,8 @@ def run(ctx, args):
         listeners.append(_live_graph(app, args.workflow))
     try:
         return app.run(args.workflow, backend, force=args.force, only=args.only, from_=args.from_,
-                       max_workers=args.max_workers, listeners=listeners, echo=not args.quiet)
+                       max_workers=args.max_workers, listeners=listeners,
+                       echo=not (args.quiet or args.background), background=args.background)
     except KeyboardInterrupt:
         print(f"interrupted: the running executors of {args.workflow!r} were stopped")
         return app.status(args.workflow)[app.find(args.workflow).name]

@@ -391,6 +391,12 @@ class RunHandle:
     def done(self) -> bool:
         return not self._thread.is_alive()
 
+    def __repr__(self) -> str:
+        if not self.done:
+            return f"<run of {self._run.root.name!r}: running; .result() waits for it, .cancel() stops it>"
+        outcome = self._result.status if self._result else f"error: {self._error}"
+        return f"<run of {self._run.root.name!r}: {outcome}>"
+
     def cancel(self) -> None:
         self._run.cancel()
 
