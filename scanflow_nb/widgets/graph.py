@@ -173,6 +173,9 @@ class GraphWidget(widgets.VBox):
         params = ", ".join(f"{k}={v}" for k, v in executor.parameters.items()) or "none"
         rows.append(("parameters", html.escape(params)))
         rows.append(("image", html.escape(_image_of(executor))))
+        if executor.requirements:
+            reqs = executor.requirements if isinstance(executor.requirements, str) else " ".join(executor.requirements)
+            rows.append(("requirements", html.escape(reqs)))
         rows.append(("MLflow run", self._run_link(status.run_id)))
         self.details.value = ("<table class='scanflow-details'>" + "".join(
             f"<tr><th style='text-align:left;padding-right:1em'>{k}</th><td>{v}</td></tr>" for k, v in rows)
@@ -235,7 +238,7 @@ def _image_of(executor: Any) -> str:
         return executor.image
     if executor.dockerfile:
         return f"built from {executor.dockerfile}"
-    return "the back end's Python image (local back end: this Python)"
+    return "none declared: docker/swarm build one from their base image; local uses this Python"
 
 
 def _note(text: str, error: bool = False) -> str:
