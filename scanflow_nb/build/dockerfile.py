@@ -26,7 +26,7 @@ def executor_dockerfile(base: str, pip: PipSettings, code_files: list[str]) -> s
     lines = _prologue(base, pip, WORKSPACE)
     lines += [f"COPY {REQUIREMENTS} /opt/scanflow/requirements.txt",
               "RUN python -m pip install -r /opt/scanflow/requirements.txt",
-              f"WORKDIR {WORKSPACE}", f"USER {USER}", f"ENV HOME=/home/{USER} PYTHONUNBUFFERED=1"]
+              f"WORKDIR {WORKSPACE}", f"USER {USER}", f"ENV HOME=/home/{USER} PYTHONUNBUFFERED=1 GIT_PYTHON_REFRESH=quiet"]
     lines += [f"COPY code/{path} {CODE_DIR}/{path}" for path in code_files]
     return "\n".join(lines) + "\n"
 
