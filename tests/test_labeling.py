@@ -40,7 +40,7 @@ def test_label_stores_at_once_and_shows_the_next_sample(store):
     panel = LabelingPanel(improver(), store=store, retrain_every=50)
     first = panel.current
     assert panel._view.children == (panel._image,) and bytes(panel._image.value).startswith(b"\x89PNG")
-    assert "model guess" in panel._guess.value
+    assert "model guess" in panel._guess_html.value
     panel.label(truth(first))
     assert store.labels("default") == {first: truth(first)}
     assert panel.current != first and first in panel.improver.taught

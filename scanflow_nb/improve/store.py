@@ -30,6 +30,7 @@ class LabelStore:
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")   # WAL: every commit survives a killed process
             self._db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise ValidationError(f"cannot use {self.path} as a label store: {exc}") from None

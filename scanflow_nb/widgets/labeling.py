@@ -98,6 +98,7 @@ class LabelingPanel:
         self.among = None if among is None else {int(i) for i in among}
         self.keys = _key_map(improver.classes)
         self.queue: list[int] = []
+        self._guesses: dict[int, tuple] = {}
         self.skipped: set[int] = set()
         self.scores: list[tuple[int, float]] = []
         self.errors: list[str] = []
@@ -106,6 +107,7 @@ class LabelingPanel:
         self._lock = threading.RLock()
         self._retraining: threading.Thread | None = None
         self._finishing: threading.Thread | None = None
+        self._topping: threading.Thread | None = None
         self._since_retrain = 0
         self.store.open_session(session, improver.fingerprint(), improver.classes)
         self.n_labels = self._replay()
@@ -163,6 +165,7 @@ class LabelingPanel:
             self._since_retrain += 1
             self._refill()
         self._render()
+        self._maybe_top_up()
         self._after_label()
 
     def skip(self) -> None:
@@ -174,6 +177,7 @@ class LabelingPanel:
             self.queue.pop(0)
             self._refill()
         self._render()
+        self._maybe_top_up()
 
     def undo(self) -> None:
         """Take back the latest label or skip (repeatable); its sample is shown again."""
@@ -193,12 +197,12 @@ class LabelingPanel:
         self._render()
 
     def accept_guess(self) -> None:
-        """Label the current sample with the model's guess."""
+        """Label the current sample with the model's guess (the one shown)."""
         sample = self._require_current()
-        guess = self.improver.guess([sample])
-        if not guess:
+        guess = self._guesses.get(sample) or next(iter(self.improver.guess([sample])), None)
+        if guess is None:
             raise ScanflowError("the model has no guess yet: label a few samples first")
-        self.label(guess[0][0])
+        self.label(guess[0])
 
     def press(self, key: str) -> None:
         """What a key press does; errors are shown in the panel instead of raised."""
@@ -222,11 +226,11 @@ class LabelingPanel:
             return self._retraining
 
     def wait(self, timeout: float | None = 60) -> None:
-        """Block until background retrains (including chained ones) and finishing are done."""
+        """Block until background work (retrains, chained ones, queue top-ups, finishing) is done."""
         import time
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            busy = [t for t in (self._retraining, self._finishing) if t is not None and t.is_alive()]
+            busy = [t for t in (self._retraining, self._finishing, self._topping) if t is not None and t.is_alive()]
             if not busy:
                 return
             left = None if deadline is None else deadline - time.monotonic()
@@ -297,22 +301,59 @@ class LabelingPanel:
             keep = self.queue[:1]
             exclude = self._excluded() | set(keep)
         try:
-            fresh = self.improver.query_ids(self.retrain_every, exclude=exclude).tolist()
+            fresh = self.improver.query_ids(self._queue_size, exclude=exclude).tolist()
         except ValidationError:  # pool exhausted
             fresh = []
+        guesses = self._guess(keep + fresh)
         with self._lock:
             in_pool = set(self.improver.pool_ids.tolist())
             head = [i for i in self.queue[:1] if i in in_pool]
             self.queue = head + [i for i in fresh if i not in head and i in in_pool]
+            self._guesses = guesses
         self._render()
 
     def _refill(self) -> None:
         if self.queue:
             return
         try:
-            self.queue = self.improver.query_ids(self.retrain_every, exclude=self._excluded()).tolist()
+            self.queue = self.improver.query_ids(self._queue_size, exclude=self._excluded()).tolist()
         except ValidationError:  # nothing left but skipped samples
             self.queue = []
+        self._guesses = self._guess(self.queue)
+
+    @property
+    def _queue_size(self) -> int:
+        """Samples queued per query: enough to keep labeling while the next retrain and query run."""
+        return 3 * self.retrain_every
+
+    def _guess(self, ids) -> dict:
+        """The model's guesses for queued samples, computed in one call so showing a sample costs nothing."""
+        return dict(zip(ids, self.improver.guess(ids))) if ids else {}
+
+    def _maybe_top_up(self) -> None:
+        """When the queue runs low, query more samples in the background so the panel never waits for it."""
+        with self._lock:
+            busy = self._topping is not None and self._topping.is_alive()
+            if busy or not self.queue or len(self.queue) > self.retrain_every or self.finished:
+                return
+            self._topping = threading.Thread(target=self._top_up, name="scanflow-queue", daemon=True)
+            self._topping.start()
+
+    def _top_up(self) -> None:
+        try:
+            with self._lock:
+                exclude = self._excluded() | set(self.queue)
+            try:
+                fresh = self.improver.query_ids(self._queue_size, exclude=exclude).tolist()
+            except ValidationError:  # nothing more in the pool
+                return
+            guesses = self._guess(fresh)
+            with self._lock:
+                in_pool = set(self.improver.pool_ids.tolist())
+                self.queue += [i for i in fresh if i in in_pool and i not in self.queue]
+                self._guesses.update(guesses)
+        except Exception as exc:  # a thread must not die silently
+            self._say(f"queueing more samples failed: {type(exc).__name__}: {exc}", error=True)
 
     def _excluded(self) -> set[int]:
         """Pool ids not to show: skipped ones, and those outside `among`."""
@@ -332,7 +373,7 @@ class LabelingPanel:
         self._view = w.Box(layout=w.Layout(min_height="170px", align_items="center"))
         self._image = w.Image(format="png")
         self._text = w.HTML()
-        self._guess = w.HTML()
+        self._guess_html = w.HTML()
         self._buttons = []
         for key, cls in ((k, c) for c in self.improver.classes for k in [self._key_of(c)]):
             button = w.Button(description=str(cls), tooltip=f"label as {cls}" + (f" (key {key})" if key else ""),
@@ -352,7 +393,7 @@ class LabelingPanel:
         self.widget = w.VBox([
             w.HTML(f"<b>Labeling</b> · session <code>{html.escape(self.session)}</code> · "
                    f"strategy {html.escape(self.improver.strategy)}"),
-            w.HBox([self._view, self._guess], layout=w.Layout(align_items="center", grid_gap="1em")),
+            w.HBox([self._view, self._guess_html], layout=w.Layout(align_items="center", grid_gap="1em")),
             w.HBox(self._buttons, layout=w.Layout(flex_flow="row wrap")),
             w.HBox([self._skip_button, self._undo_button, self._finish_button]),
             w.HBox([self._progress, self._counts]),
@@ -406,7 +447,7 @@ class LabelingPanel:
         if sample is None:
             self._text.value = "<i>nothing left to label</i>"
             self._view.children = [self._text]
-            self._guess.value = ""
+            self._guess_html.value = ""
             return
         shown = self._shown(sample)
         if is_image(shown):
@@ -415,9 +456,11 @@ class LabelingPanel:
         else:
             self._text.value = sample_html(shown, self.feature_names)
             self._view.children = [self._text]
-        guess = self.improver.guess([sample])
-        self._guess.value = (f"model guess: <b>{html.escape(str(guess[0][0]))}</b> ({guess[0][1]:.0%})"
-                             if guess else "<i>no model yet</i>")
+        guess = self._guesses.get(sample)
+        if guess is None and self.improver.model is not None:
+            guess = self._guesses[sample] = self.improver.guess([sample])[0]
+        self._guess_html.value = (f"model guess: <b>{html.escape(str(guess[0]))}</b> ({guess[1]:.0%})"
+                                  if guess else "<i>no model yet</i>")
 
     def _shown(self, sample: int):
         if self.samples is None:
