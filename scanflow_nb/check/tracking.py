@@ -174,9 +174,22 @@ def log_check(client, exp_id: str, batch_run_id: str, result: DriftResult | None
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in result.summary().items()])
         _log_npy(client, run_id, result.indices, "check/indices.npy")
         _log_npy(client, run_id, result.scores, "check/scores.npy")
-    client.set_terminated(run_id, "FINISHED" if result is not None else "FAILED")
+    _finish_quietly(client, run_id, "FINISHED" if result is not None else "FAILED")
     client.set_tag(batch_run_id, CHECKED_TAG, run_id)
     return run_id
+
+
+def _finish_quietly(client, run_id: str, status: str) -> None:
+    """End a run without `set_terminated`'s "View run at" lines: printed from the checker thread,
+    they would land in whatever notebook cell happens to be running (and cost one more request)."""
+    from mlflow.entities import RunStatus
+
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    if store is None:  # MLflow changed its internals: fall back to the public call
+        client.set_terminated(run_id, status)
+        return
+    store.update_run_info(run_id, run_status=RunStatus.from_string(status), end_time=int(time.time() * 1000),
+                          run_name=None)
 
 
 def check_runs(tracking_uri: str, experiment: str) -> list:
