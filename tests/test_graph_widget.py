@@ -169,3 +169,22 @@ def test_server_tracker_links_to_the_mlflow_ui(tmp_path):
     widget.on_event(RunEvent("succeeded", "served", "served/x", run_id="abc123"))
     widget.selector.value = "served/x"
     assert "<a href='http://127.0.0.1:5123/#/runs/abc123' target='_blank'>abc123</a>" in widget.details.value
+
+
+def test_elapsed_time_ticks_during_a_quiet_run_and_stops_after(app):
+    import time
+    widget = GraphWidget(app.find("pipeline"), app, tick_interval=0.1)
+    widget.on_event(RunEvent("run_started", "pipeline", run_id="r", time=time.time() - 5))
+    widget.on_event(RunEvent("started", "pipeline", "pipeline/prepare"))
+    first = widget.summary.value
+    deadline = time.time() + 10
+    while widget.summary.value == first and time.time() < deadline:
+        time.sleep(0.05)
+    assert widget.summary.value != first and "so far" in widget.summary.value   # ticked with no new event
+    renders = widget.renders
+    widget.on_event(RunEvent("run_finished", "pipeline", run_id="r", error="interrupted"))
+    assert "the run interrupted" in widget.summary.value and "so far" not in widget.summary.value
+    assert widget._ticker is None and widget.renders == renders + 1
+    widget.close()
+    widget.on_event(RunEvent("run_started", "pipeline", run_id="again"))
+    assert widget._ticker is None                                               # a closed widget never ticks

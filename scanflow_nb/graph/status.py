@@ -29,12 +29,12 @@ class ExecutorStatus:
     started: float | None = None
 
     def describe(self, now: float | None = None) -> str:
-        """A short label: the state, the duration or time so far, the attempt if retried."""
+        """A short label: the state, the duration (or, given `now`, the time so far), the attempt if retried."""
         parts = [self.state]
         if self.duration is not None:
             parts.append(format_seconds(self.duration))
-        elif self.state == ev.RUNNING and self.started is not None:
-            parts.append(format_seconds((now or time.time()) - self.started))
+        elif self.state == ev.RUNNING and self.started is not None and now is not None:
+            parts.append(format_seconds(now - self.started))
         if self.attempt > 1:
             parts.append(f"try {self.attempt}")
         return " · ".join(parts)

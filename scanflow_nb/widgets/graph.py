@@ -3,12 +3,14 @@
 `GraphWidget.on_event` is an `App.run` listener. It only records the event and asks for a
 redraw; redraws are coalesced on a short timer thread, so a burst of log lines never re-runs
 `dot`, and the run's thread is never held up by drawing. The final event redraws at once.
+While a run goes on, a ticker refreshes the elapsed time in the summary (without redrawing).
 """
 from __future__ import annotations
 
 import html
 import logging
 import threading
+import time
 import traceback
 from collections import deque
 from typing import Any
@@ -16,13 +18,14 @@ from typing import Any
 import ipywidgets as widgets
 
 from ..errors import ScanflowError
-from ..graph import RunProgress, dot_available, render_svg, text_tree
+from ..graph import RunProgress, Summary, dot_available, render_svg, text_tree
 from ..graph.render import INSTALL_HINT
 from ..run import events as ev
 from ..spec import Workflow
 
 log = logging.getLogger(__name__)
 NO_SELECTION = "(select an executor)"
+MAX_SILENCE = 3600.0   # stop ticking when a "running" run has sent no event for this long
 
 
 class GraphWidget(widgets.VBox):
@@ -33,17 +36,20 @@ class GraphWidget(widgets.VBox):
     """
 
     def __init__(self, workflow: Workflow, app: Any = None, *, refresh_interval: float = 0.3,
-                 log_tail: int = 30):
+                 tick_interval: float = 1.0, log_tail: int = 30):
         if not isinstance(workflow, Workflow):
             raise ScanflowError(f"GraphWidget needs a Workflow, got {type(workflow).__name__}")
         self.workflow, self.app = workflow, app
         self.progress = RunProgress(workflow)
-        self.refresh_interval, self.log_tail = refresh_interval, log_tail
+        self.refresh_interval, self.tick_interval, self.log_tail = refresh_interval, tick_interval, log_tail
         self.tracking_uri: str | None = None
         self.renders = 0                      # how many times the graph was drawn
         self.errors: list[str] = []           # drawing failures, also shown in the widget
         self._lines: dict[str, deque[str]] = {key: deque(maxlen=log_tail) for key in self.progress.keys}
         self._timer: threading.Timer | None = None
+        self._ticker: threading.Timer | None = None
+        self._last_event = time.time()
+        self._closed = False
         self._graph_dirty = False
         self._schedule_lock = threading.Lock()
         self._draw_lock = threading.RLock()     # re-entered when _draw selects a failed executor
@@ -72,6 +78,7 @@ class GraphWidget(widgets.VBox):
     def on_event(self, event: ev.RunEvent) -> None:
         """An App.run listener: record the event and schedule a (coalesced) redraw. Thread-safe."""
         changed = self.progress.apply(event)
+        self._last_event = time.time()
         with self._lines_lock:
             if event.kind == ev.RUN_STARTED:
                 for lines in self._lines.values():
@@ -81,11 +88,13 @@ class GraphWidget(widgets.VBox):
             elif event.kind == ev.STARTED and event.key in self._lines:
                 self._lines[event.key].clear()
         if event.kind == ev.RUN_FINISHED:
-            self._cancel_timer()
+            self._cancel_timers()
             self._graph_dirty = True
             self.flush()
             return
         self._schedule(graph=changed)
+        if event.kind == ev.RUN_STARTED:
+            self._start_ticker()
 
     def load_result(self, result: Any) -> None:
         """Show the final states of a finished run (an engine RunResult)."""
@@ -98,9 +107,25 @@ class GraphWidget(widgets.VBox):
         """Redraw now whatever changed. Drawing errors are shown in the widget, never raised."""
         with self._schedule_lock:
             graph, self._graph_dirty = self._graph_dirty or self._svg is None, False
+        self._safely(self._draw, graph)
+
+    def close(self) -> None:
+        """Stop the timers, then close the widget and its children."""
+        self._closed = True
+        if hasattr(self, "log_view"):          # fully built (close also runs from __del__)
+            self._cancel_timers()
+            for child in self._children():
+                child.close()
+        super().close()
+
+    def _children(self) -> list:
+        return [self.bar, self.summary, self.message, self.graph, self.selector, self.details, self.log_view,
+                self.children[0]]
+
+    def _safely(self, draw, *args) -> None:
         with self._draw_lock:
             try:
-                self._draw(graph)
+                draw(*args)
             except Exception as exc:  # a display problem must not break the run that feeds it
                 self.errors.append(f"{type(exc).__name__}: {exc}")
                 log.error("graph widget redraw failed:\n%s", traceback.format_exc())
@@ -119,18 +144,35 @@ class GraphWidget(widgets.VBox):
             self._timer = None
         self.flush()
 
-    def _cancel_timer(self) -> None:
+    def _start_ticker(self) -> None:
         with self._schedule_lock:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            if self._ticker is None and not self._closed:
+                self._ticker = threading.Timer(self.tick_interval, self._on_tick)
+                self._ticker.daemon = True
+                self._ticker.start()
+
+    def _on_tick(self) -> None:
+        with self._schedule_lock:
+            self._ticker = None
+        running = self.progress.started is not None and self.progress.finished is None
+        if self._closed or not running or time.time() - self._last_event > MAX_SILENCE:
+            return
+        self._safely(self._draw_summary)
+        self._start_ticker()
+
+    def _cancel_timers(self) -> None:
+        with self._schedule_lock:
+            for timer in (self._timer, self._ticker):
+                if timer is not None:
+                    timer.cancel()
+            self._timer = self._ticker = None
 
     def _on_select(self, change: Any) -> None:
         with self._draw_lock:
             self._show_selection()
 
     # -- drawing ---------------------------------------------------------------------------------
-    def _draw(self, graph: bool) -> None:
+    def _draw_summary(self) -> Summary:
         summary = self.progress.summary()
         self.bar.value = summary.done
         self.bar.bar_style = "danger" if summary.failed else ("success" if summary.finished else "info")
@@ -138,6 +180,10 @@ class GraphWidget(widgets.VBox):
         if self.progress.run_error:
             text += f" · <b style='color:#b8322a'>{html.escape(self.progress.run_error)}</b>"
         self.summary.value = f"<span class='scanflow-summary'>{text}</span>"
+        return summary
+
+    def _draw(self, graph: bool) -> None:
+        summary = self._draw_summary()
         if graph:
             self._draw_graph()
         if summary.failed and self.selector.value == NO_SELECTION and summary.finished:
