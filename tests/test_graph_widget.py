@@ -153,6 +153,8 @@ def test_static_renderings_carry_the_graph(app):
     from IPython.core.formatters import DisplayFormatter
     data, _ = DisplayFormatter().format(widget)
     assert {"application/vnd.jupyter.widget-view+json", "image/svg+xml", "text/html"} <= set(data)
+    assert data["text/plain"].splitlines()[:3] == [
+        "pipeline: 0/3 done", "pipeline  (sequential)", "├── prepare  [pending]"]
 
 
 def test_only_workflows_are_accepted():

@@ -89,7 +89,8 @@ class GraphWidget(widgets.VBox):
                 self._lines[event.key].clear()
         if event.kind == ev.RUN_FINISHED:
             self._cancel_timers()
-            self._graph_dirty = True
+            with self._schedule_lock:
+                self._graph_dirty = True
             self.flush()
             return
         self._schedule(graph=changed)
@@ -268,6 +269,15 @@ class GraphWidget(widgets.VBox):
         return f"http://{tracker.host}:{tracker.port}" if tracker.port else None
 
     # -- static renderings -------------------------------------------------------------------------
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict:
+        data = super()._repr_mimebundle_(**kwargs)
+        data["text/plain"] = self._text()     # terminals and text exports get the tree
+        return data
+
+    def _text(self) -> str:
+        summary = self.progress.summary().text()
+        return f"{self.workflow.name}: {summary}\n{text_tree(self.workflow, self.progress.snapshot())}"
+
     def _repr_svg_(self) -> str | None:
         return self._svg or None
 
@@ -275,8 +285,7 @@ class GraphWidget(widgets.VBox):
         summary = html.escape(self.progress.summary().text())
         if self._svg:
             return f"<div><p>{html.escape(self.workflow.name)}: {summary}</p>{self._svg}</div>"
-        tree = html.escape(text_tree(self.workflow, self.progress.snapshot()))
-        return f"<div><p>{summary}</p><pre>{tree}</pre></div>"
+        return f"<pre>{html.escape(self._text())}</pre>"
 
 
 def _image_of(executor: Any) -> str:
