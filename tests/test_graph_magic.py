@@ -5,22 +5,17 @@ import shutil
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
-
-import scanflow_nb.magics.graph  # noqa: F401  (registers the subcommand even before the lead wires it)
 
 needs_dot = pytest.mark.skipif(not shutil.which("dot"),
                                reason="graphviz's `dot` program is not installed (apt-get install graphviz)")
 
 
 @pytest.fixture
-def shell(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+def shell(shell, tmp_path, monkeypatch):
+    """conftest's real InteractiveShell with the extension loaded, and a fresh app in tmp_path."""
     monkeypatch.chdir(tmp_path)
-    ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "scanflow_nb")
-    ip.run_line_magic("scanflow", f"app {tmp_path / 'app'}")
-    return ip
+    shell.run_line_magic("scanflow", f"app {tmp_path / 'app'}")
+    return shell
 
 
 def declare(ip):
