@@ -156,13 +156,24 @@ class KSDetector(Detector):
     """Per-feature two-sample Kolmogorov-Smirnov tests, Bonferroni-corrected over the features.
 
     Batch score: the largest KS statistic. Per-sample score: mean squared z-score of the sample's
-    features against the reference (features with no spread get a small floor).
+    features against the reference (features with no spread get a small floor). At most
+    `max_reference` reference samples (a seeded random subset) are kept.
     """
 
     kind = "ks"
 
+    def __init__(self, alpha: float = 0.05, seed: int = 0, max_reference: int = 5000) -> None:
+        super().__init__(alpha, seed)
+        self.max_reference = int(max_reference)
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "max_reference": self.max_reference}
+
     def _fit(self, X: np.ndarray) -> None:
         flat = _flat(X)
+        if len(flat) > self.max_reference:  # a random subset keeps memory and scoring time bounded
+            keep = np.random.default_rng(self.seed).choice(len(flat), self.max_reference, replace=False)
+            flat = flat[np.sort(keep)]
         self.reference_ = flat
         self.mean_ = flat.mean(axis=0)
         std = flat.std(axis=0)

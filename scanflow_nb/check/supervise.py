@@ -2,7 +2,8 @@
 
 The detector kind and alpha come from the workflow's declared `Checker` (defaults when none is
 declared). The reference data is the .npy file given as `reference` (a path inside the app folder
-or absolute) or else the newest reference logged to the workflow's experiment (`log_reference`).
+or absolute), else the Checker's own `reference` path if the spec has one, else the newest
+reference logged to the workflow's experiment (`log_reference`).
 A fitted detector is kept in `<app>/.scanflow/checker/<workflow>/` together with a fingerprint of
 its kind, alpha and reference data, so a restarted kernel reuses it instead of training again.
 """
@@ -43,6 +44,7 @@ def fitted_detector(app, workflow: str, reference: str | None = None):
     from .tracking import load_reference
 
     spec = _checker_spec(app, workflow)
+    reference = reference or getattr(spec, "reference", None)  # a Checker(reference=...) field, if declared
     if reference is not None:
         X = _read_reference(app, reference)
     else:

@@ -67,6 +67,7 @@ class Watcher:
         self.outages: list[dict[str, Any]] = []
         self.errors: list[str] = []
         self._lock = threading.Lock()
+        self._polling = threading.Lock()  # one poll at a time, even if poll() is also called by hand
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._state = "stopped"
@@ -132,6 +133,10 @@ class Watcher:
         Raises TrackerError (or MLflow's error) when the tracker cannot be reached: nothing is lost,
         the next poll takes up where this one stopped.
         """
+        with self._polling:
+            return self._poll()
+
+    def _poll(self) -> list[CheckRecord]:
         tr.ensure_reachable(self.tracking_uri)
         if self._client is None:
             self._client = tr.client_for(self.tracking_uri)
