@@ -1,5 +1,5 @@
 """The data used to check detectors: the offline digits, the Keras loaders, the 15 corruptions."""
-from pathlib import Path
+
 
 import numpy as np
 import pytest
