@@ -1,6 +1,4 @@
 """The data used to check detectors: the offline digits, the Keras loaders, the 15 corruptions."""
-
-
 import numpy as np
 import pytest
 
