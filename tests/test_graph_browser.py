@@ -64,6 +64,20 @@ def test_live_graph_of_a_nested_run_in_jupyterlab(lab, page, tmp_path):
     assert re.search(r"parameters\s+epochs=3", details)
     assert re.search(r"MLflow run\s+[0-9a-f]{32}", details)
 
+    # a background run: the cell returns at once, the widget keeps updating while the kernel is idle
+    cell = run_cell(page, "from scanflow_nb import App\n"
+                          "from scanflow_nb.widgets.graph import GraphWidget\n"
+                          "app = App.open('demo')\n"
+                          "live = GraphWidget(app.find('pipeline'), app)\n"
+                          "display(live)\n"
+                          "handle = app.run('pipeline', listeners=[live.on_event], background=True, force=True, "
+                          "echo=False)")
+    live = cell.locator(".scanflow-graph")
+    assert "5/5 done" not in live.locator(".scanflow-summary").inner_text()
+    assert "kernel is free" in run_cell(page, "print('kernel is free')").inner_text()
+    live.locator(".scanflow-summary", has_text="5/5 done").wait_for(timeout=90_000)
+    assert live.locator("g.node.sf-succeeded").count() == len(KEYS)
+
     shot = screenshot(widget, tmp_path / "graph_widget.png")
     assert shot.stat().st_size > 10_000
     if os.environ.get("SCANFLOW_UPDATE_DOCS_IMAGES") == "1":
