@@ -31,7 +31,7 @@ def nested() -> Workflow:
 
 
 def parse(svg: str):
-    """Nodes (title -> (class, label text, centre y)), cluster titles and edge titles of an SVG."""
+    """Nodes (title -> (class, label text, centre y, x)), cluster titles and edge titles of an SVG."""
     root = ET.fromstring(svg)
     nodes, clusters, edges = {}, [], []
     for g in root.iter(f"{SVG}g"):
@@ -39,7 +39,8 @@ def parse(svg: str):
         if kind.startswith("node"):
             texts = [t.text for t in g.iter(f"{SVG}text")]
             ys = [float(t.get("y")) for t in g.iter(f"{SVG}text")]
-            nodes[title] = (kind, " ".join(texts), sum(ys) / len(ys))
+            x = float(next(g.iter(f"{SVG}text")).get("x"))
+            nodes[title] = (kind, " ".join(texts), sum(ys) / len(ys), x)
         elif kind.startswith("cluster"):
             clusters.append(title)
         elif kind == "edge":
@@ -64,7 +65,8 @@ def test_every_workflow_is_a_cluster_and_every_executor_a_node():
 def test_parallel_children_side_by_side_and_sequential_ones_below_each_other():
     nodes, _, edges = parse(render_svg(nested()))
     y = {key: node[2] for key, node in nodes.items()}
-    assert y["evaluate/a"] == y["evaluate/b"]                     # parallel: same rank
+    assert y["evaluate/a"] == y["evaluate/b"]                     # parallel: same rank,
+    assert nodes["evaluate/a"][3] < nodes["evaluate/b"][3]        # left to right as declared
     assert y["pipeline/prepare"] < y["pipeline/train"] < y["evaluate/a"] < y["report/publish"]
     assert y["inner/c"] < y["inner/d"]                            # sequential inside the parallel group
     assert "pipeline/prepare->pipeline/train" in edges            # depends_on

@@ -57,6 +57,8 @@ def _add_workflow(parent: graphviz.Digraph, wf: Workflow, statuses: dict[str, Ex
         _add_specials(cluster, wf, edges)
         for ex in wf.executors:
             _add_executor(cluster, wf, ex, statuses.get(f"{wf.name}/{ex.name}", ExecutorStatus()))
+        if wf.parallel:
+            _keep_side_by_side_in_order(cluster, wf)
         for child in wf.workflows:
             _add_workflow(cluster, child, statuses, edges, depth + 1)
         if not wf.children():
@@ -73,6 +75,17 @@ def _add_executor(cluster: graphviz.Digraph, wf: Workflow, ex: Executor, status:
                  style="rounded,filled,dashed" if status.state == ev.SKIPPED else "rounded,filled",
                  tooltip=f"{key}: {tooltip}", id=f"sf-{key}",
                  **{"class": f"sf-executor sf-{status.state}"})
+
+
+def _keep_side_by_side_in_order(cluster: graphviz.Digraph, wf: Workflow) -> None:
+    """Executors of a parallel workflow that wait for nothing: one rank, left to right as declared."""
+    starters = [node_id(wf, ex) for ex in wf.executors if not ex.depends_on]
+    if len(starters) < 2:
+        return
+    with cluster.subgraph(name=f"{wf.name}#starters") as row:
+        row.attr(rank="same")
+        for tail, head in zip(starters, starters[1:]):
+            row.edge(tail, head, style="invis")
 
 
 def _special_label(kind: str, special: Any) -> str:
