@@ -166,14 +166,15 @@ class Exporter:
     # -- docker stack (swarm) ------------------------------------------------------------------
     def stack(self) -> dict[str, Any]:
         tracker = self._tracker_service()
-        tracker["deploy"] = {"restart_policy": {"condition": "on-failure"}}
+        tracker["deploy"] = {"restart_policy": {"condition": "on-failure"}, "endpoint_mode": "dnsrr"}
         services: dict[str, Any] = {TRACKER: tracker}
         url = f"http://{TRACKER}:{PORT}"
         for task in self.tasks:
             services[self.names[task.key]] = {
                 "image": self.images[task.key], "command": self._gated(task, url), "working_dir": df.WORKSPACE,
                 "environment": self._env(task, url), "volumes": [f"workspace:{df.WORKSPACE}"],
-                "networks": ["scanflow"], "deploy": {"restart_policy": {"condition": "none"}},
+                "networks": ["scanflow"],
+                "deploy": {"restart_policy": {"condition": "none"}, "endpoint_mode": "dnsrr"},
                 "labels": {LABEL_WORKFLOW: task.workflow, "scanflow.key": task.key}}
         return {"version": "3.8", "services": services,
                 "networks": {"scanflow": {"driver": "overlay", "attachable": True}},

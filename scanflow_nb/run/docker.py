@@ -11,6 +11,7 @@ Everything created carries the labels `scanflow.app` (a hash of the app folder) 
 """
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 import uuid
@@ -128,7 +129,11 @@ class DockerBackend:
         return {LABEL_APP: self.app, LABEL_RUN: self.run_token, LABEL_WORKFLOW: self.workflow, **extra}
 
     def object_name(self, *parts: str) -> str:
-        return "-".join(["scanflow", self.run_token, *parts])
+        """`scanflow-<run>-<parts>`, at most 63 characters (swarm service names), shortened with a hash."""
+        name = "-".join(["scanflow", self.run_token, *parts])
+        if len(name) > 63:
+            name = name[:54] + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+        return name
 
     # -- Backend protocol -------------------------------------------------------------------------
     def open(self, app_dir: Path, workflow: str, tracking: Tracking) -> Tracking:
