@@ -247,3 +247,25 @@ def test_finish_logs_the_session_to_mlflow(store, tmp_path, monkeypatch):
     path = client.download_artifacts(panel.run_id, "labels.csv", str(tmp_path))
     lines = open(path).read().splitlines()
     assert lines[0] == "seq,sample,kind,label,at" and len(lines) == 6 and ",skip," in lines[-1]
+
+
+def test_numpy_labels_are_stored_as_plain_values(store):
+    panel = LabelingPanel(improver(), store=store, retrain_every=50)
+    first = panel.current
+    panel.label(np.int64(5))
+    assert store.actions("default") == [(first, "label", 5)]
+
+
+def test_a_store_that_cannot_be_written_loses_nothing(tmp_path):
+    from scanflow_nb.improve import LabelStoreError
+    bad = tmp_path / "not-a-db.sqlite"
+    bad.write_text("this is not a database" * 100)
+    with pytest.raises(LabelStoreError, match="cannot use .* as a label store"):
+        LabelingPanel(improver(), store=bad)
+    store = LabelStore(tmp_path / "labels.sqlite")
+    panel = LabelingPanel(improver(), store=store, retrain_every=50)
+    first = panel.current
+    store.close()                             # e.g. the disk went away: writing fails
+    with pytest.raises(LabelStoreError, match=f"cannot store the label of sample {first}"):
+        panel.label(3)
+    assert panel.current == first and first in panel.improver.pool_ids and panel.n_labels == 0

@@ -1,10 +1,10 @@
 """Human in the loop: active learning over a pool (modAL), an oracle for simulations, and the label store."""
 from .improver import Improver
 from .oracle import Oracle, labels_to_reach, learning_curve
-from .store import LabelStore
+from .store import LabelStore, LabelStoreError
 from .strategies import NAMES as STRATEGIES
 
-__all__ = ["Improver", "KerasClassifier", "LabelStore", "Oracle", "STRATEGIES", "labels_to_reach",
+__all__ = ["Improver", "KerasClassifier", "LabelStore", "LabelStoreError", "Oracle", "STRATEGIES", "labels_to_reach",
            "learning_curve"]
 
 

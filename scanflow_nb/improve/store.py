@@ -5,7 +5,11 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import ValidationError
+from ..errors import ScanflowError, ValidationError
+
+
+class LabelStoreError(ScanflowError):
+    """The label store file cannot be read or written (disk full, read-only, not a label store...)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -33,7 +37,7 @@ class LabelStore:
             self._db.execute("PRAGMA synchronous=NORMAL")   # WAL: every commit survives a killed process
             self._db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
-            raise ValidationError(f"cannot use {self.path} as a label store: {exc}") from None
+            raise LabelStoreError(f"cannot use {self.path} as a label store: {exc}") from None
 
     def open_session(self, name: str, fingerprint: str, classes) -> None:
         """Create the session, or check that an existing one was labeling the same pool and classes."""
@@ -50,9 +54,12 @@ class LabelStore:
 
     def add(self, session: str, sample: int, label=None, kind: str = "label") -> None:
         """Persist one action now (committed before returning)."""
-        with self._lock:
-            self._db.execute("INSERT INTO actions (session, sample, kind, label, at) VALUES (?, ?, ?, ?, ?)",
-                             (session, int(sample), kind, json.dumps(label), time.time()))
+        try:
+            with self._lock:
+                self._db.execute("INSERT INTO actions (session, sample, kind, label, at) VALUES (?, ?, ?, ?, ?)",
+                                 (session, int(sample), kind, json.dumps(label), time.time()))
+        except (sqlite3.Error, TypeError) as exc:
+            raise LabelStoreError(f"cannot store the label of sample {sample} in {self.path}: {exc}") from None
 
     def undo(self, session: str) -> tuple[int, str, object]:
         """Delete the latest action of the session and return it as (sample, kind, label)."""

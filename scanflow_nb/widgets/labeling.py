@@ -150,6 +150,7 @@ class LabelingPanel:
     # ---- actions
     def label(self, value) -> None:
         """Give the current sample the label `value`: stored at once, then the next sample is shown."""
+        value = value.item() if isinstance(value, np.generic) else value
         with self._lock:
             sample = self._require_current()
             if value not in self.improver.classes:
