@@ -3,6 +3,15 @@ labeling panel) or an oracle labels them, the model retrains, and the planner pr
 
 Every step is an MLflow run: one `closed loop` run, one nested run per round, and under each round the
 check, the labels, the retrain and the planner's register/decide runs.
+
+    detector = KSDetector().fit(reference_images)
+    improver = Improver(LogisticRegression(max_iter=500), X_labeled=X_train, y_labeled=y_train,
+                        X_pool=np.empty((0, 8, 8)))            # the pool fills with anomalies
+    planner = ModelPlanner(app.tracking_uri("serve"), "digits", experiment="serve")
+    rounds = closed_loop(detector, improver, planner, [(X1, y1), (X2, y2)], X_hold, y_hold, k=20)   # oracle
+
+    loop = ClosedLoop(detector, improver, planner, X_hold, y_hold, k=20)   # a person labels instead
+    loop.check(X_batch); loop.panel()      # finishing the panel retrains and lets the planner decide
 """
 import tempfile
 import time
