@@ -90,3 +90,16 @@ def test_bad_input(uri):
     with pytest.raises(ValidationError, match="nothing to roll back"):
         planner.rollback()
     assert planner.decisions() == []
+
+
+def test_planner_from_a_workflow_spec(tmp_path):
+    from scanflow_nb import App, Planner, Workflow
+    app = App(tmp_path / "app", [Workflow("serve", planner=Planner(model="digits-clf", metric="f1_macro")),
+                                 Workflow("bare")])
+    planner = ModelPlanner.for_workflow(app, "serve")
+    assert planner.model_name == "digits-clf" and planner.metric_name == "f1_macro"
+    assert planner.experiment == "serve" and planner.tracking_uri == app.tracking_uri("serve")
+    v = planner.register(trained(100))
+    assert planner.decide(v, HOLD_X, HOLD_Y).promoted and planner.champion() == v
+    with pytest.raises(ValidationError, match="workflow 'bare' declares no planner"):
+        ModelPlanner.for_workflow(app, "bare")

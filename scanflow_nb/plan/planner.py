@@ -61,6 +61,16 @@ class ModelPlanner:
         self._metric = self._scorer(metric)
         self._models: dict[int, object] = {}
 
+    @classmethod
+    def for_workflow(cls, app, workflow: str, **options) -> "ModelPlanner":
+        """The planner a workflow's Planner spec declares, on the workflow's tracking URI and experiment."""
+        spec = app.find(workflow).planner
+        if spec is None:
+            raise ValidationError(f"workflow {workflow!r} declares no planner")
+        settings = {"metric": spec.metric, "alias": spec.alias, "greater_is_better": spec.greater_is_better,
+                    "experiment": app.experiment_name(workflow), **options}
+        return cls(app.tracking_uri(workflow), spec.model or workflow, **settings)
+
     @staticmethod
     def _scorer(metric):
         if callable(metric):
