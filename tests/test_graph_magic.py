@@ -85,3 +85,18 @@ def test_graph_of_an_empty_workflow_explains(shell, capsys):
     capsys.readouterr()
     shell.run_line_magic("scanflow", "graph empty --text")
     assert capsys.readouterr().out.splitlines()[:2] == ["empty  (sequential)", "└── (no executors yet)"]
+
+
+def test_without_dot_the_magic_explains_and_falls_back_to_text(shell, tmp_path, monkeypatch, capsys):
+    declare(shell)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    widget = shell.run_line_magic("scanflow", "graph pipeline")
+    assert "graphviz&#x27;s `dot` program is not installed" in widget.message.value
+    assert "├── prepare  [pending]" in widget.graph.value
+    with pytest.raises(UsageError, match=r"cannot draw .*pipeline.png: graphviz's `dot` program is not installed; "
+                                         r"install graphviz \(Debian/Ubuntu: apt-get install graphviz"):
+        shell.run_line_magic("scanflow", "graph pipeline --save pipeline.png")
+    assert not (tmp_path / "pipeline.png").exists()
+    capsys.readouterr()
+    shell.run_line_magic("scanflow", "graph pipeline --save pipeline.gv --text")
+    assert (tmp_path / "pipeline.gv").read_text().startswith("digraph pipeline {")

@@ -115,13 +115,10 @@ class GraphWidget(widgets.VBox):
         self._closed = True
         if hasattr(self, "log_view"):          # fully built (close also runs from __del__)
             self._cancel_timers()
-            for child in self._children():
+            for child in (self.bar, self.summary, self.message, self.graph, self.selector, self.details,
+                          self.log_view, self.children[0]):
                 child.close()
         super().close()
-
-    def _children(self) -> list:
-        return [self.bar, self.summary, self.message, self.graph, self.selector, self.details, self.log_view,
-                self.children[0]]
 
     def _safely(self, draw, *args) -> None:
         with self._draw_lock:
