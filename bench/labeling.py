@@ -7,8 +7,8 @@
    panel's widgets show the next sample), with and without a background retrain running.
    Goal: under 100 ms, also while a retrain runs. Measured in the kernel process (no browser round trip).
 
-    python bench/labeling.py            # 10 seeds, a query every 5 labels (a few minutes on 2 cores)
-    python bench/labeling.py --quick    # 3 seeds, a query every 10 labels
+    python bench/labeling.py            # 10 seeds, a query every 5 labels or 5% (several minutes on 2 cores)
+    python bench/labeling.py --quick    # 3 seeds, a query every 10 labels or 5%
 """
 import argparse
 import os
@@ -52,14 +52,14 @@ def labels_needed(strategy: str, seed: int, step: int, budget: int) -> dict[floa
                 reached[target] = improver.n_labeled
         if all(v is not None for v in reached.values()) or improver.n_labeled >= budget or not improver.pool_size:
             return reached
-        ids = improver.query_ids(step)
+        ids = improver.query_ids(max(step, improver.n_labeled // 20))   # resolution: step labels or 5%
         improver.teach_ids(ids, oracle(ids))
 
 
 def strategies_report(seeds: int, step: int, budget: int) -> None:
     from scanflow_nb.improve import STRATEGIES
     print(f"\n== labels to reach test accuracy (digits, logistic regression, {seeds} seeds, a query every "
-          f"{step} labels, 10 starting labels, at most {budget} labels) ==")
+          f"{step} labels or 5% of the labels so far, 10 starting labels, at most {budget} labels) ==", flush=True)
     results = {}
     for strategy in STRATEGIES:
         started = time.perf_counter()
@@ -71,7 +71,7 @@ def strategies_report(seeds: int, step: int, budget: int) -> None:
             missed = seeds - len(got)
             mean = statistics.mean(r[target] if r[target] is not None else budget for r in runs)
             cells.append(f"{target:.0%}: {mean:6.1f}" + (f" ({missed} never, counted as {budget})" if missed else ""))
-        print(f"{strategy:12s} " + "   ".join(cells) + f"   [{time.perf_counter() - started:.0f} s]")
+        print(f"{strategy:12s} " + "   ".join(cells) + f"   [{time.perf_counter() - started:.0f} s]", flush=True)
     print()
     for target in TARGETS:
         base = statistics.mean(r[target] or budget for r in results["random"])

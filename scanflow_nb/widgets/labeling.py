@@ -474,10 +474,3 @@ class LabelingPanel:
         from IPython.display import display
         display(self.widget)
 
-
-def open_panel(improver, **options) -> LabelingPanel:
-    """Open a labeling panel on the improver's queue and display it (see LabelingPanel for the options)."""
-    from IPython.display import display
-    panel = LabelingPanel(improver, **options)
-    display(panel.widget)
-    return panel
