@@ -269,3 +269,12 @@ def test_a_store_that_cannot_be_written_loses_nothing(tmp_path):
     with pytest.raises(LabelStoreError, match=f"cannot store the label of sample {first}"):
         panel.label(3)
     assert panel.current == first and first in panel.improver.pool_ids and panel.n_labels == 0
+
+
+def test_without_ipyevents_the_buttons_still_work_and_the_panel_says_so(store, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ipyevents", None)     # as if the package were not installed
+    panel = LabelingPanel(improver(), store=store, retrain_every=50)
+    assert panel._events is None and "keyboard shortcuts need the ipyevents package" in panel._status.value
+    first = panel.current
+    next(b for b in panel._buttons if b.description == "2").click()
+    assert store.actions("default") == [(first, "label", 2)]
