@@ -1,5 +1,4 @@
 """A Keras model driven by the improver through the thin scikit-learn adapter (real TensorFlow)."""
-import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 

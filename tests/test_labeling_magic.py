@@ -1,5 +1,4 @@
 """`%scanflow label` in a real IPython shell."""
-import numpy as np
 import pytest
 from IPython.core.error import UsageError
 
@@ -8,7 +7,6 @@ from scanflow_nb import App, Improver as ImproverSpec, Workflow
 from scanflow_nb.improve import LabelStore
 
 SETUP = """
-import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from scanflow_nb.improve import Improver

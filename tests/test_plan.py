@@ -1,5 +1,4 @@
 """The planner against a real MLflow Model Registry (the embedded SQLite store)."""
-import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression

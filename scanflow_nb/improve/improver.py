@@ -4,7 +4,7 @@ import threading
 import numpy as np
 
 from ..errors import ScanflowError, ValidationError
-from .strategies import NAMES, query_strategy
+from .strategies import query_strategy
 
 
 def _python(value):
@@ -46,8 +46,8 @@ class Improver:
                  classes=None, seed: int = 0):
         self.estimator = estimator
         self.strategy = strategy
-        self._strategy = query_strategy(strategy, np.random.default_rng(seed))
         self._rng = np.random.default_rng(seed)
+        self._strategy = query_strategy(strategy, self._rng)
         self._lock = threading.RLock()
         self._retrain_lock = threading.Lock()
         if (X_labeled is None) != (y_labeled is None):
@@ -147,7 +147,7 @@ class Improver:
         if len(ids) == 0:
             raise ValidationError("the pool is empty: nothing left to label (add candidates with extend_pool)")
         k = min(int(k), len(ids))
-        if learner is None or self.strategy == "random":
+        if learner is None:  # cold start: nothing to rank by yet
             chosen = self._rng.choice(len(ids), size=k, replace=False)
         else:
             chosen, _ = learner.query(_flat(X), n_instances=k)
