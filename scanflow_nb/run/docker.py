@@ -235,20 +235,24 @@ def _objects(docker_client, filters: dict) -> list:
     return found
 
 
-def _remove(docker_client, filters: dict) -> int:
+def _remove(docker_client, filters: dict, settle: float = 30.0) -> int:
+    """Remove the matching objects, then wait until the engine no longer lists them (swarm removes
+    services and overlay networks asynchronously)."""
     import docker.errors
     removed = 0
-    for obj in _objects(docker_client, filters):
-        for attempt in range(10):
+    deadline = time.monotonic() + settle
+    while True:
+        remaining = _objects(docker_client, filters)
+        if not remaining:
+            return removed
+        if time.monotonic() > deadline:
+            names = ", ".join(obj.name for obj in remaining)
+            raise RunError(f"could not remove Docker objects {names}: remove them with `docker rm -f`, "
+                           "`docker service rm` or `docker network rm`")
+        for obj in remaining:
             try:
                 obj.remove(force=True) if hasattr(obj, "kill") else obj.remove()
                 removed += 1
-                break
-            except docker.errors.NotFound:
-                break
-            except docker.errors.APIError:  # a network is still in use while its containers go
-                time.sleep(0.5)
-        else:
-            raise RunError(f"could not remove Docker object {obj.name}; remove it with `docker rm -f` / "
-                           "`docker network rm`")
-    return removed
+            except docker.errors.APIError:  # gone already, or a network still in use while its containers go
+                pass
+        time.sleep(0.5)
