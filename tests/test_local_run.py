@@ -258,3 +258,17 @@ def test_isolated_requirements_get_their_own_venv_once(app_dir):
     assert result.ok, result.summary()
     prefixes = {app.logs(k).strip() for k in ("a", "b")}
     assert len(prefixes) == 1 and str(app.state_dir / "venvs") in prefixes.pop()
+
+
+def test_run_that_cannot_start_still_tells_listeners_it_finished(app_dir):
+    import socket
+    from scanflow_nb import Tracker
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        app = new_app(app_dir, Workflow("w", tracker=Tracker(port=busy.getsockname()[1]),
+                                        executors=[stamping("a")]))
+        events = []
+        with pytest.raises(ScanflowError, match="already in use"):
+            app.run("w", echo=False, listeners=[events.append])
+    assert events[-1].kind == "run_finished" and "already in use" in events[-1].error

@@ -100,9 +100,11 @@ class Run:
             if interrupted is not None or self.cancelled.is_set():
                 self._stop_everything()
             result = self._finish(started, tracking, interrupted is not None or self.cancelled.is_set())
-        except BaseException:
+        except BaseException as exc:
             self._stop_everything()
             self._close_open_runs()
+            self._emit(ev.RunEvent(ev.RUN_FINISHED, self.root.name, duration=time.time() - started,
+                                   error=f"{type(exc).__name__}: {exc}"))
             raise
         finally:
             self.backend.close()
