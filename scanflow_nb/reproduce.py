@@ -62,6 +62,7 @@ class Reproduction:
     k: int
     severity: int
     detector: str
+    strategy: str
     repeats: int
     sizes: dict[str, int]
     clean_accuracy: float
@@ -92,11 +93,12 @@ class Reproduction:
 
     def table(self, fmt: str = "text") -> str:
         """The results as a plain-text table (`fmt="text"`) or a reStructuredText list-table ("rst")."""
-        header = ["corruption", "drift (p)", "anomalies", "labeled", "before", "active k", f"random k (x{self.repeats})"]
+        header = ["corruption", "drift (p)", "anomalies", "labeled", "before", f"{self.strategy} k", f"random k (x{self.repeats})"]
         body = [[r.corruption, f"{'yes' if r.drift else 'no'} ({r.p_value:.1e})", str(r.anomalies), str(r.labeled),
                  f"{r.before:.3f}", _acc(r.active), _acc(r.random)] for r in self.rows]
         s = self.summary()
-        footer = (f"{self.dataset}, severity {self.severity}, k = {self.k}, detector {self.detector}; "
+        footer = (f"{self.dataset}, severity {self.severity}, k = {self.k}, detector {self.detector}, "
+                  f"{self.strategy} sampling; "
                   f"clean test accuracy {self.clean_accuracy:.3f}; drift found in {s['detected']} of "
                   f"{s['corruptions']} corrupted batches; active beats random in {s['active_beats_random']} of "
                   f"{s['improved']} (mean {_acc(s['mean_active'])} vs {_acc(s['mean_random'])}, "
@@ -153,7 +155,8 @@ def default_classifier(seed: int = 0):
 
 
 def reproduce(dataset: str = "digits", corruptions: Sequence[str] | None = None, k: int | None = None,
-              severity: int = 4, detector: str = "autoencoder", repeats: int | None = None, seed: int = 0,
+              severity: int = 4, detector: str = "autoencoder", strategy: str = "uncertainty",
+              repeats: int | None = None, seed: int = 0,
               small: bool | None = None, classifier=None, tracking_uri: str | None = None,
               experiment: str = "reproduction", echo: Callable[[str], None] | None = print) -> Reproduction:
     """Run the experiment on `dataset` ("digits" offline, or "mnist" / "fashion_mnist" online).
@@ -161,13 +164,14 @@ def reproduce(dataset: str = "digits", corruptions: Sequence[str] | None = None,
     corruptions  names from scanflow_nb.datasets.CORRUPTIONS (default: all 15; 4 in small mode)
     k            labels per drifted batch (default 20; 10 in small mode)
     detector     "autoencoder", "ks" or "mmd" (scanflow_nb.check.make_detector)
+    strategy     how the k anomalies are chosen: "uncertainty", "margin", "entropy" or "batch" (modAL)
     repeats      random draws averaged for the baseline (default 5; 3 in small mode)
     classifier   an unfitted scikit-learn classifier with predict_proba (default: logistic regression)
     tracking_uri with it, one MLflow run per corruption in `experiment` (parameters and accuracies)
     """
     from .check import make_detector
     from .datasets import CORRUPTIONS, corrupt
-    from .improve import Improver, Oracle
+    from .improve import STRATEGIES, Improver, Oracle
 
     small = small_mode() if small is None else small
     corruptions = tuple(corruptions or (SMALL_CORRUPTIONS if small else CORRUPTIONS))
@@ -176,6 +180,9 @@ def reproduce(dataset: str = "digits", corruptions: Sequence[str] | None = None,
         raise ValidationError(f"unknown corruption {unknown[0]!r}; choose from: {', '.join(CORRUPTIONS)}")
     k = (10 if small else 20) if k is None else k
     repeats = (3 if small else 5) if repeats is None else repeats
+    if strategy not in STRATEGIES or strategy == "random":
+        raise ValidationError(f"strategy must be one of: {', '.join(s for s in STRATEGIES if s != 'random')}; "
+                              f"got {strategy!r} (random is the baseline)")
     for name, value in (("k", k), ("repeats", repeats)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValidationError(f"{name} must be a whole number >= 1, got {value!r}")
@@ -205,7 +212,7 @@ def reproduce(dataset: str = "digits", corruptions: Sequence[str] | None = None,
     fitted = make_detector(detector, **options).fit(X_ref)
     say(f"{detector} detector fitted on {len(X_ref)} clean reference samples")
 
-    result = Reproduction(dataset, k, severity, detector, repeats, sizes, clean_accuracy, 0.0)
+    result = Reproduction(dataset, k, severity, detector, strategy, repeats, sizes, clean_accuracy, 0.0)
     for index, name in enumerate((CLEAN, *corruptions)):
         X_batch, y_batch = X[parts["batch"]], y[parts["batch"]]
         X_eval, y_eval = X[parts["eval"]], y[parts["eval"]]
@@ -217,7 +224,7 @@ def reproduce(dataset: str = "digits", corruptions: Sequence[str] | None = None,
         row = Row(name, bool(verdict.is_drift), float(verdict.p_value), len(anomalous), 0,
                   base.score(X_eval, y_eval), None, None)
         if verdict.is_drift and len(anomalous):
-            active = improver("uncertainty", X_batch[anomalous])
+            active = improver(strategy, X_batch[anomalous])
             picked = active.query_ids(min(k, len(anomalous)))
             active.teach_ids(picked, Oracle(y_batch[anomalous])(picked))
             row.labeled = len(picked)
@@ -248,7 +255,7 @@ def _log_row(tracking_uri: str, experiment: str, result: Reproduction, row: Row)
     run_id = client.create_run(experiment_id(client, experiment), run_name=f"{result.dataset}/{row.corruption}",
                                tags={"scanflow.kind": "reproduction"}).info.run_id
     params = {"dataset": result.dataset, "corruption": row.corruption, "severity": result.severity, "k": result.k,
-              "detector": result.detector, "repeats": result.repeats}
+              "detector": result.detector, "strategy": result.strategy, "repeats": result.repeats}
     values = {"drift": float(row.drift), "p_value": row.p_value, "anomalies": row.anomalies, "labeled": row.labeled,
               "accuracy_before": row.before, "accuracy_active": row.active, "accuracy_random": row.random}
     now = int(time.time() * 1000)

@@ -75,7 +75,7 @@ def test_same_seed_same_numbers_and_results_logged_to_mlflow(tmp_path, monkeypat
     by_name = {r.info.run_name: r for r in runs}
     assert set(by_name) == {"digits/none", "digits/rotate", "digits/brightness"}
     rotate = by_name["digits/rotate"].data
-    assert rotate.params["k"] == "10" and rotate.params["severity"] == "4"
+    assert rotate.params["k"] == "10" and rotate.params["severity"] == "4" and rotate.params["strategy"] == "uncertainty"
     assert rotate.metrics["accuracy_active"] == pytest.approx(result.row("rotate").active)
     assert "accuracy_active" not in by_name["digits/none"].data.metrics
 
@@ -96,6 +96,7 @@ def test_small_mode_comes_from_the_environment(monkeypatch):
     ({"corruptions": ["rotate", "smudge"]}, "unknown corruption 'smudge'"),
     ({"k": 0}, "k must be a whole number"),
     ({"repeats": 1.5}, "repeats must be a whole number"),
+    ({"strategy": "random"}, "strategy must be one of: uncertainty, margin, entropy, batch"),
 ])
 def test_bad_settings_give_one_clear_error(kwargs, message):
     with pytest.raises(ValidationError, match=message):
