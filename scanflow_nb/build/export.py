@@ -23,7 +23,7 @@ from ..schedule import Task, plan
 from ..spec import Workflow
 from . import dockerfile as df
 from .images import ImageBuilder, executor_code
-from .names import LABEL_WORKFLOW, k8s_name, unique_names
+from .names import LABEL_WORKFLOW, check_image_ref, k8s_name, unique_names
 
 KINDS = {"compose": "docker-compose.yml", "stack": "docker-stack.yml", "k8s": "kubernetes.yaml"}
 TRACKER, PORT = "tracker", 5000
@@ -65,9 +65,9 @@ class Exporter:
         self.tasks = plan(workflow)
         self.names = unique_names([t.key for t in self.tasks], lambda key: k8s_name(*key.split("/")))
         self.prefix = k8s_name(workflow.name)
-        for key, name in self.names.items():
-            if name in (TRACKER, f"{self.prefix}-{TRACKER}"):
-                raise ValidationError(f"executor {key!r} would be named like the tracker service: rename it")
+        for task in self.tasks:
+            if task.executor.image:
+                check_image_ref(task.executor.image, f"executor {task.executor.name!r} image")
         self.deps = direct_deps(self.tasks)
         self.export_id = uuid.uuid4().hex[:8]
         self.images: dict[str, str] = {}

@@ -18,6 +18,7 @@ from typing import Callable
 from ..errors import NotFoundError, ScanflowError
 from ..spec import Executor
 from . import dockerfile as df
+from .base import DEFAULT_BASE_TAG
 from .docker_client import client
 from .names import check_image_ref, image_repository
 from .pipconf import PipSettings, host_pip_settings
@@ -198,8 +199,10 @@ class ImageBuilder:
                                             labels={"scanflow.image": what})
                 for chunk in stream:
                     if "error" in chunk:
+                        hint = (f"; without a registry, build a base image with `scanflow base-image` and set "
+                                f"SCANFLOW_BASE_IMAGE={DEFAULT_BASE_TAG}" if tail[-1:] and " FROM " in tail[-1] else "")
                         raise ImageBuildError(f"building the image of {what} failed: {chunk['error'].strip()}"
-                                              + (f" (last output: {' | '.join(tail[-3:])})" if tail else ""))
+                                              + (f" (last output: {' | '.join(tail[-3:])})" if tail else "") + hint)
                     for line in (chunk.get("stream") or "").splitlines():
                         if line.strip():
                             tail = (tail + [line.strip()])[-10:]
