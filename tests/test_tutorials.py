@@ -1,0 +1,208 @@
+"""The tutorials: committed clean and openable in Colab and Binder; each runs top to bottom in small-data mode
+(SCANFLOW_SMALL=1, a real kernel through nbclient) and its outputs say what the tutorial promises."""
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
+NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
+REPOSITORY = "scanflow-nb/scanflow_nb"
+WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def test_the_five_tutorials_exist():
+    assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_containers.ipynb", "03_drift_checker.ipynb",
+                                           "04_labeling.ipynb", "05_reproduction.ipynb"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_clean_with_badges_and_a_colab_install_cell(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata.kernelspec.name == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "commit notebooks without outputs"
+    intro = nb.cells[0].source
+    assert f"colab.research.google.com/github/{REPOSITORY}/blob/main/tutorials/{path.name}" in intro
+    assert f"mybinder.org/v2/gh/{REPOSITORY}/main" in intro and path.name in intro
+    setup = code[0].source
+    assert setup.count(f"https://github.com/{REPOSITORY}") == 1, "the repository URL is written in one place"
+    assert 'if "google.colab" in sys.modules:' in setup and "%pip install" in setup and "git+$REPOSITORY" in setup
+    assert "SCANFLOW_SMALL" in setup
+
+
+# -- running them ------------------------------------------------------------------------------------------------
+def execute(name: str, folder: Path) -> nbformat.NotebookNode:
+    """Run tutorial `name` in `folder` with a fresh python3 kernel in small-data mode; a failing cell fails the test."""
+    from nbclient import NotebookClient
+
+    shutil.copy(TUTORIALS / name, folder / name)
+    nb = nbformat.read(folder / name, as_version=4)
+    env = {**os.environ, "SCANFLOW_SMALL": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(folder)}}).execute(env=env)
+    nbformat.write(nb, folder / name)          # kept for a look when an assertion fails
+    return nb
+
+
+def cell(nb, tag: str):
+    found = [c for c in nb.cells if tag in c.metadata.get("tags", [])]
+    assert found, f"no cell tagged {tag!r}"
+    return found[0]
+
+
+def text(nb, tag: str) -> str:
+    """Everything a cell printed or displayed as text."""
+    parts = []
+    for out in cell(nb, tag).outputs:
+        if out.output_type == "stream":
+            parts.append(out.text)
+        elif out.output_type in ("execute_result", "display_data"):
+            parts.append(out.data.get("text/plain", ""))
+    return "".join(parts)
+
+
+def shows(nb, tag: str, mime: str) -> int:
+    return sum(mime in out.get("data", {}) for out in cell(nb, tag).outputs)
+
+
+def number(pattern: str, haystack: str) -> float:
+    match = re.search(pattern, haystack)
+    assert match, f"{pattern!r} not in output:\n{haystack}"
+    return float(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    """Each tutorial runs once per test session, in its own folder."""
+    cache = {}
+
+    def run(name):
+        if name not in cache:
+            cache[name] = execute(name, tmp_path_factory.mktemp(Path(name).stem))
+        return cache[name]
+    return run
+
+
+@pytest.mark.slow
+def test_01_quickstart_runs_the_nested_workflow_and_finds_it_in_mlflow(ran):
+    nb = ran("01_quickstart.ipynb")
+    assert "declared parallel workflow 'training' inside 'main'" in text(nb, "declare")
+    assert shows(nb, "run", WIDGET) == 1, "the live graph widget is shown during the run"
+    run = text(nb, "run")
+    assert "workflow 'main' succeeded" in run and "[training/forest] forest: test accuracy" in run
+    statuses = text(nb, "statuses")
+    assert "status: succeeded" in statuses
+    assert all(f"{key}: succeeded" in statuses for key in ("main/prepare", "training/logistic", "training/forest"))
+    assert shows(nb, "graph", WIDGET) == 1
+    tree = text(nb, "tree")
+    assert "└── training  (parallel)" in tree and "forest  [succeeded" in tree and "3/3 done" in tree
+    runs = text(nb, "mlflow")
+    assert re.search(r"^    training: FINISHED\n        forest: FINISHED accuracy 0\.\d+\n        logistic: FINISHED",
+                     runs, re.M), runs
+    assert number(r"training/logistic: accuracy (0\.\d+)", runs) > 0.9
+    assert number(r"training/forest: accuracy (0\.\d+)", runs) > 0.9
+    assert "{'C': '0.5'}" in runs and "{'trees': '50'}" in runs
+    assert text(nb, "rerun").strip() == str({"main/prepare": "cached", "training/logistic": "cached",
+                                             "training/forest": "cached"})
+    assert "forest: test accuracy" in text(nb, "logs")
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_02_containers_runs_on_docker_and_exports_files_that_name_its_images(ran):
+    from docker_support import BASE, engine
+    from scanflow_nb.build.base import base_image_exists
+    engine()
+    if not os.environ.get("SCANFLOW_BASE_IMAGE") and not base_image_exists(BASE):
+        pytest.skip(f"needs the local base image {BASE} (`make machine` builds it) or SCANFLOW_BASE_IMAGE: "
+                    "no registry is reachable to pull python:3.11-slim")
+    nb = ran("02_containers.ipynb")
+    statuses = text(nb, "statuses")
+    assert "status: succeeded on docker" in statuses
+    assert number(r"training/forest: succeeded in [\d.]+ s, accuracy (0\.\d+)", statuses) > 0.9
+    assert number(r"training/logistic: succeeded in [\d.]+ s, accuracy (0\.\d+)", statuses) > 0.9
+    images = text(nb, "images")
+    tags = re.findall(r"^(\S+): (scanflow/\S+:[0-9a-f]{16}) ", images, re.M)
+    assert [key for key, _ in tags] == ["main/prepare", "training/logistic", "training/forest"]
+    assert "COPY code/training/forest.py" in images and "RUN python -m pip install" in images
+    exported = text(nb, "export")
+    for kind in ("compose: exports/docker-compose.yml", "stack: exports/docker-stack.yml",
+                 "k8s: exports/kubernetes.yaml"):
+        assert kind in exported
+    assert "Job/main-training-forest" in exported
+    compose = text(nb, "compose")
+    for _, tag in tags:
+        assert f"image: {tag}" in compose, "the exported file names the images the run built"
+    assert "condition: service_completed_successfully" in compose
+    assert re.search(r"docker-compose config: valid|docker-compose is not installed", text(nb, "validate"))
+    from scanflow_nb.run.docker import leftovers
+    app_dir = Path(re.search(r"app (\S+)", text(nb, "declare")).group(1))
+    assert leftovers(app_dir) == [], "the run removed its containers and network"
+
+
+@pytest.mark.slow
+def test_03_checker_flags_the_corrupted_batches_and_the_monitor_alerts(ran):
+    nb = ran("03_drift_checker.ipynb")
+    assert shows(nb, "gallery", "image/png") == 1
+    assert shows(nb, "start", WIDGET) == 1, "the drift monitor is shown"
+    assert "with AutoencoderDetector(alpha=0.01" in text(nb, "start")
+    verdicts = re.findall(r"^\s*(\w+): (DRIFT|ok)\s+p-value", text(nb, "batches"), re.M)
+    assert verdicts == [("clean", "ok")] * 3 + [("rotate", "DRIFT"), ("stripe", "DRIFT"), ("motion_blur", "DRIFT")]
+    alert = text(nb, "alert")
+    assert "monitor says: DRIFT" in alert and "3 of 6 batches drifted" in alert
+    assert "watching, 6 batches checked, 3 drifted, 0 unreadable" in alert
+    checks = re.findall(r"is_drift (\d), p_value", text(nb, "verdicts"))
+    assert checks == ["0", "0", "0", "1", "1", "1"], "every batch has its check run in MLflow"
+    assert shows(nb, "anomalies", "image/png") == 1
+    assert "checker of 'serve' stopped" in text(nb, "stop")
+
+
+@pytest.mark.slow
+def test_04_panel_labels_retrains_and_the_planner_decides(ran):
+    nb = ran("04_labeling.ipynb")
+    start = number(r"accuracy (0\.\d+) with 20 labels", text(nb, "improver"))
+    assert shows(nb, "panel", WIDGET) == 1
+    labeling = text(nb, "labeling")
+    assert "40 labels given" in labeling
+    scores = [float(s) for s in re.findall(r"trained on\s+\d+ labels: (0\.\d+)", labeling)]
+    assert scores[0] == pytest.approx(start, abs=1e-3) and scores[-1] > start + 0.1
+    assert re.search(r"session logged to MLflow run [0-9a-f]{32}", labeling)
+    baseline = text(nb, "baseline")
+    assert number(r"ranked batch sampling (0\.\d+)", baseline) == pytest.approx(scores[-1], abs=1e-3)
+    assert number(r"random samples (0\.\d+)", baseline) > start
+    assert re.search(r"no champion yet: v1 \(accuracy 0\.\d+\) becomes champion", text(nb, "planner"))
+    assert re.search(r"batch: drift True \(p = [\d.e-]+\), \d+ anomalous samples joined the pool", text(nb, "round"))
+    assert shows(nb, "round", WIDGET) == 1, "the round's labeling panel is shown"
+    decision = text(nb, "decision")
+    action, champion = re.search(r"labeled 20 anomalies; planner: (promote|keep) -> champion v(\d)", decision).groups()
+    new, old = (float(x) for x in re.search(r"v2 accuracy (0\.\d+) vs champion v1 (0\.\d+)", decision).groups())
+    assert (action, champion) == (("promote", "2") if new > old else ("keep", "1"))
+    entries = [ast.literal_eval(line) for line in text(nb, "decisions").splitlines() if line.startswith("{")]
+    assert [e["action"] for e in entries] == ["promote", action]
+
+
+@pytest.mark.slow
+def test_05_reproduction_reports_detection_and_accuracies(ran):
+    nb = ran("05_reproduction.ipynb")
+    assert shows(nb, "gallery", "image/png") == 1
+    assert "digits: 1797 images of 8x8" in text(nb, "datasets")
+    table = text(nb, "table")
+    rows = dict(re.findall(r"^(\w+)\s+(yes|no) \(", table, re.M))
+    assert rows == {"none": "no", "rotate": "yes", "stripe": "yes", "shot_noise": "yes", "brightness": "yes"}
+    for name in ("rotate", "stripe", "shot_noise", "brightness"):
+        before, active, random = (float(x) for x in re.search(
+            rf"^{name}\s+yes \([^)]*\)\s+\d+\s+10\s+(0\.\d+)\s+(0\.\d+)\s+(0\.\d+)", table, re.M).groups())
+        assert before < number(r"clean test accuracy (0\.\d+)", table)
+        assert 0 < active <= 1 and 0 < random <= 1
+    assert shows(nb, "plot", "image/png") == 1
+    summary = text(nb, "summary")
+    assert "5 reproduction runs in MLflow" in summary
+    assert "digits: drift detected in 4 of 4 corrupted batches, none on the clean batch: True" in summary
+    assert ".. list-table::" in summary and "   * - rotate" in summary
