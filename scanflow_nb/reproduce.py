@@ -183,9 +183,11 @@ def reproduce(dataset: str = "digits", corruptions: Sequence[str] | None = None,
     if strategy not in STRATEGIES or strategy == "random":
         raise ValidationError(f"strategy must be one of: {', '.join(s for s in STRATEGIES if s != 'random')}; "
                               f"got {strategy!r} (random is the baseline)")
-    for name, value in (("k", k), ("repeats", repeats)):
+    for name, value in (("k", k), ("repeats", repeats), ("severity", severity)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValidationError(f"{name} must be a whole number >= 1, got {value!r}")
+    if severity > 5:
+        raise ValidationError(f"severity runs from 1 to 5, got {severity!r}")
     say = echo or (lambda line: None)
     started = time.perf_counter()
 
@@ -201,8 +203,8 @@ def reproduce(dataset: str = "digits", corruptions: Sequence[str] | None = None,
     classes = sorted(np.unique(y).tolist())
     classifier = default_classifier(seed) if classifier is None else classifier
 
-    def improver(strategy: str, pool: np.ndarray, draw: int = 0) -> Improver:
-        return Improver(classifier, strategy, X_labeled=X_train, y_labeled=y_train, X_pool=pool, classes=classes,
+    def improver(choose: str, pool: np.ndarray, draw: int = 0) -> Improver:
+        return Improver(classifier, choose, X_labeled=X_train, y_labeled=y_train, X_pool=pool, classes=classes,
                         seed=seed + draw)
 
     base = improver("uncertainty", X_ref[:1])

@@ -96,6 +96,8 @@ def test_small_mode_comes_from_the_environment(monkeypatch):
     ({"corruptions": ["rotate", "smudge"]}, "unknown corruption 'smudge'"),
     ({"k": 0}, "k must be a whole number"),
     ({"repeats": 1.5}, "repeats must be a whole number"),
+    ({"severity": 6}, "severity runs from 1 to 5, got 6"),
+    ({"severity": 0}, "severity must be a whole number >= 1"),
     ({"strategy": "random"}, "strategy must be one of: uncertainty, margin, entropy, batch"),
 ])
 def test_bad_settings_give_one_clear_error(kwargs, message):
