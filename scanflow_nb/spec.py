@@ -163,6 +163,9 @@ class Checker:
             raise ValidationError(f"checker: alpha must be between 0 and 1, got {self.alpha!r}")
 
 
+STRATEGIES = ("uncertainty", "margin", "entropy", "batch", "random")
+
+
 @dataclass
 class Improver:
     """Human-in-the-loop improvement: the active-learning strategy and how many samples a round labels."""
@@ -171,6 +174,8 @@ class Improver:
     k: int = 10
 
     def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValidationError(f"improver: unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
         if not isinstance(self.k, int) or self.k < 1:
             raise ValidationError(f"improver: k must be a whole number >= 1, got {self.k!r}")
 

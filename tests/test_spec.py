@@ -115,3 +115,13 @@ def test_select_only_and_from():
 def test_empty_workflow_cannot_be_planned():
     with pytest.raises(ScanflowError, match="has no executors"):
         plan(Workflow("empty", workflows=[Workflow("also_empty")]))
+
+
+def test_special_nodes_validate_their_settings():
+    from scanflow_nb import Checker, Improver
+    with pytest.raises(ScanflowError, match="unknown strategy 'best'"):
+        Improver(strategy="best")
+    with pytest.raises(ScanflowError, match="alpha must be between 0 and 1"):
+        Checker(alpha=2)
+    with pytest.raises(ScanflowError, match="tracker port"):
+        Tracker(port=70000)

@@ -2,8 +2,8 @@
 import numpy as np
 
 from ..errors import ValidationError
+from ..spec import STRATEGIES as NAMES
 
-NAMES = ("uncertainty", "margin", "entropy", "batch", "random")
 
 
 def query_strategy(name: str, rng: np.random.Generator):
