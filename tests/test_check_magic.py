@@ -7,7 +7,6 @@ import pytest
 import yaml
 from IPython.core.error import UsageError
 
-import scanflow_nb.magics.checker  # noqa: F401  (registers the subcommand until the lead wires it in)
 from scanflow_nb.check import tracking as tr
 from scanflow_nb.check.watcher import CheckRecord
 from scanflow_nb.datasets import corrupt, load_digits

@@ -95,7 +95,7 @@ def log_batch(X: Any, tracking_uri: str, experiment: str, run_id: str | None = N
     client.set_tag(run_id, LOGGED_AT_TAG, f"{time.time():.3f}")
     client.set_tag(run_id, BATCH_TAG, "true")  # last: the batch is complete from here on
     if created:
-        client.set_terminated(run_id, "FINISHED")
+        _finish_quietly(client, run_id, "FINISHED")
     return run_id
 
 
@@ -107,7 +107,7 @@ def log_reference(X: Any, tracking_uri: str, experiment: str, run_id: str | None
     _log_npy(client, run_id, arr, REFERENCE_ARTIFACT)
     client.set_tag(run_id, REFERENCE_TAG, "true")
     if created:
-        client.set_terminated(run_id, "FINISHED")
+        _finish_quietly(client, run_id, "FINISHED")
     return run_id
 
 
@@ -143,7 +143,7 @@ def log_detector(detector, tracking_uri: str, experiment: str, run_id: str | Non
 
     client.log_batch(run_id, params=[Param(f"detector.{k}", str(v)[:500]) for k, v in detector.params().items()])
     if created:
-        client.set_terminated(run_id, "FINISHED")
+        _finish_quietly(client, run_id, "FINISHED")
     return run_id
 
 
@@ -181,7 +181,8 @@ def log_check(client, exp_id: str, batch_run_id: str, result: DriftResult | None
 
 def _finish_quietly(client, run_id: str, status: str) -> None:
     """End a run without `set_terminated`'s "View run at" lines: printed from the checker thread,
-    they would land in whatever notebook cell happens to be running (and cost one more request)."""
+    they would land in whatever notebook cell happens to be running, and an inference loop logging
+    a batch a second would print two lines a second (each costing one more request)."""
     from mlflow.entities import RunStatus
 
     store = getattr(getattr(client, "_tracking_client", None), "store", None)
