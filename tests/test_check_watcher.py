@@ -11,7 +11,7 @@ import pytest
 from scanflow_nb.check import Detector, KSDetector, tracking as tr
 from scanflow_nb.check.watcher import Watcher
 from scanflow_nb.datasets import corrupt, load_digits
-from scanflow_nb.errors import NotFoundError, ValidationError
+from scanflow_nb.errors import NotFoundError, ScanflowError, ValidationError
 
 EXP = "wf"
 
@@ -195,6 +195,12 @@ def test_reference_and_detector_round_trip_through_mlflow(data, tmp_path):
     det_run = tr.log_detector(detector, uri, EXP)
     loaded = tr.load_detector(uri, det_run)
     assert loaded.score(drifted[1]).p_value == pytest.approx(detector.score(drifted[1]).p_value)
+    with pytest.raises(ScanflowError, match="non-empty numeric array"):
+        tr.log_batch(np.zeros((0, 8, 8)), uri, EXP)
+    with pytest.raises(ScanflowError, match="non-empty numeric array"):
+        tr.log_batch(np.array([{"a": 1}]), uri, EXP)
+    assert tr.client_for(uri).search_runs([tr.experiment_id(tr.client_for(uri), EXP)],
+                                          f"tags.`{tr.BATCH_TAG}` = 'true'") == []
     with pytest.raises(ValidationError, match="fitted detector"):
         Watcher(uri, EXP, KSDetector())
     with pytest.raises(ValidationError, match="every"):
