@@ -14,7 +14,6 @@ from scanflow_nb.build.base import DEFAULT_BASE_TAG
 from scanflow_nb.errors import BackendUnavailable
 
 BASE = os.environ.get("SCANFLOW_TEST_BASE_IMAGE", DEFAULT_BASE_TAG)
-RUNS = {"docker": 0}          # container runs made by this test session, for the leftover audit
 
 
 def engine():
@@ -44,11 +43,10 @@ def base_image(docker_engine):
 
 @pytest.fixture
 def docker_backend(base_image):
-    """A factory of DockerBackends on the test base image; counts runs for the leftover audit."""
+    """A factory of DockerBackends on the test base image, build output kept quiet."""
     from scanflow_nb.run.docker import DockerBackend
 
     def make(**kwargs):
-        RUNS["docker"] += 1
         kwargs.setdefault("echo", lambda line: None)
         return DockerBackend(base_image=base_image, **kwargs)
     return make

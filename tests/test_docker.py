@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from docker_support import RUNS, base_image, docker_backend, docker_engine, new_app  # noqa: F401
+from docker_support import base_image, docker_backend, docker_engine, new_app  # noqa: F401
 from scanflow_nb import Executor, Workflow
 from scanflow_nb.errors import BackendUnavailable, TrackerError
 from scanflow_nb.run.docker import DockerBackend, leftovers
@@ -23,16 +23,27 @@ def test_no_engine_gives_one_clear_error(app_dir, monkeypatch):
         app.run("w", backend="docker", echo=False)
 
 
-def test_outputs_land_in_the_app_folder_and_logs_stream_live(app_dir, docker_backend):
+def test_outputs_land_in_the_app_folder_and_logs_stream_live(app_dir, docker_backend, docker_engine, base_image):
     code = ("import pathlib, time, mlflow\n"
             "print('first', flush=True); time.sleep(1.5)\n"
             "pathlib.Path('data').mkdir(exist_ok=True); pathlib.Path('data/out.txt').write_text('hi')\n"
             "mlflow.log_metric('score', 0.5); print('second')\n")
     app = new_app(app_dir, Workflow("w", executors=[Executor("a", code=code, outputs=["data/out.txt"])]))
-    seen = []
-    result = app.run("w", backend=docker_backend(), echo=False,
-                     listeners=[lambda e: seen.append((e.kind, e.line, time.time()))])
+    seen, objects = [], []
+
+    def listen(event):
+        seen.append((event.kind, event.line, time.time()))
+        if event.line == "first":
+            objects.extend(leftovers(app.path))
+
+    bystander = docker_engine.containers.create(base_image, ["true"], name=f"bystander-{os.getpid()}")
+    try:
+        result = app.run("w", backend=docker_backend(), echo=False, listeners=[listen])
+        bystander.reload()                                 # not ours: still there after the cleanup
+    finally:
+        bystander.remove(force=True)
     assert result.ok, result.summary()
+    assert len(objects) == 3 and {o.split("-")[-1] for o in objects} == {"tracker", "net", "1"}
     assert (app.path / "data/out.txt").read_text() == "hi"
     times = {line: t for kind, line, t in seen if kind == "line"}
     finished = next(t for kind, _, t in seen if kind == "succeeded")
@@ -96,28 +107,31 @@ def test_interrupt_in_a_parallel_group_removes_its_containers(app_dir, docker_ba
     assert app.status("w")["w"].status == "interrupted"
 
 
-def test_project_objects_are_labelled_and_nothing_else_is_touched(app_dir, docker_backend, docker_engine,
-                                                                  base_image):
-    bystander = docker_engine.containers.create(base_image, ["true"], name=f"bystander-{os.getpid()}")
-    try:
-        seen = {}
+@pytest.mark.slow
+def test_twenty_runs_with_failures_leave_no_container_or_network_behind(tmp_path, docker_backend, docker_engine):
+    """20 runs, four at a time: successes, exit failures, timeouts and cancelled runs. Count what is left."""
+    def count():
+        return (len(docker_engine.containers.list(all=True)), len(docker_engine.networks.list()))
 
-        def look(event):
-            if event.kind == "line" and not seen:
-                seen["objects"] = leftovers(app.path)
-
-        app = new_app(app_dir, Workflow("w", executors=[Executor("a", code="print('x')")]))
-        assert app.run("w", backend=docker_backend(), echo=False, listeners=[look]).ok
-        names = seen["objects"]
-        assert any(n.endswith("-tracker") for n in names) and any(n.endswith("-net") for n in names)
-        assert leftovers(app.path) == []
-        bystander.reload()                                    # still there, untouched
-    finally:
-        bystander.remove(force=True)
-
-
-def test_zz_no_project_object_left_after_all_runs(docker_engine):
-    """After every docker/swarm run of this session (failures and interrupts included), count leftovers."""
-    if RUNS["docker"] < 20:
-        pytest.skip(f"only {RUNS['docker']} container runs in this session; the audit needs the full suite (20+)")
+    kinds = {0: ("ok", Executor("job", code="print('fine')"), "succeeded"),
+             1: ("exits", Executor("job", code="raise SystemExit(2)"), "failed"),
+             2: ("times_out", Executor("job", code=SLEEPER.format(s=60), timeout=2), "failed"),
+             3: ("cancelled", Executor("job", code=SLEEPER.format(s=60)), "interrupted")}
+    before = count()
+    app = new_app(tmp_path, *(Workflow(name, executors=[executor]) for name, executor, _ in kinds.values()))
+    statuses = []
+    for wave in range(5):
+        handles = []
+        for name, _, _ in kinds.values():
+            started = threading.Event()
+            listener = (lambda e, s=started: s.set() if e.kind == "line" and e.line == "sleeping" else None)
+            handles.append((name, started, app.run(name, backend=docker_backend(), echo=False, force=True,
+                                                   background=True, listeners=[listener])))
+        for name, started, handle in handles:
+            if name == "cancelled":
+                assert started.wait(120), "the cancelled run never started its executor"
+                handle.cancel()
+            statuses.append((name, handle.result(timeout=300).status))
+    assert statuses == [(name, status) for _ in range(5) for name, _, status in kinds.values()]
     assert leftovers() == []
+    assert count() == before

@@ -11,8 +11,10 @@ Everything created carries the labels `scanflow.app` (a hash of the app folder) 
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import threading
+import weakref
 import time
 import uuid
 from pathlib import Path
@@ -106,6 +108,28 @@ def store_location(app_dir: Path, tracking: Tracking) -> tuple[str, str]:
     return uri, str(state / "mlartifacts")
 
 
+_store_lock = threading.Lock()
+_open_backends: "weakref.WeakSet[DockerBackend]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_backends() -> None:
+    """A kernel that exits in the middle of a run still removes what the run created."""
+    for backend in list(_open_backends):
+        try:
+            backend.close()
+        except Exception as exc:
+            print(f"[scanflow] cleanup at exit failed: {exc}")
+
+
+def prepare_store(store_uri: str) -> None:
+    """Create or upgrade the SQLite store here, once, before any tracker container opens it:
+    trackers of concurrent runs would otherwise run the same schema migrations at the same time."""
+    from ..track.store import get_client
+    with _store_lock:
+        get_client(store_uri).search_experiments(max_results=1)
+
+
 class DockerBackend:
     """Run executors as containers on one Docker engine.
 
@@ -142,11 +166,13 @@ class DockerBackend:
         self.app, self.run_token = app_id(self.app_dir), uuid.uuid4().hex[:10]
         self.user = app_owner(self.app_dir)
         self._open = True
+        _open_backends.add(self)
         tracker_image = self.builder.tracker_image()
         self.network = self.docker.networks.create(self.object_name("net"), driver=self.network_driver,
                                                    labels=self.labels(), **self.network_options())
         store, artifacts = store_location(self.app_dir, tracking)
         Path(artifacts).mkdir(parents=True, exist_ok=True)
+        prepare_store(store)
         self.start_tracker(tracker_image, tracker_command(store, artifacts, allowed_hosts(TRACKER_ALIAS)))
         return Tracking(tracking.uri, f"http://{TRACKER_ALIAS}:{TRACKER_PORT}")
 
@@ -164,6 +190,7 @@ class DockerBackend:
         with self._lock:
             was_open, self._open = self._open, False
         if was_open:
+            _open_backends.discard(self)
             remove_run(self.docker, self.run_token)
 
     # -- what differs between Docker and Swarm -----------------------------------------------------
