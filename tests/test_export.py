@@ -158,3 +158,19 @@ def test_names_that_docker_or_kubernetes_refuse_are_reported(tmp_path, monkeypat
         export(new_app(tmp_path / "ok", Workflow("v", executors=[Executor("a", code="1")])), "v", "helm",
                tmp_path / "out", base_image="python:3.11-slim")
     assert not (tmp_path / "out").exists()               # nothing half-written
+
+
+@pytest.mark.docker
+def test_export_magic_writes_the_file_and_refuses_unknown_kinds(shell, run_cell, app_dir, base_image):
+    import scanflow_nb.magics.containers  # noqa: F401  (registers the subcommands)
+    from IPython.core.error import UsageError
+    app = new_app(app_dir, exported_workflow())
+    shell.magics_manager.registry["ScanflowMagics"].current_app = app
+    out = app_dir / "k8s-out"
+    result, stdout, _ = run_cell(f"%scanflow export k8s main -o {out}")
+    assert result.success and f"wrote {out / 'kubernetes.yaml'}" in stdout
+    assert [d["kind"] for d in yaml.safe_load_all((out / "kubernetes.yaml").read_text())].count("Job") == 4
+    with pytest.raises(UsageError, match="invalid choice: 'helm'"):
+        shell.run_line_magic("scanflow", "export helm main -o x")
+    with pytest.raises(UsageError, match="no workflow named|unknown workflow|not found"):
+        shell.run_line_magic("scanflow", f"export compose nosuch -o {out}")

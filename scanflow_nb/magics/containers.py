@@ -1,0 +1,51 @@
+"""Container subcommands: `export` (compose, stack, Kubernetes), `base-image`, `cleanup`.
+
+`%scanflow run WF --backend docker|swarm` needs nothing here: the engine looks the back ends up by name.
+"""
+from __future__ import annotations
+
+import os
+
+from IPython.core.magic_arguments import argument, magic_arguments
+
+from .registry import subcommand
+
+
+@subcommand("export")
+@magic_arguments()
+@argument("kind", choices=["compose", "stack", "k8s"], help="docker-compose, docker stack (swarm) or Kubernetes")
+@argument("workflow", help="the workflow to export")
+@argument("-o", "--output", metavar="DIR", default=None, help="folder to write into (default: <app>/export/<kind>)")
+@argument("--base-image", metavar="IMAGE", help="base of generated images (default: $SCANFLOW_BASE_IMAGE or python:3.11-slim)")
+def export(ctx, args):
+    """Build the workflow's images and write a file that runs it on another engine."""
+    from ..build.export import export as write_export
+    app = ctx.app
+    out = args.output or app.path / "export" / args.kind
+    path = write_export(app, args.workflow, args.kind, out, base_image=args.base_image)
+    print(f"wrote {path}")
+
+
+@subcommand("base-image")
+@magic_arguments()
+@argument("--tag", default=None, help="image tag (default: scanflow/python:3.11-bookworm)")
+@argument("--suite", default="bookworm", help="Debian release (its python3 is the image's Python)")
+@argument("--mirror", default=None, help="Debian mirror (default: the one apt uses here)")
+@argument("--force", action="store_true", help="rebuild even if the tag exists")
+def base_image(ctx, args):
+    """Build a Python base image from Debian packages (debootstrap + docker import), without any registry.
+
+    The image becomes this session's base for generated Dockerfiles (SCANFLOW_BASE_IMAGE).
+    """
+    from ..build.base import DEFAULT_BASE_TAG, build_base_image
+    tag = build_base_image(args.tag or DEFAULT_BASE_TAG, suite=args.suite, mirror=args.mirror, force=args.force)
+    os.environ["SCANFLOW_BASE_IMAGE"] = tag
+    print(f"SCANFLOW_BASE_IMAGE={tag} for this session; set it in your environment to keep it")
+
+
+@subcommand("cleanup")
+@magic_arguments()
+def cleanup(ctx, args):
+    """Remove the containers, services and networks that runs of this app left (e.g. after a crash)."""
+    from ..run.docker import remove_leftovers
+    print(f"removed {remove_leftovers(ctx.app.path)} Docker object(s) of app {ctx.app.path}")
