@@ -155,8 +155,10 @@ class Checker:
     detector: str = "autoencoder"
     every: float = 5.0
     alpha: float = 0.05
+    reference: str | None = None      # .npy file of reference data, inside the app folder
 
     def __post_init__(self) -> None:
+        _check_relative(self.reference, "checker: reference")
         if not self.every > 0:
             raise ValidationError(f"checker: every must be a positive number of seconds, got {self.every!r}")
         if not 0 < self.alpha < 1:

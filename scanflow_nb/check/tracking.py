@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import NotFoundError, ScanflowError, TrackerError
+from ..track import experiment_id, get_client as client_for
 from .result import DriftResult
 
 BATCH_TAG = "scanflow.batch"
@@ -40,22 +41,6 @@ REFERENCE_TAG = "scanflow.reference"
 REFERENCE_ARTIFACT = "reference/reference.npy"
 DETECTOR_TAG = "scanflow.detector"
 PARENT_TAG = "mlflow.parentRunId"
-
-
-def client_for(tracking_uri: str):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri)
-
-
-def experiment_id(client, experiment: str, create: bool = True) -> str:
-    """The id of experiment `experiment`, created if missing and `create`."""
-    found = client.get_experiment_by_name(experiment)
-    if found is not None:
-        return found.experiment_id
-    if not create:
-        raise NotFoundError(f"MLflow experiment {experiment!r} does not exist at {client.tracking_uri}")
-    return client.create_experiment(experiment)
 
 
 def _array(X: Any, what: str) -> np.ndarray:
@@ -95,7 +80,7 @@ def log_batch(X: Any, tracking_uri: str, experiment: str, run_id: str | None = N
     client.set_tag(run_id, LOGGED_AT_TAG, f"{time.time():.3f}")
     client.set_tag(run_id, BATCH_TAG, "true")  # last: the batch is complete from here on
     if created:
-        _finish_quietly(client, run_id, "FINISHED")
+        client.set_terminated(run_id, "FINISHED")
     return run_id
 
 
@@ -107,7 +92,7 @@ def log_reference(X: Any, tracking_uri: str, experiment: str, run_id: str | None
     _log_npy(client, run_id, arr, REFERENCE_ARTIFACT)
     client.set_tag(run_id, REFERENCE_TAG, "true")
     if created:
-        _finish_quietly(client, run_id, "FINISHED")
+        client.set_terminated(run_id, "FINISHED")
     return run_id
 
 
@@ -143,7 +128,7 @@ def log_detector(detector, tracking_uri: str, experiment: str, run_id: str | Non
 
     client.log_batch(run_id, params=[Param(f"detector.{k}", str(v)[:500]) for k, v in detector.params().items()])
     if created:
-        _finish_quietly(client, run_id, "FINISHED")
+        client.set_terminated(run_id, "FINISHED")
     return run_id
 
 
@@ -174,23 +159,9 @@ def log_check(client, exp_id: str, batch_run_id: str, result: DriftResult | None
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in result.summary().items()])
         _log_npy(client, run_id, result.indices, "check/indices.npy")
         _log_npy(client, run_id, result.scores, "check/scores.npy")
-    _finish_quietly(client, run_id, "FINISHED" if result is not None else "FAILED")
+    client.set_terminated(run_id, "FINISHED" if result is not None else "FAILED")
     client.set_tag(batch_run_id, CHECKED_TAG, run_id)
     return run_id
-
-
-def _finish_quietly(client, run_id: str, status: str) -> None:
-    """End a run without `set_terminated`'s "View run at" lines: printed from the checker thread,
-    they would land in whatever notebook cell happens to be running, and an inference loop logging
-    a batch a second would print two lines a second (each costing one more request)."""
-    from mlflow.entities import RunStatus
-
-    store = getattr(getattr(client, "_tracking_client", None), "store", None)
-    if store is None:  # MLflow changed its internals: fall back to the public call
-        client.set_terminated(run_id, status)
-        return
-    store.update_run_info(run_id, run_status=RunStatus.from_string(status), end_time=int(time.time() * 1000),
-                          run_name=None)
 
 
 def check_runs(tracking_uri: str, experiment: str) -> list:

@@ -130,12 +130,11 @@ class Run:
             self._scripts[task.key] = script
 
     def _open_tracking(self, tracking: Tracking) -> None:
-        from ..track import artifact_root, experiment_id, get_client
+        from ..track import experiment_id, get_client
         self.tracking = tracking
         client = get_client(tracking.uri)
         experiment = self.app.experiment_name(self.root.name)
-        location = artifact_root(self.workspace.state_dir) if tracking.uri.startswith("sqlite:") else None
-        self.experiment, self.experiment_id = experiment, experiment_id(client, experiment, location)
+        self.experiment, self.experiment_id = experiment, experiment_id(client, experiment)
         self.tree = RunTree(client, self.experiment_id, {"scanflow.app": str(self.app.path),
                                                          "scanflow.backend": self.backend.name})
         for wf in self.root.walk():

@@ -7,7 +7,7 @@ import threading
 from functools import lru_cache
 from pathlib import Path
 
-from ..errors import TrackerError
+from ..errors import NotFoundError, TrackerError
 
 _lock = threading.Lock()
 
@@ -18,7 +18,7 @@ def embedded_uri(state_dir: Path) -> str:
 
 
 def artifact_root(state_dir: Path) -> Path:
-    return Path(state_dir) / "mlartifacts"
+    return default_artifact_root(embedded_uri(state_dir))
 
 
 @lru_cache(maxsize=None)
@@ -41,15 +41,27 @@ def get_client(uri: str):
             raise TrackerError(f"cannot open the MLflow store at {uri}: {exc}") from None
 
 
-def experiment_id(client, name: str, artifact_location: Path | None = None) -> str:
-    """The id of experiment `name`, created (with artifacts under `artifact_location`) if missing."""
+def default_artifact_root(tracking_uri: str) -> Path | None:
+    """Where a SQLite store's artifacts go: beside the database, never the current folder."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts"
+    return None
+
+
+def experiment_id(client, name: str, create: bool = True) -> str:
+    """The id of experiment `name`; created if missing (and `create`), restored if deleted."""
     try:
         found = client.get_experiment_by_name(name)
         if found is not None:
             if found.lifecycle_stage == "deleted":
                 client.restore_experiment(found.experiment_id)
             return found.experiment_id
-        location = (artifact_location / name).as_uri() if artifact_location else None
-        return client.create_experiment(name, artifact_location=location)
+    except Exception as exc:
+        raise TrackerError(f"cannot reach MLflow at {client.tracking_uri}: {exc}") from None
+    if not create:
+        raise NotFoundError(f"MLflow experiment {name!r} does not exist at {client.tracking_uri}")
+    root = default_artifact_root(client.tracking_uri)
+    try:
+        return client.create_experiment(name, artifact_location=(root / name).as_uri() if root else None)
     except Exception as exc:
         raise TrackerError(f"cannot create MLflow experiment {name!r} at {client.tracking_uri}: {exc}") from None
