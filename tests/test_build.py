@@ -1,5 +1,4 @@
 """Images: host pip settings, Dockerfile layering, content-hash tags, real builds and failures."""
-
 import pytest
 
 from docker_support import base_image, docker_engine  # noqa: F401
@@ -7,6 +6,7 @@ from scanflow_nb.build import dockerfile as df
 from scanflow_nb.build.images import ImageBuildError, ImageBuilder
 from scanflow_nb.build.pipconf import host_pip_settings
 from scanflow_nb.spec import Executor
+
 
 def test_pip_settings_come_from_pip_config_and_environment(tmp_path, monkeypatch):
     cert = tmp_path / "corp-ca.pem"
@@ -30,6 +30,7 @@ def test_pip_settings_come_from_pip_config_and_environment(tmp_path, monkeypatch
     monkeypatch.setenv("PIP_INDEX_URL", "https://override.example/simple")     # environment wins, as in pip
     assert host_pip_settings().index_url == "https://override.example/simple"
 
+
 def test_generated_dockerfile_puts_dependencies_before_code_and_drops_root():
     text = df.executor_dockerfile("base:1", host_pip_settings(), ["wf/a.py"])
     lines = text.splitlines()
@@ -39,12 +40,14 @@ def test_generated_dockerfile_puts_dependencies_before_code_and_drops_root():
     assert list(at.values()) == sorted(at.values())
     assert lines[-1].startswith("COPY code/") and "USER root" not in "\n".join(lines[at["USER scanflow"]:])
 
+
 @pytest.fixture
 def builder(base_image):
     lines = []
     b = ImageBuilder(base_image, echo=lines.append)
     b.lines = lines
     return b
+
 
 @pytest.mark.docker
 def test_tags_follow_content_and_code_changes_reuse_the_dependency_layer(tmp_path, builder, docker_engine):
@@ -68,6 +71,7 @@ def test_tags_follow_content_and_code_changes_reuse_the_dependency_layer(tmp_pat
                                                  "cat /etc/pip.conf"], remove=True).decode()
     assert run.splitlines()[:2] == [str(df.UID), "v2"] and "cert = /etc/scanflow/ca-bundle.crt" in run
 
+
 @pytest.mark.docker
 def test_requirements_that_fail_to_install_show_the_error_and_leave_nothing_running(tmp_path, builder,
                                                                                     docker_engine):
@@ -78,6 +82,7 @@ def test_requirements_that_fail_to_install_show_the_error_and_leave_nothing_runn
     assert "No matching distribution found for scanflow-no-such-package-xyz" in "\n".join(builder.lines)
     assert {c.id for c in docker_engine.containers.list(all=True)} == before
     assert not docker_engine.images.list(name="scanflow/wf-bad")
+
 
 @pytest.mark.docker
 def test_own_dockerfile_and_existing_image_executors(tmp_path, builder, base_image, docker_engine):
@@ -90,6 +95,7 @@ def test_own_dockerfile_and_existing_image_executors(tmp_path, builder, base_ima
     assert builder.executor_image(tmp_path, "wf", Executor("given", image=base_image)) == base_image
     with pytest.raises(ImageBuildError, match="image 'scanflow/never-built:1' is not on this engine"):
         builder.executor_image(tmp_path, "wf", Executor("missing", image="scanflow/never-built:1"))
+
 
 @pytest.mark.docker
 def test_base_image_is_reused_by_tag_and_runs_python_311(base_image, docker_engine):
