@@ -1,4 +1,6 @@
 """Images: host pip settings, Dockerfile layering, content-hash tags, real builds and failures."""
+import uuid
+
 import pytest
 
 from docker_support import base_image, docker_engine  # noqa: F401
@@ -53,14 +55,15 @@ def builder(base_image):
 def test_tags_follow_content_and_code_changes_reuse_the_dependency_layer(tmp_path, builder, docker_engine):
     (tmp_path / "wf").mkdir()
     script = tmp_path / "wf" / "job.py"
-    script.write_text("import mlflow, six\nprint('v1')\n")
+    unique = f"# {uuid.uuid4()}\n"                              # a new image on every test run
+    script.write_text(f"import mlflow, six\nprint('v1')\n{unique}")
     ex = Executor("job", file="wf/job.py", requirements=["six"])
     tag = builder.executor_image(tmp_path, "wf", ex)
     assert tag.startswith("scanflow/wf-job:")
     builder.lines.clear()
     assert builder.executor_image(tmp_path, "wf", ex) == tag           # nothing changed: found by tag
     assert builder.lines == [f"[build wf/job] up to date: {tag}"]
-    script.write_text("import mlflow, six\nprint('v2')\n")
+    script.write_text(f"import mlflow, six\nprint('v2')\n{unique}")
     builder.lines.clear()
     new_tag = builder.executor_image(tmp_path, "wf", ex)
     assert new_tag != tag
