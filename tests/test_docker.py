@@ -55,18 +55,28 @@ def test_outputs_land_in_the_app_folder_and_logs_stream_live(app_dir, docker_bac
     assert leftovers(app.path) == []
 
 
-def test_exit_codes_retries_and_a_killed_container(app_dir, docker_backend, docker_engine):
+def test_exit_codes_retries_timeouts_and_a_container_killed_from_outside(app_dir, docker_backend, docker_engine):
     flaky = ("import pathlib, sys\np = pathlib.Path('tries'); n = int(p.read_text()) + 1 if p.exists() else 1\n"
              "p.write_text(str(n)); print('try', n); sys.exit(0 if n >= 2 else 5)")
     app = new_app(app_dir, Workflow("w", parallel=True, executors=[
         Executor("exits", code="import sys; print('bye'); sys.exit(3)"),
         Executor("flaky", code=flaky, retries=2),
         Executor("slow", code=SLEEPER.format(s=60), timeout=4),
+        Executor("killed", code=SLEEPER.format(s=60)),
+        Executor("badreq", code="print(1)", requirements=["scanflow-no-such-package-xyz==0.0.1"]),
         Executor("after", code="print(1)", depends_on=["exits"])]))
-    result = app.run("w", backend=docker_backend(), echo=False)
+
+    def kill_from_outside(event):       # what `docker kill` or the OOM killer does to a container
+        if event.key == "w/killed" and event.line == "sleeping":
+            docker_engine.containers.list(filters={"label": "scanflow.key=w/killed"})[0].kill()
+
+    result = app.run("w", backend=docker_backend(), echo=False, max_workers=6, listeners=[kill_from_outside])
     r = result.executors
-    assert result.status == "failed" and sorted(result.failed) == ["w/exits", "w/slow"]
+    assert result.status == "failed" and sorted(result.failed) == ["w/badreq", "w/exits", "w/killed", "w/slow"]
+    assert r["w/badreq"].error.startswith("building the image of w/badreq failed")
+    assert "No matching distribution found for scanflow-no-such-package-xyz" in app.logs("w/badreq")
     assert (r["w/exits"].exit_code, r["w/exits"].error) == (3, "exit code 3")
+    assert (r["w/killed"].exit_code, r["w/killed"].error) == (137, "exit code 137")
     assert r["w/flaky"].status == "succeeded" and r["w/flaky"].attempts == 2
     assert r["w/slow"].error == "timed out after 4 s" and r["w/slow"].duration < 30
     assert r["w/after"].status == "skipped"
