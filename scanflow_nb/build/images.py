@@ -122,9 +122,9 @@ class ImageBuilder:
     def pip(self) -> PipSettings:
         if self._pip is None:
             self._pip = host_pip_settings()
-            for entry in self._pip.skipped:
-                self.echo(f"note: pip source {entry} is a host path a build cannot reach; builds use the "
-                          "other indexes (PyPI by default)")
+            if self._pip.skipped:
+                self.echo(f"note: pip sources on host paths are not reachable inside a build and are left out "
+                          f"({', '.join(self._pip.skipped)}); builds use the other indexes (PyPI by default)")
         return self._pip
 
     # -- contexts ----------------------------------------------------------------------------
