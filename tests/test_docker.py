@@ -145,3 +145,18 @@ def test_twenty_runs_with_failures_leave_no_container_or_network_behind(tmp_path
     assert statuses == [(name, status) for _ in range(5) for name, _, status in kinds.values()]
     assert leftovers() == []
     assert count() == before
+
+
+def test_notebook_magics_run_a_cell_executor_on_docker(run_cell, app_dir, base_image):
+    """%%scanflow executor then %scanflow run --backend docker: build output and logs stream into the cell."""
+    assert run_cell(f"%scanflow app {app_dir}")[0].success
+    assert run_cell("%scanflow workflow nb")[0].success
+    cell = "import mlflow\nmlflow.log_metric('from_cell', 7)\nprint('hello from a container')"
+    assert run_cell(f"%%scanflow executor hello --workflow nb\n{cell}")[0].success
+    result, out, _ = run_cell("%scanflow run nb --backend docker --no-graph")
+    assert result.success and result.result.ok, out
+    assert "[build nb/hello]" in out and "[nb/hello] hello from a container" in out
+    from mlflow import MlflowClient
+    run = MlflowClient(result.result.tracking_uri).get_run(result.result.executors["nb/hello"].run_id)
+    assert run.data.metrics["from_cell"] == 7 and run.data.tags["scanflow.backend"] == "docker"
+    assert leftovers(app_dir) == []
