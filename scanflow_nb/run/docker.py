@@ -162,7 +162,7 @@ class DockerBackend:
     # -- Backend protocol -------------------------------------------------------------------------
     def open(self, app_dir: Path, workflow: str, tracking: Tracking) -> Tracking:
         self.docker = client()
-        self.app_dir, self.workflow = Path(app_dir).resolve(), workflow
+        self.app_dir, self.workflow = Path(app_dir).absolute(), workflow   # the path the engine uses
         self.app, self.run_token = app_id(self.app_dir), uuid.uuid4().hex[:10]
         self.user = app_owner(self.app_dir)
         self._open = True
