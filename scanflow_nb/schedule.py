@@ -59,7 +59,8 @@ def _plan_level(wf: Workflow, lineage: tuple[str, ...], inherited: set[str], out
         else:
             done[name] = _plan_level(child, lineage + (child.name,), deps, out)
         previous = done[name]
-    return set().union(set(), *done.values())
+    mine = set().union(set(), *done.values())
+    return mine or inherited    # an empty workflow stands for what it waited for
 
 
 def select(tasks: list[Task], only: str | None = None, start: str | None = None) -> set[str]:

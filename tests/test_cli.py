@@ -2,6 +2,9 @@
 import subprocess
 import sys
 
+import pytest
+from docker_support import base_image, docker_engine  # noqa: F401
+
 from scanflow_nb import App, Executor, Workflow
 
 
@@ -52,3 +55,16 @@ def test_demo_runs_and_writes_its_graph(tmp_path):
     again = subprocess.run([sys.executable, "-m", "scanflow_nb.demo", str(tmp_path / "demo")],
                            capture_output=True, text=True, timeout=600)
     assert again.stdout.count("(unchanged, not rerun)") == 4
+
+
+@pytest.mark.docker
+def test_cli_exports_kubernetes_manifests(app_dir, tmp_path, base_image):
+    import yaml
+    app = App(app_dir)
+    app.add(Workflow("w", executors=[Executor("a", code="print('from a')")]))
+    app.save()
+    done = scanflow("--file", str(app_dir), "export", "k8s", "w", "-o", str(tmp_path / "k8s"),
+                    "--base-image", base_image)
+    assert done.returncode == 0, done.stderr
+    kinds = {doc["kind"] for f in (tmp_path / "k8s").rglob("*.y*ml") for doc in yaml.safe_load_all(f.read_text()) if doc}
+    assert {"Deployment", "Service", "PersistentVolumeClaim", "Job"} <= kinds

@@ -125,3 +125,12 @@ def test_special_nodes_validate_their_settings():
         Checker(alpha=2)
     with pytest.raises(ScanflowError, match="tracker port"):
         Tracker(port=70000)
+
+
+def test_an_empty_child_workflow_does_not_break_the_sequential_chain():
+    wf = Workflow("m", executors=[ex("a")], workflows=[Workflow("empty"), Workflow("w2", executors=[ex("b")])])
+    deps = {t.key: t.deps for t in plan(wf)}
+    assert deps["w2/b"] == {"m/a"}
+    par = Workflow("p", parallel=True, executors=[ex("a"), ex("c", depends_on=["hollow"])],
+                   workflows=[Workflow("hollow")])
+    assert {t.key: t.deps for t in plan(par)}["p/c"] == set()

@@ -12,7 +12,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from . import registry
 
-SUBCOMMAND_MODULES = ("core", "graph", "checker", "label")
+SUBCOMMAND_MODULES = ("core", "graph", "checker", "label", "containers")
 
 
 @magics_class
