@@ -64,4 +64,15 @@ def experiment_id(client, name: str, create: bool = True) -> str:
     try:
         return client.create_experiment(name, artifact_location=(root / name).as_uri() if root else None)
     except Exception as exc:
+        raced = _existing(client, name)      # another thread or process created it meanwhile
+        if raced is not None:
+            return raced
         raise TrackerError(f"cannot create MLflow experiment {name!r} at {client.tracking_uri}: {exc}") from None
+
+
+def _existing(client, name: str) -> str | None:
+    try:
+        found = client.get_experiment_by_name(name)
+    except Exception:
+        return None
+    return found.experiment_id if found is not None else None
