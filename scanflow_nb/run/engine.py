@@ -9,6 +9,7 @@ messages to a queue that the run's own thread drains, so listeners run on one th
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import queue
 import threading
@@ -26,6 +27,8 @@ from .backend import Backend, Launch, Tracking
 from .console import ConsoleListener
 from .result import ExecutorResult, RunResult
 from .workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 BACKENDS = {
     "local": ("scanflow_nb.run.local", "LocalBackend"),
@@ -323,8 +326,8 @@ class Run:
         for handle in handles:
             try:
                 handle.kill()
-            except Exception:
-                pass
+            except Exception as exc:  # keep stopping the others
+                log.warning("could not stop an attempt of %r: %s", self.root.name, exc)
         deadline = time.monotonic() + 15
         for worker in self._workers:
             worker.join(max(0.0, deadline - time.monotonic()))
@@ -367,8 +370,8 @@ class Run:
         for run_id in [*open_runs, *self.workflow_runs.values()]:
             try:
                 self.tree.client.set_terminated(run_id, "FAILED")
-            except Exception:
-                pass
+            except Exception as exc:  # the run's own error is the one to raise
+                log.warning("could not close MLflow run %s: %s", run_id, exc)
 
 
 class RunHandle:
