@@ -52,9 +52,16 @@ def test_demo_runs_and_writes_its_graph(tmp_path):
     assert "best model:" in out and "mlflow ui --backend-store-uri sqlite:///" in out
     graph = tmp_path / "demo" / "workflow.svg"
     assert graph.is_file() and "<svg" in graph.read_text()
+    # again, on a machine without Graphviz's `dot`: nothing reruns, and the graph is written as source
+    import os
+    no_dot = {**os.environ, "PATH": os.path.dirname(sys.executable)}
     again = subprocess.run([sys.executable, "-m", "scanflow_nb.demo", str(tmp_path / "demo")],
-                           capture_output=True, text=True, timeout=600)
+                           capture_output=True, text=True, timeout=600, env=no_dot)
+    assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.count("(unchanged, not rerun)") == 4
+    assert "install graphviz" in again.stdout.lower()
+    source = tmp_path / "demo" / "workflow.gv"
+    assert f"Workflow graph:   {source}" in again.stdout and "digraph" in source.read_text()
 
 
 @pytest.mark.docker
