@@ -39,13 +39,18 @@ def image_repository(workflow: str, executor: str) -> str:
     return check_image_ref(f"scanflow/{workflow.lower()}-{executor.lower()}", "image")
 
 
+def shorten(name: str, limit: int = 63) -> str:
+    """`name` cut to `limit` characters, kept unique by a hash of the whole name."""
+    if len(name) <= limit:
+        return name
+    return name[:limit - 9].rstrip("-") + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+
+
 def k8s_name(*parts: str) -> str:
     """A Kubernetes object name (RFC 1123 label) from name parts: lower case, '_' -> '-', <= 63 chars."""
     name = "-".join(p.lower().replace("_", "-") for p in parts if p)
     name = re.sub(r"-+", "-", name).strip("-")
-    if len(name) > 63:
-        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-        name = name[:54].rstrip("-") + "-" + digest
+    name = shorten(name)
     if not _DNS_LABEL.fullmatch(name):
         raise ValidationError(f"cannot make a Kubernetes name from {'-'.join(parts)!r}: "
                               "use letters, digits and '-'")

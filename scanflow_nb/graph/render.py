@@ -4,13 +4,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import graphviz
 
 from ..errors import ScanflowError, ValidationError
+from ..files import atomic_write
 from ..spec import Workflow
 from .layout import to_digraph
 
@@ -60,13 +60,7 @@ def save_graph(workflow: Workflow, path: str | os.PathLike, states: Mapping[str,
     fmt = FORMATS[suffix]
     data = graph.source.encode("utf-8") if fmt is None else render(graph, fmt, str(target))
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, target)
+        atomic_write(target, data)
     except OSError as exc:
-        if "tmp" in locals() and os.path.exists(tmp):
-            os.unlink(tmp)
         raise ScanflowError(f"cannot write {target}: {exc.strerror or exc}") from None
     return target.resolve()

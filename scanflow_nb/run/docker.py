@@ -12,7 +12,6 @@ Everything created carries the labels `scanflow.app` (a hash of the app folder) 
 from __future__ import annotations
 
 import atexit
-import hashlib
 import threading
 import weakref
 import time
@@ -22,7 +21,7 @@ from typing import Callable, Iterator
 
 from ..build.docker_client import client
 from ..build.images import ImageBuilder
-from ..build.names import LABEL_APP, LABEL_KEY, LABEL_RUN, LABEL_WORKFLOW, app_id
+from ..build.names import LABEL_APP, LABEL_KEY, LABEL_RUN, LABEL_WORKFLOW, app_id, shorten
 from ..errors import RunError, TrackerError
 from .backend import Launch, Tracking
 
@@ -154,10 +153,7 @@ class DockerBackend:
 
     def object_name(self, *parts: str) -> str:
         """`scanflow-<run>-<parts>`, at most 63 characters (swarm service names), shortened with a hash."""
-        name = "-".join(["scanflow", self.run_token, *parts])
-        if len(name) > 63:
-            name = name[:54] + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
-        return name
+        return shorten("-".join(["scanflow", self.run_token, *parts]))
 
     # -- Backend protocol -------------------------------------------------------------------------
     def open(self, app_dir: Path, workflow: str, tracking: Tracking) -> Tracking:

@@ -22,7 +22,7 @@ class RunTree:
     def start(self, name: str, kind: str, parent_id: str | None, tags: dict[str, str] | None = None,
               params: dict[str, Any] | None = None) -> str:
         """Create a running run named `name`; `kind` is "workflow" or "executor"."""
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param
         all_tags = {**self.common_tags, "scanflow.kind": kind, **(tags or {})}
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
