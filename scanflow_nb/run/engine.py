@@ -76,6 +76,8 @@ class Run:
         self.states: dict[str, str] = {}
         self.results: dict[str, ExecutorResult] = {}
         self._scripts: dict[str, Path | None] = {}
+        self._requirements: dict[str, str] = {}
+        self._cache: dict[str, dict[str, str]] = {}
         self._started: dict[str, float] = {}
         self._digests: dict[str, str] = {}
         self._workers: list[threading.Thread] = []
@@ -129,8 +131,9 @@ class Run:
                 raise RunError(f"executor {task.key!r} has no Python file or code: it can only run in a container")
             if script is not None and not script.is_file():
                 raise NotFoundError(f"executor {task.key!r}: file {script} does not exist")
-            self.workspace.requirements_text(ex)
+            self._requirements[task.key] = self.workspace.requirements_text(ex)
             self._scripts[task.key] = script
+        self._cache = self.workspace.cache()
 
     def _open_tracking(self, tracking: Tracking) -> None:
         from ..track import experiment_id, get_client
@@ -185,11 +188,11 @@ class Run:
         script = self._scripts[task.key]
         code = script.read_bytes() if script is not None else (ex.dockerfile or ex.image or "").encode()
         inputs = {path: digest(self.app.path / path) for path in ex.inputs}
-        key = cache_key(ex, code, self.workspace.requirements_text(ex), inputs, self.backend.name)
+        key = cache_key(ex, code, self._requirements[task.key], inputs, self.backend.name)
         self._digests[task.key] = key
         parent = self.workflow_runs[task.workflow]
         tags = {"scanflow.workflow": task.workflow, "scanflow.key": task.key}
-        previous = self.workspace.cache().get(task.key)
+        previous = self._cache.get(task.key)
         outputs_there = all((self.app.path / p).exists() for p in ex.outputs)
         if not self.force and previous and previous["digest"] == key and outputs_there:
             run_id = self.tree.start(ex.name, "executor", parent, {**tags, "scanflow.cached_from": previous["run_id"]},
