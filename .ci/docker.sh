@@ -39,8 +39,8 @@ if python -c "import docker, mlflow, yaml" 2>/dev/null; then
   start=$(date +%s)
   PYTHONPATH=. python - "$BASE" <<'PY'
 import sys
-from scanflow_nb.build.base import build_base_image
-from scanflow_nb.build.images import ImageBuilder
+from scanflow_nb.containers.base import build_base_image
+from scanflow_nb.containers.images import ImageBuilder
 quiet = lambda line: None
 tag = build_base_image(sys.argv[1], echo=lambda line: print("docker.sh:", line) if "ready" in line or "exists" in line else None)
 print("docker.sh: tracker image", ImageBuilder(tag, echo=quiet).tracker_image())

@@ -20,8 +20,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from scanflow_nb import App, Executor, Workflow  # noqa: E402
-from scanflow_nb.build.base import DEFAULT_BASE_TAG  # noqa: E402
-from scanflow_nb.build.images import ImageBuilder  # noqa: E402
+from scanflow_nb.containers.base import DEFAULT_BASE_TAG  # noqa: E402
+from scanflow_nb.containers.images import ImageBuilder  # noqa: E402
 from scanflow_nb.run.docker import DockerBackend  # noqa: E402
 
 SCRIPT = """\
@@ -63,7 +63,7 @@ def main() -> int:
     # A base no layer was ever built on (the base plus a unique label) makes the first build truly cold,
     # while keeping one consistent layer cache for the rebuilds that follow.
     import io
-    from scanflow_nb.build.docker_client import client
+    from scanflow_nb.containers.docker_client import client
     fresh = f"scanflow/bench-base:{int(time.time())}"
     client().images.build(fileobj=io.BytesIO(f"FROM {base}\nLABEL scanflow.bench={fresh}\n".encode()), tag=fresh, rm=True)
     lines: list[str] = []

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from scanflow_nb import Executor, Workflow
 from scanflow_nb.graph import render_svg, save_graph, to_digraph
-from scanflow_nb.run.events import RunEvent
+from scanflow_nb.events import RunEvent
 
 
 SHAPES = {"parallel": lambda level: True, "sequential": lambda level: False,

@@ -9,7 +9,7 @@ import yaml
 
 from .errors import NotFoundError, ScanflowError, ValidationError
 from .files import atomic_write
-from .run.events import Listener
+from .events import Listener
 from .run.result import RunResult
 from .run.workspace import Workspace
 from .schedule import resolve, task_key

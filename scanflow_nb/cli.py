@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("workflow")
     graph.add_argument("--output", "-o", metavar="FILE", help="write .svg, .png or .gv")
     graph.set_defaults(func=cmd_graph)
-    from .build.commands import add_commands
+    from .containers.commands import add_commands
     add_commands(sub, _app)
     return parser
 

@@ -10,14 +10,14 @@ import os
 import pytest
 
 from scanflow_nb import App
-from scanflow_nb.build.base import DEFAULT_BASE_TAG
+from scanflow_nb.containers.base import DEFAULT_BASE_TAG
 from scanflow_nb.errors import BackendUnavailable
 
 BASE = os.environ.get("SCANFLOW_TEST_BASE_IMAGE", DEFAULT_BASE_TAG)
 
 
 def engine():
-    from scanflow_nb.build.docker_client import client
+    from scanflow_nb.containers.docker_client import client
     try:
         return client()
     except BackendUnavailable as exc:
@@ -32,7 +32,7 @@ def docker_engine():
 @pytest.fixture(scope="session")
 def base_image(docker_engine):
     """The debootstrap base image (built by .ci/docker.sh; built here, slowly, if missing)."""
-    from scanflow_nb.build.base import base_image_exists, build_base_image
+    from scanflow_nb.containers.base import base_image_exists, build_base_image
     if not base_image_exists(BASE):
         if os.geteuid() != 0 or not __import__("shutil").which("debootstrap"):
             pytest.skip(f"base image {BASE} is missing and cannot be built here: run .ci/docker.sh")

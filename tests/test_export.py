@@ -11,7 +11,7 @@ import yaml
 
 from docker_support import base_image, docker_engine, new_app, swarm_engine  # noqa: F401
 from scanflow_nb import Executor, Workflow
-from scanflow_nb.build.export import Exporter, export
+from scanflow_nb.containers.export import Exporter, export
 from scanflow_nb.errors import ValidationError
 from test_backends import nested_workflow
 

@@ -10,7 +10,7 @@ from scanflow_nb import Checker, Executor, Improver, Planner, ScanflowError, Tra
 from scanflow_nb.errors import ValidationError
 from scanflow_nb.graph import (ExecutorStatus, GraphvizMissing, RunProgress, render_svg, save_graph,
                                text_tree, to_digraph)
-from scanflow_nb.run.events import RunEvent
+from scanflow_nb.events import RunEvent
 
 SVG = "{http://www.w3.org/2000/svg}"
 needs_dot = pytest.mark.skipif(not __import__("shutil").which("dot"),

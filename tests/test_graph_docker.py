@@ -7,7 +7,7 @@ import pytest
 
 from docker_support import base_image, docker_backend, docker_engine, new_app  # noqa: F401
 from scanflow_nb import Executor, Workflow
-from scanflow_nb.run.events import RunEvent
+from scanflow_nb.events import RunEvent
 
 pytestmark = [pytest.mark.docker, pytest.mark.skipif(
     not shutil.which("dot"), reason="graphviz's `dot` program is not installed (apt-get install graphviz)")]

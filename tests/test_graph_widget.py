@@ -8,7 +8,7 @@ import pytest
 
 from scanflow_nb import Executor, Workflow
 from scanflow_nb.app import App
-from scanflow_nb.run.events import RunEvent
+from scanflow_nb.events import RunEvent
 
 widgets = pytest.importorskip("ipywidgets", reason="ipywidgets is not installed")
 from scanflow_nb.widgets.graph import NO_SELECTION, GraphWidget  # noqa: E402

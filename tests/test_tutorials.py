@@ -118,7 +118,7 @@ def test_01_quickstart_runs_the_nested_workflow_and_finds_it_in_mlflow(ran):
 @pytest.mark.docker
 def test_02_containers_runs_on_docker_and_exports_files_that_name_its_images(ran):
     from docker_support import BASE, engine
-    from scanflow_nb.build.base import base_image_exists
+    from scanflow_nb.containers.base import base_image_exists
     engine()
     if not os.environ.get("SCANFLOW_BASE_IMAGE") and not base_image_exists(BASE):
         pytest.skip(f"needs the local base image {BASE} (`make machine` builds it) or SCANFLOW_BASE_IMAGE: "

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import graphviz
 
-from ..run import events as ev
+from .. import events as ev
 from ..spec import Executor, Workflow
 from .status import ExecutorStatus, as_statuses
 

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
-from ..run import events as ev
+from .. import events as ev
 from ..spec import Workflow
 
 STATES = (ev.PENDING, ev.RUNNING, ev.CACHED, ev.SUCCEEDED, ev.FAILED, ev.SKIPPED)

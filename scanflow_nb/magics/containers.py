@@ -19,7 +19,7 @@ from .registry import subcommand
 @argument("--base-image", metavar="IMAGE", help="base of generated images (default: $SCANFLOW_BASE_IMAGE or python:3.11-slim)")
 def export(ctx, args):
     """Build the workflow's images and write a file that runs it on another engine."""
-    from ..build.export import export as write_export
+    from ..containers.export import export as write_export
     app = ctx.app
     out = args.output or app.path / "export" / args.kind
     path = write_export(app, args.workflow, args.kind, out, base_image=args.base_image)
@@ -37,7 +37,7 @@ def base_image(ctx, args):
 
     The image becomes this session's base for generated Dockerfiles (SCANFLOW_BASE_IMAGE).
     """
-    from ..build.base import DEFAULT_BASE_TAG, build_base_image
+    from ..containers.base import DEFAULT_BASE_TAG, build_base_image
     tag = build_base_image(args.tag or DEFAULT_BASE_TAG, suite=args.suite, mirror=args.mirror, force=args.force)
     os.environ["SCANFLOW_BASE_IMAGE"] = tag
     print(f"SCANFLOW_BASE_IMAGE={tag} for this session; set it in your environment to keep it")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from . import events as ev
+from .. import events as ev
 from .workspace import Workspace
 
 TAIL_LINES = 15

@@ -19,9 +19,9 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..build.docker_client import client
-from ..build.images import ImageBuilder
-from ..build.names import LABEL_APP, LABEL_KEY, LABEL_RUN, LABEL_WORKFLOW, app_id, shorten
+from ..containers.docker_client import client
+from ..containers.images import ImageBuilder
+from ..containers.names import LABEL_APP, LABEL_KEY, LABEL_RUN, LABEL_WORKFLOW, app_id, shorten
 from ..errors import RunError, TrackerError
 from .backend import Launch, Tracking
 

@@ -22,7 +22,7 @@ from ..errors import NotFoundError, RunError, ScanflowError
 from ..files import digest
 from ..schedule import Task, cache_key, plan, select
 from ..track.runs import RunTree
-from . import events as ev
+from .. import events as ev
 from .backend import Backend, Launch, Tracking
 from .console import ConsoleListener
 from .result import ExecutorResult, RunResult

@@ -5,7 +5,7 @@ import html
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .events import FAILED
+from ..events import FAILED
 
 
 @dataclass

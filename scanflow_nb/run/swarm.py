@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Iterator
 
-from ..build.names import LABEL_KEY
+from ..containers.names import LABEL_KEY
 from ..errors import BackendUnavailable, RunError
 from .backend import Launch, Tracking
 from .docker import HEALTH_PROBE, TRACKER_ALIAS, TRACKER_ENV, DockerBackend, wait_healthy
@@ -94,7 +94,7 @@ class SwarmBackend(DockerBackend):
     network_driver = "overlay"
 
     def open(self, app_dir, workflow: str, tracking: Tracking) -> Tracking:
-        from ..build.docker_client import client
+        from ..containers.docker_client import client
         if client().info().get("Swarm", {}).get("LocalNodeState") != "active":
             raise BackendUnavailable("this Docker engine is not in a swarm: run `docker swarm init "
                                      "--advertise-addr 127.0.0.1` (a single-node swarm), or use --backend docker")

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..run.events import CACHED, FAILED, SKIPPED, SUCCEEDED
+from ..events import CACHED, FAILED, SKIPPED, SUCCEEDED
 
 MLFLOW_STATUS = {SUCCEEDED: "FINISHED", CACHED: "FINISHED", FAILED: "FAILED", SKIPPED: "KILLED",
                  "interrupted": "KILLED"}

@@ -20,7 +20,7 @@ import ipywidgets as widgets
 from ..errors import ScanflowError
 from ..graph import RunProgress, Summary, dot_available, render_svg, text_tree
 from ..graph.render import INSTALL_HINT
-from ..run import events as ev
+from .. import events as ev
 from ..spec import Workflow
 
 log = logging.getLogger(__name__)

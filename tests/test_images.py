@@ -4,9 +4,9 @@ import uuid
 import pytest
 
 from docker_support import base_image, docker_engine  # noqa: F401
-from scanflow_nb.build import dockerfile as df
-from scanflow_nb.build.images import ImageBuildError, ImageBuilder
-from scanflow_nb.build.pipconf import host_pip_settings
+from scanflow_nb.containers import dockerfile as df
+from scanflow_nb.containers.images import ImageBuildError, ImageBuilder
+from scanflow_nb.containers.pipconf import host_pip_settings
 from scanflow_nb.spec import Executor
 
 
@@ -102,7 +102,7 @@ def test_own_dockerfile_and_existing_image_executors(tmp_path, builder, base_ima
 
 @pytest.mark.docker
 def test_base_image_is_reused_by_tag_and_runs_python_311(base_image, docker_engine):
-    from scanflow_nb.build.base import build_base_image
+    from scanflow_nb.containers.base import build_base_image
     said = []
     assert build_base_image(base_image, echo=said.append) == base_image
     assert said == [f"base image {base_image} already exists (force=True rebuilds it)"]

@@ -1,1 +1,0 @@
-"""Container images and exports: Dockerfiles, content-hash tags, builds, the base image, compose/stack/k8s."""
