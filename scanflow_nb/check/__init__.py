@@ -8,20 +8,14 @@
 TensorFlow, MLflow and scipy are imported only when a detector trains, scores or logs.
 """
 from .autoencoder import AutoencoderDetector
-from .detectors import Detector, DetectorInputError, KSDetector, MMDDetector, NotFittedError
+from .base import KINDS, Detector, DetectorInputError, NotFittedError, make_detector
+from .ks import KSDetector
+from .mmd import MMDDetector
 from .result import DriftResult
 from .tracking import check_runs, load_detector, load_reference, log_batch, log_detector, log_reference
 from .watcher import CheckRecord, Watcher
 
 __all__ = ["AutoencoderDetector", "CheckRecord", "Detector", "DetectorInputError", "DriftResult", "KSDetector",
-           "MMDDetector", "NotFittedError", "Watcher", "check_runs", "load_detector", "load_reference", "log_batch",
+           "KINDS", "MMDDetector", "NotFittedError", "Watcher", "check_runs", "load_detector", "load_reference", "log_batch",
            "log_detector", "log_reference", "make_detector"]
 
-
-def make_detector(kind: str, alpha: float = 0.05, **options) -> Detector:
-    """An unfitted detector of `kind` ("autoencoder", "ks" or "mmd"), as a Checker spec names it."""
-    from ..errors import ValidationError
-
-    if kind not in Detector.KINDS:
-        raise ValidationError(f"unknown detector {kind!r}; choose one of: {', '.join(sorted(Detector.KINDS))}")
-    return Detector.KINDS[kind](alpha=alpha, **options)

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ValidationError
-from .detectors import Detector
+from .base import Detector
 from .result import DriftResult
 from .stats import bonferroni, ks_per_feature, median_bandwidth, mmd_permutation_test
 

@@ -23,8 +23,7 @@ _WATCHERS: dict[tuple[str, str], Any] = {}
 
 
 def _checker_spec(app, workflow: str) -> Checker:
-    wf = app.find(workflow)
-    return wf.checker or app.root_of(workflow).checker or Checker()
+    return app.special(workflow, "checker") or Checker()
 
 
 def _read_reference(app, reference: str | None) -> np.ndarray:
@@ -40,7 +39,7 @@ def _read_reference(app, reference: str | None) -> np.ndarray:
 
 def fitted_detector(app, workflow: str, reference: str | None = None):
     """The fitted detector for `workflow`'s checker (trained now, or reused from the app's state)."""
-    from . import Detector, make_detector
+    from .base import Detector, make_detector
     from .tracking import load_reference
 
     spec = _checker_spec(app, workflow)

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import NotFoundError, ScanflowError, TrackerError
-from ..track import experiment_id, get_client as client_for
+from ..track import experiment_id, log_values
+from ..track import get_client as client_for
 from .result import DriftResult
 
 BATCH_TAG = "scanflow.batch"
@@ -124,9 +125,7 @@ def log_detector(detector, tracking_uri: str, experiment: str, run_id: str | Non
         detector.save(Path(tmp) / "detector")
         client.log_artifacts(run_id, str(Path(tmp) / "detector"), artifact_path="detector")
     client.set_tag(run_id, DETECTOR_TAG, detector.kind)
-    from mlflow.entities import Param
-
-    client.log_batch(run_id, params=[Param(f"detector.{k}", str(v)[:500]) for k, v in detector.params().items()])
+    log_values(client, run_id, params={f"detector.{k}": str(v)[:500] for k, v in detector.params().items()})
     if created:
         client.set_terminated(run_id, "FINISHED")
     return run_id
@@ -134,7 +133,7 @@ def log_detector(detector, tracking_uri: str, experiment: str, run_id: str | Non
 
 def load_detector(tracking_uri: str, run_id: str):
     """The detector logged by `log_detector` in run `run_id`."""
-    from .detectors import Detector
+    from .base import Detector
 
     client = client_for(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,10 +152,7 @@ def log_check(client, exp_id: str, batch_run_id: str, result: DriftResult | None
         tags[ERROR_TAG] = error[:4000]
     run_id = client.create_run(exp_id, run_name="drift-check", tags=tags).info.run_id
     if result is not None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in result.summary().items()])
+        log_values(client, run_id, metrics=result.summary())
         _log_npy(client, run_id, result.indices, "check/indices.npy")
         _log_npy(client, run_id, result.scores, "check/scores.npy")
     client.set_terminated(run_id, "FINISHED" if result is not None else "FAILED")
