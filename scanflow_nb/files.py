@@ -1,10 +1,17 @@
-"""Small file helpers: atomic writes and content digests."""
+"""Small file helpers: the app's state folder, atomic writes and content digests."""
 from __future__ import annotations
 
 import hashlib
 import os
 import tempfile
 from pathlib import Path
+
+STATE_DIR = ".scanflow"     # inside an app folder: the MLflow store, logs, caches, label store (never in images)
+
+
+def state_dir(app_dir: str | Path) -> Path:
+    """The state folder of the app in `app_dir`."""
+    return Path(app_dir) / STATE_DIR
 
 
 def atomic_write(path: Path, data: str | bytes) -> None:

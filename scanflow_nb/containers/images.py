@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .. import sources
 from ..errors import NotFoundError, ScanflowError
+from ..files import STATE_DIR
 from ..spec import Executor
 from . import dockerfile as df
 from .base import DEFAULT_BASE_TAG
@@ -24,7 +26,7 @@ from .names import check_image_ref, image_repository
 from .pipconf import PipSettings, host_pip_settings
 
 DEFAULT_BASE = "python:3.11-slim"
-SKIP_DIRS = {".scanflow", ".git", "__pycache__", ".ipynb_checkpoints"}
+SKIP_DIRS = {STATE_DIR, ".git", "__pycache__", ".ipynb_checkpoints"}
 Echo = Callable[[str], None]
 
 
@@ -75,28 +77,7 @@ class BuildContext:
 
 def requirements_text(app_dir: Path, executor: Executor) -> str:
     """The executor's requirements plus the MLflow client pinned to the host's MLflow version."""
-    lines = [f"mlflow-skinny=={mlflow_version()}"]
-    if isinstance(executor.requirements, str):
-        path = app_dir / executor.requirements
-        if not path.is_file():
-            raise NotFoundError(f"executor {executor.name!r}: requirements file {executor.requirements!r} "
-                                f"not found in {app_dir}")
-        lines.append(path.read_text())
-    elif executor.requirements:
-        lines += executor.requirements
-    return "\n".join(lines) + "\n"
-
-
-def executor_code(app_dir: Path, workflow: str, executor: Executor) -> tuple[str, bytes] | None:
-    """(path relative to the app, source) of the executor's script, or None for image-only executors."""
-    if executor.file:
-        path = app_dir / executor.file
-        if not path.is_file():
-            raise NotFoundError(f"executor {executor.name!r}: file {executor.file!r} not found in {app_dir}")
-        return executor.file.replace("\\", "/"), path.read_bytes()
-    if executor.code:
-        return f"{workflow}/{executor.name}.py", executor.code.encode()
-    return None
+    return "\n".join([f"mlflow-skinny=={mlflow_version()}", sources.requirements_text(app_dir, executor)]) + "\n"
 
 
 def _folder_files(folder: Path) -> dict[str, bytes]:
@@ -156,7 +137,7 @@ class ImageBuilder:
             return None
         files = self._pip_files()
         files[df.REQUIREMENTS] = requirements_text(app_dir, executor).encode()
-        code = executor_code(app_dir, workflow, executor)
+        code = sources.executor_code(app_dir, workflow, executor)
         code_files = []
         if code:
             files["code/" + code[0]] = code[1]

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import NotFoundError
-from ..files import atomic_write
+from .. import sources
+from ..files import atomic_write, state_dir
 from ..spec import Executor
 from .result import RunResult
 
@@ -15,7 +15,7 @@ class Workspace:
 
     def __init__(self, app_dir: Path):
         self.app_dir = Path(app_dir)
-        self.state_dir = self.app_dir / ".scanflow"
+        self.state_dir = state_dir(self.app_dir)
 
     def log_path(self, key: str) -> Path:
         return self.state_dir / "logs" / f"{key}.log"
@@ -24,20 +24,16 @@ class Workspace:
         """The Python file an executor runs: its `file`, or its inline `code` written out; None if neither."""
         if executor.file:
             return self.app_dir / executor.file
-        if executor.code is None:
+        code = sources.executor_code(self.app_dir, workflow, executor)
+        if code is None:
             return None
-        path = self.state_dir / "code" / workflow / f"{executor.name}.py"
-        if not path.is_file() or path.read_text() != executor.code:
-            atomic_write(path, executor.code)
+        path = self.state_dir / "code" / code[0]
+        if not path.is_file() or path.read_bytes() != code[1]:
+            atomic_write(path, code[1])
         return path
 
     def requirements_text(self, executor: Executor) -> str:
-        if isinstance(executor.requirements, str):
-            path = self.app_dir / executor.requirements
-            if not path.is_file():
-                raise NotFoundError(f"executor {executor.name!r}: requirements file {path} does not exist")
-            return path.read_text()
-        return "\n".join(executor.requirements or [])
+        return sources.requirements_text(self.app_dir, executor)
 
     # -- cache: key -> {"digest", "run_id"} of the last successful run ----------------------
     @property
