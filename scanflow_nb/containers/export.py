@@ -18,11 +18,14 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import sources
 from ..errors import RunError, ValidationError
+from ..files import STATE_DIR
 from ..schedule import Task, plan
 from ..spec import Workflow
+from ..track.server import SERVER_ENV, server_command
 from . import dockerfile as df
-from .images import ImageBuilder, executor_code
+from .images import ImageBuilder
 from .names import LABEL_WORKFLOW, check_image_ref, k8s_name, unique_names
 
 KINDS = {"compose": "docker-compose.yml", "stack": "docker-stack.yml", "k8s": "kubernetes.yaml"}
@@ -101,7 +104,7 @@ class Exporter:
                 "SCANFLOW_WORKFLOW": task.workflow, "SCANFLOW_EXECUTOR": task.executor.name}
 
     def _program(self, task: Task) -> list[str]:
-        code = executor_code(self.app_dir, task.workflow, task.executor)
+        code = sources.executor_code(self.app_dir, task.workflow, task.executor)
         args = task.executor.command_args()
         return ["python", "-P", f"{df.CODE_DIR}/{code[0]}", *args] if code else args
 
@@ -118,7 +121,7 @@ class Exporter:
 
     def _gated(self, task: Task, tracker_url: str) -> list[str]:
         """Shell command: wait for the tracker and the prerequisites' markers, run, leave a marker."""
-        done = f"{df.WORKSPACE}/.scanflow/done/{self.export_id}"
+        done = f"{df.WORKSPACE}/{STATE_DIR}/done/{self.export_id}"
         me = f"{done}/{self.names[task.key]}"
         lines = [f"mkdir -p {done}",
                  f"until python -c {shlex.quote(ensure_experiment_script(tracker_url, self.experiment))} "
@@ -130,17 +133,14 @@ class Exporter:
         lines.append(f"if ( {self._attempts(task)} ); then touch {me}.ok; else touch {me}.failed; exit 1; fi")
         return ["sh", "-c", "\n".join(lines)]
 
-    def _tracker_command(self, allowed: list[str]) -> list[str]:
-        hosts = [form for h in [*allowed, "localhost", "127.0.0.1"] for form in (h, f"{h}:*")]
-        return ["mlflow", "server", "--host", "0.0.0.0", "--port", str(PORT), "--workers", "1",
-                "--backend-store-uri", "sqlite:////data/mlflow.db", "--artifacts-destination", "/data/artifacts",
-                "--allowed-hosts", ",".join(hosts)]
+    def _tracker_command(self, alias: str) -> list[str]:
+        return server_command("sqlite:////data/mlflow.db", "/data/artifacts", "0.0.0.0", PORT, (alias,))
 
     # -- docker-compose ------------------------------------------------------------------------
     def _tracker_service(self) -> dict[str, Any]:
         check = ensure_experiment_script(f"http://127.0.0.1:{PORT}", self.experiment)
-        return {"image": self.tracker_image, "command": self._tracker_command([TRACKER]),
-                "environment": {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"},
+        return {"image": self.tracker_image, "command": self._tracker_command(TRACKER),
+                "environment": dict(SERVER_ENV),
                 "volumes": ["tracker-data:/data"], "networks": ["scanflow"],
                 "healthcheck": {"test": ["CMD", "python", "-c", check], "interval": "3s", "timeout": "5s",
                                 "retries": 40, "start_period": "5s"},
@@ -203,8 +203,8 @@ class Exporter:
                                   "securityContext": security,
                                   "containers": [{
                                       "name": "mlflow", "image": self.tracker_image, "imagePullPolicy": "IfNotPresent",
-                                      "command": self._tracker_command([tracker]),
-                                      "env": [{"name": "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "value": "false"}],
+                                      "command": self._tracker_command(tracker),
+                                      "env": [{"name": k, "value": v} for k, v in SERVER_ENV.items()],
                                       "ports": [{"containerPort": PORT, "name": "http"}],
                                       "readinessProbe": {"tcpSocket": {"port": PORT}, "periodSeconds": 3},
                                       "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],

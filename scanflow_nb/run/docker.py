@@ -23,6 +23,9 @@ from ..containers.docker_client import client
 from ..containers.images import ImageBuilder
 from ..containers.names import LABEL_APP, LABEL_KEY, LABEL_RUN, LABEL_WORKFLOW, app_id, shorten
 from ..errors import RunError, TrackerError
+from ..files import state_dir
+from ..track.server import SERVER_ENV, server_command
+from ..track.store import artifact_root, embedded_uri
 from .backend import Launch, Tracking
 
 TRACKER_ALIAS, TRACKER_PORT = "tracker", 5000
@@ -30,19 +33,7 @@ HEALTH_PROBE = ["python", "-c", "import urllib.request as u; "
                 f"u.urlopen('http://127.0.0.1:{TRACKER_PORT}/health', timeout=2)"]
 
 
-def tracker_command(store_uri: str, artifacts: str, allowed_hosts: list[str]) -> list[str]:
-    """`mlflow server` kept lean (one worker) and letting executors in by the tracker's alias."""
-    return ["mlflow", "server", "--host", "0.0.0.0", "--port", str(TRACKER_PORT), "--workers", "1",
-            "--backend-store-uri", store_uri, "--artifacts-destination", artifacts,
-            "--allowed-hosts", ",".join(allowed_hosts)]
-
-
-def allowed_hosts(*aliases: str) -> list[str]:
-    hosts = [*aliases, "localhost", "127.0.0.1"]
-    return [form for host in hosts for form in (host, f"{host}:*")]
-
-
-TRACKER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "HOME": "/tmp"}
+TRACKER_ENV = {**SERVER_ENV, "HOME": "/tmp"}
 
 
 class ContainerHandle:
@@ -102,9 +93,9 @@ def app_owner(app_dir: Path) -> str:
 
 def store_location(app_dir: Path, tracking: Tracking) -> tuple[str, str]:
     """(store URI, artifact folder) the tracker container serves: the app's own embedded store."""
-    state = Path(app_dir) / ".scanflow"
-    uri = tracking.uri if tracking.uri.startswith("sqlite:///") else f"sqlite:///{state / 'mlflow.db'}"
-    return uri, str(state / "mlartifacts")
+    state = state_dir(app_dir)
+    uri = tracking.uri if tracking.uri.startswith("sqlite:///") else embedded_uri(state)
+    return uri, str(artifact_root(state))
 
 
 _store_lock = threading.Lock()
@@ -137,6 +128,7 @@ class DockerBackend:
     """
 
     name = "docker"
+    runs_images = True
     network_driver = "bridge"
 
     def __init__(self, base_image: str | None = None, echo: Callable[[str], None] = print,
@@ -169,7 +161,7 @@ class DockerBackend:
         store, artifacts = store_location(self.app_dir, tracking)
         Path(artifacts).mkdir(parents=True, exist_ok=True)
         prepare_store(store)
-        self.start_tracker(tracker_image, tracker_command(store, artifacts, allowed_hosts(TRACKER_ALIAS)))
+        self.start_tracker(tracker_image, server_command(store, artifacts, "0.0.0.0", TRACKER_PORT, (TRACKER_ALIAS,)))
         return Tracking(tracking.uri, f"http://{TRACKER_ALIAS}:{TRACKER_PORT}")
 
     def launch(self, launch: Launch) -> ContainerHandle:

@@ -15,6 +15,24 @@ from ..errors import TrackerError
 
 _running: dict[tuple[str, int], "TrackerServer"] = {}
 
+# Lean: no job runner (its queue consumers cost about 2.5 GB), no telemetry.
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+def server_command(store_uri: str, artifacts: str | Path, host: str, port: int, allowed: tuple[str, ...] = (),
+                   program: tuple[str, ...] = ("mlflow",)) -> list[str]:
+    """The `mlflow server` command every tracker uses: the kernel's, a container's, an export's.
+
+    One worker. `allowed`: host names clients use besides localhost (e.g. a container alias); the
+    server answers 403 to any other Host header.
+    """
+    cmd = [*program, "server", "--host", host, "--port", str(port), "--workers", "1",
+           "--backend-store-uri", store_uri, "--artifacts-destination", str(artifacts)]
+    if allowed:
+        hosts = [*allowed, "localhost", "127.0.0.1"]
+        cmd += ["--allowed-hosts", ",".join(form for name in hosts for form in (name, f"{name}:*"))]
+    return cmd
+
 
 def _free_port(host: str) -> int:
     with socket.socket() as sock:
@@ -48,10 +66,8 @@ class TrackerServer:
             if sock.connect_ex((self.host, self.port)) == 0:
                 raise TrackerError(f"port {self.port} on {self.host} is already in use: choose another tracker port")
         self.artifacts.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true")
-        cmd = [sys.executable, "-m", "mlflow", "server", "--host", self.host, "--port", str(self.port),
-               "--workers", "1", "--backend-store-uri", self.store_uri,
-               "--artifacts-destination", str(self.artifacts)]
+        env = {**os.environ, **SERVER_ENV}
+        cmd = server_command(self.store_uri, self.artifacts, self.host, self.port, program=(sys.executable, "-m", "mlflow"))
         log = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         try:
             self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
