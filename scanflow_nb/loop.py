@@ -5,7 +5,7 @@ Every step is an MLflow run: one `closed loop` run, one nested run per round, an
 check, the labels, the retrain and the planner's register/decide runs.
 
     detector = KSDetector().fit(reference_images)
-    improver = Improver(LogisticRegression(max_iter=500), X_labeled=X_train, y_labeled=y_train,
+    improver = ActiveLearner(LogisticRegression(max_iter=500), X_labeled=X_train, y_labeled=y_train,
                         X_pool=np.empty((0, 8, 8)))            # the pool fills with anomalies
     planner = ModelPlanner(app.tracking_uri("serve"), "digits", experiment="serve")
     rounds = closed_loop(detector, improver, planner, [(X1, y1), (X2, y2)], X_hold, y_hold, k=20)   # oracle
@@ -38,11 +38,11 @@ class Round:
 
 
 class ClosedLoop:
-    """check -> pick -> label -> retrain -> plan, over a fitted detector, an Improver and a ModelPlanner.
+    """check -> pick -> label -> retrain -> plan, over a fitted detector, an ActiveLearner and a ModelPlanner.
 
     detector   any object with `score(X_batch)` returning a DriftResult-like result (`is_drift`, `p_value`,
                `score`, `indices`), e.g. scanflow_nb.check.KSDetector fitted on reference data
-    improver   scanflow_nb.improve.Improver; the anomalies of drifted batches join its pool
+    improver   scanflow_nb.improve.ActiveLearner; the anomalies of drifted batches join its pool
     planner    scanflow_nb.plan.ModelPlanner; decides on the held-out set (X_holdout, y_holdout)
     k          how many anomalies are labeled per drifted batch
     MLflow runs go to the planner's tracking URI and experiment.
@@ -75,8 +75,8 @@ class ClosedLoop:
         exp = experiment_id(self.client, self.planner.experiment)
         self.run_id = self.client.create_run(exp, run_name="closed loop", tags={
             "scanflow.kind": "loop", "scanflow.model": self.planner.model_name}).info.run_id
-        self.client.log_batch(self.run_id, params=_params({"k": self.k, "strategy": self.improver.strategy,
-                                                           "detector": type(self.detector).__name__}))
+        self._log(self.run_id, params={"k": self.k, "strategy": self.improver.strategy,
+                                       "detector": type(self.detector).__name__})
         if self.planner.champion() is None:
             self.first_decision = self._register_and_decide(self.run_id)
         return self.first_decision
@@ -87,7 +87,7 @@ class ClosedLoop:
             return
         drifted = sum(r.drift.is_drift for r in self.rounds)
         promoted = sum(bool(r.decision and r.decision.promoted) for r in self.rounds)
-        self._metrics(self.run_id, {"rounds": len(self.rounds), "drifted": drifted, "promoted": promoted,
+        self._log(self.run_id, {"rounds": len(self.rounds), "drifted": drifted, "promoted": promoted,
                                     "labels": sum(len(r.labels) for r in self.rounds)})
         self.client.set_terminated(self.run_id, "FINISHED")
 
@@ -102,7 +102,7 @@ class ClosedLoop:
         check = self._child(run, f"round {index}: check", "check")
         summary = {k: float(v) for k, v in result.summary().items()} if hasattr(result, "summary") else {
             "is_drift": float(result.is_drift), "p_value": result.p_value, "score": result.score}
-        self._metrics(check, {**summary, "anomalies": len(result.indices)})
+        self._log(check, {**summary, "anomalies": len(result.indices)})
         self.client.set_terminated(check, "FINISHED")
         current = Round(index, result, run_id=run)
         if result.is_drift and len(result.indices):
@@ -130,7 +130,7 @@ class ClosedLoop:
             table = Path(tmp) / "labels.csv"
             table.write_text("id,label\n" + "".join(f"{i},{v}\n" for i, v in zip(current.picked, labels)))
             self.client.log_artifact(run, str(table))
-        self._metrics(run, {"labels": len(labels)})
+        self._log(run, {"labels": len(labels)})
         self.client.set_terminated(run, "FINISHED")
 
     def panel(self, **options):
@@ -140,9 +140,9 @@ class ClosedLoop:
         if not current.candidates:
             raise ValidationError(f"round {current.index} has no anomalies to label (the batch did not drift)")
 
-        def done(panel):
-            current.labels = [panel.improver.taught[i] for i in current.candidates if i in panel.improver.taught]
-            current.picked = [i for i in current.candidates if i in panel.improver.taught]
+        def done(session):
+            current.labels = [session.improver.taught[i] for i in current.candidates if i in session.improver.taught]
+            current.picked = [i for i in current.candidates if i in session.improver.taught]
             self.improve()
 
         options.setdefault("session", f"loop-{self.run_id}-round-{current.index}")
@@ -156,7 +156,7 @@ class ClosedLoop:
         current = self._round()
         decision = self._register_and_decide(current.run_id)
         current.score, current.decision = decision.score, decision
-        self._metrics(current.run_id, {"score": decision.score, "promoted": float(decision.promoted),
+        self._log(current.run_id, {"score": decision.score, "promoted": float(decision.promoted),
                                        "champion": decision.champion})
         self.client.set_terminated(current.run_id, "FINISHED")
         return decision
@@ -195,7 +195,7 @@ class ClosedLoop:
         version = self.planner.register(self.improver.model, parent_run_id=parent,
                                         metrics={"n_labeled": self.improver.n_labeled})
         decision = self.planner.decide(version, *self.holdout, parent_run_id=parent)
-        self._metrics(parent, {"plan_seconds": time.perf_counter() - started})
+        self._log(parent, {"plan_seconds": time.perf_counter() - started})
         return decision
 
     def _round(self) -> Round:
@@ -209,16 +209,9 @@ class ClosedLoop:
         return self.client.create_run(exp, run_name=name, tags={
             "mlflow.parentRunId": parent, "scanflow.kind": kind}).info.run_id
 
-    def _metrics(self, run_id: str, values: dict) -> None:
-        from mlflow.entities import Metric
-        now = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in values.items()
-                                               if v is not None])
-
-
-def _params(values: dict) -> list:
-    from mlflow.entities import Param
-    return [Param(k, str(v)) for k, v in values.items()]
+    def _log(self, run_id: str, metrics: dict | None = None, params: dict | None = None) -> None:
+        from .track import log_values
+        log_values(self.client, run_id, params, metrics)
 
 
 def closed_loop(detector, improver, planner, batches, X_holdout, y_holdout, k: int = 10) -> list[Round]:

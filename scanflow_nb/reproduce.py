@@ -171,7 +171,7 @@ def reproduce(dataset: str = "digits", corruptions: Sequence[str] | None = None,
     """
     from .check import make_detector
     from .datasets import CORRUPTIONS, corrupt
-    from .improve import STRATEGIES, Improver, Oracle
+    from .improve import STRATEGIES, ActiveLearner, Oracle
 
     small = small_mode() if small is None else small
     corruptions = tuple(corruptions or (SMALL_CORRUPTIONS if small else CORRUPTIONS))
@@ -203,8 +203,8 @@ def reproduce(dataset: str = "digits", corruptions: Sequence[str] | None = None,
     classes = sorted(np.unique(y).tolist())
     classifier = default_classifier(seed) if classifier is None else classifier
 
-    def improver(choose: str, pool: np.ndarray, draw: int = 0) -> Improver:
-        return Improver(classifier, choose, X_labeled=X_train, y_labeled=y_train, X_pool=pool, classes=classes,
+    def improver(choose: str, pool: np.ndarray, draw: int = 0) -> ActiveLearner:
+        return ActiveLearner(classifier, choose, X_labeled=X_train, y_labeled=y_train, X_pool=pool, classes=classes,
                         seed=seed + draw)
 
     base = improver("uncertainty", X_ref[:1])
@@ -250,9 +250,8 @@ def reproduce(dataset: str = "digits", corruptions: Sequence[str] | None = None,
 
 def _log_row(tracking_uri: str, experiment: str, result: Reproduction, row: Row) -> str:
     """One MLflow run per corruption: the settings as parameters, the outcome as metrics."""
-    from mlflow.entities import Metric, Param
+    from .track import experiment_id, get_client, log_values
 
-    from .track import experiment_id, get_client
     client = get_client(tracking_uri)
     run_id = client.create_run(experiment_id(client, experiment), run_name=f"{result.dataset}/{row.corruption}",
                                tags={"scanflow.kind": "reproduction"}).info.run_id
@@ -260,8 +259,6 @@ def _log_row(tracking_uri: str, experiment: str, result: Reproduction, row: Row)
               "detector": result.detector, "strategy": result.strategy, "repeats": result.repeats}
     values = {"drift": float(row.drift), "p_value": row.p_value, "anomalies": row.anomalies, "labeled": row.labeled,
               "accuracy_before": row.before, "accuracy_active": row.active, "accuracy_random": row.random}
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()],
-                     metrics=[Metric(k, float(v), now, 0) for k, v in values.items() if v is not None])
+    log_values(client, run_id, params, values)
     client.set_terminated(run_id, "FINISHED")
     return run_id

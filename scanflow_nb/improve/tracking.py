@@ -1,15 +1,13 @@
 """A label session in MLflow: one run with its counts, scores and the labels as a CSV artifact."""
 import tempfile
-import time
 from pathlib import Path
 
-from ..track import experiment_id, get_client
+from ..track import experiment_id, get_client, log_values
 
 
 def log_label_session(tracking_uri: str, experiment: str, store, session: str, metrics: dict | None = None,
                       parent_run_id: str | None = None) -> str:
     """Record `session` of `store` in `experiment` (optionally nested under `parent_run_id`); returns the run id."""
-    from mlflow.entities import Metric, RunTag
     client = get_client(tracking_uri)
     tags = {"scanflow.kind": "labels", "scanflow.label_session": session}
     if parent_run_id:
@@ -19,9 +17,7 @@ def log_label_session(tracking_uri: str, experiment: str, store, session: str, m
     actions = store.actions(session)
     counts = {"labels": sum(kind == "label" for _, kind, _ in actions),
               "skips": sum(kind == "skip" for _, kind, _ in actions)}
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in {**counts, **(metrics or {})}.items()],
-                     tags=[RunTag("scanflow.store", str(store.path))])
+    log_values(client, run_id, metrics={**counts, **(metrics or {})}, tags={"scanflow.store": store.path})
     with tempfile.TemporaryDirectory() as tmp:
         client.log_artifact(run_id, str(store.export_csv(session, Path(tmp) / "labels.csv")))
     client.set_terminated(run_id, "FINISHED")

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import TrackerError, ValidationError
-from ..track import experiment_id, get_client
+from ..track import experiment_id, get_client, log_values
 
 REPLACED = "scanflow.replaced"
 
@@ -62,14 +62,15 @@ class ModelPlanner:
         self._models: dict[int, object] = {}
 
     @classmethod
-    def for_workflow(cls, app, workflow: str, **options) -> "ModelPlanner":
-        """The planner a workflow's Planner spec declares, on the workflow's tracking URI and experiment."""
-        spec = app.find(workflow).planner
-        if spec is None:
-            raise ValidationError(f"workflow {workflow!r} declares no planner")
+    def for_workflow(cls, app, workflow: str, model_name: str | None = None, **options) -> "ModelPlanner":
+        """The planner of `workflow`: its Planner spec (see `Workflow.special`; defaults if none), on the
+        workflow's tracking URI and experiment. `model_name` and `options` override the spec."""
+        from ..spec import Planner
+
+        spec = app.special(workflow, "planner") or Planner()
         settings = {"metric": spec.metric, "alias": spec.alias, "greater_is_better": spec.greater_is_better,
                     "experiment": app.experiment_name(workflow), **options}
-        return cls(app.tracking_uri(workflow), spec.model or workflow, **settings)
+        return cls(app.tracking_uri(workflow), model_name or spec.model or workflow, **settings)
 
     @staticmethod
     def _scorer(metric):
@@ -206,17 +207,13 @@ class ModelPlanner:
             client.delete_registered_model_alias(self.model_name, self.challenger_alias)
 
     def _log(self, action, version, champion, previous, score, best, reason, parent_run_id) -> Decision:
-        from mlflow.entities import Metric, Param, RunTag
         client = self.client
         run_id = self._start_run(f"{action} v{version}", {"scanflow.kind": "decision"}, parent_run_id)
-        now = int(time.time() * 1000)
         metrics = {"score": score, "champion_score": best, "promoted": float(champion != previous)}
         params = {"version": version, "champion": champion, "previous": previous, "metric": self.metric_name,
                   "min_improvement": self.min_improvement}
-        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None],
-                         params=[Param(k, str(v)) for k, v in params.items()],
-                         tags=[RunTag("scanflow.decision", action), RunTag("scanflow.reason", reason),
-                               RunTag("mlflow.note.content", reason)])
+        log_values(client, run_id, params, metrics,
+                   {"scanflow.decision": action, "scanflow.reason": reason, "mlflow.note.content": reason})
         client.set_terminated(run_id, "FINISHED")
         client.set_model_version_tag(self.model_name, str(version), "scanflow.decision", action)
         client.set_model_version_tag(self.model_name, str(version), "scanflow.reason", reason)

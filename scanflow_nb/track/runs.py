@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..events import CACHED, FAILED, SKIPPED, SUCCEEDED
+from .store import log_values
 
 MLFLOW_STATUS = {SUCCEEDED: "FINISHED", CACHED: "FINISHED", FAILED: "FAILED", SKIPPED: "KILLED",
                  "interrupted": "KILLED"}
@@ -22,24 +23,18 @@ class RunTree:
     def start(self, name: str, kind: str, parent_id: str | None, tags: dict[str, str] | None = None,
               params: dict[str, Any] | None = None) -> str:
         """Create a running run named `name`; `kind` is "workflow" or "executor"."""
-        from mlflow.entities import Param
         all_tags = {**self.common_tags, "scanflow.kind": kind, **(tags or {})}
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
         if params:
-            self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+            log_values(self.client, run.info.run_id, params=params)
         return run.info.run_id
 
     def finish(self, run_id: str, state: str, metrics: dict[str, float] | None = None,
                tags: dict[str, str] | None = None, artifacts: list[Path] = ()) -> None:
         """Record the outcome of a run and close it with the matching MLflow status."""
-        from mlflow.entities import Metric, RunTag
-        now = int(time.time() * 1000)
-        self.client.log_batch(
-            run_id,
-            metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
-            tags=[RunTag(k, str(v)) for k, v in {"scanflow.status": state, **(tags or {})}.items()])
+        log_values(self.client, run_id, metrics=metrics, tags={"scanflow.status": state, **(tags or {})})
         for path in artifacts:
             if Path(path).is_file():
                 self.client.log_artifact(run_id, str(path), artifact_path="scanflow")

@@ -41,6 +41,24 @@ def get_client(uri: str):
             raise TrackerError(f"cannot open the MLflow store at {uri}: {exc}") from None
 
 
+def log_values(client, run_id: str, params: dict | None = None, metrics: dict | None = None,
+               tags: dict | None = None, step: int = 0) -> None:
+    """Log plain dicts to run `run_id` in one call: params and tags as strings, metrics as floats at one time.
+
+    Values that are None are left out; the one place that turns dicts into MLflow entities.
+    """
+    import time
+
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, step) for k, v in (metrics or {}).items() if v is not None],
+        params=[Param(k, str(v)) for k, v in (params or {}).items() if v is not None],
+        tags=[RunTag(k, str(v)) for k, v in (tags or {}).items() if v is not None])
+
+
 def default_artifact_root(tracking_uri: str) -> Path | None:
     """Where a SQLite store's artifacts go: beside the database, never the current folder."""
     if tracking_uri.startswith("sqlite:///"):
