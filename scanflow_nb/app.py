@@ -108,6 +108,10 @@ class App:
         key = resolve([task_key(wf.name, ex.name) for wf, ex in pairs], ref)
         return next((wf, ex) for wf, ex in pairs if task_key(wf.name, ex.name) == key)
 
+    def special(self, workflow: str, kind: str):
+        """The tracker, checker, improver or planner that applies to `workflow` (see `Workflow.special`)."""
+        return self.root_of(workflow).special(workflow, kind)
+
     def experiment_name(self, workflow: str) -> str:
         """The MLflow experiment of a workflow's runs: its top-level workflow's name."""
         return self.root_of(workflow).name
@@ -120,7 +124,7 @@ class App:
         """Where `workflow`'s runs are tracked, starting its `mlflow server` if it declares one."""
         from .run.backend import Tracking
         from .track import artifact_root, embedded_uri, running_server
-        tracker = self.root_of(workflow).tracker or self.find(workflow).tracker or Tracker()
+        tracker = self.special(workflow, "tracker") or Tracker()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         store = embedded_uri(self.state_dir)
         if tracker.embedded:
@@ -201,11 +205,15 @@ class App:
     # -- running and inspecting ------------------------------------------------------------------
     def run(self, workflow: str, backend: Any = "local", *, force: bool = False, only: str | None = None,
             from_: str | None = None, max_workers: int | None = None, listeners: Iterable[Listener] = (),
-            echo: bool = True, background: bool = False):
-        """Run `workflow`; returns a RunResult (or a RunHandle when `background=True`)."""
+            echo: bool = True, background: bool = False, backend_options: dict | None = None):
+        """Run `workflow`; returns a RunResult (or a RunHandle when `background=True`).
+
+        `backend`: a registered name ("local", "docker", "swarm") or a back-end instance;
+        `backend_options`: the named back end's options, e.g. {"isolated": True} for local.
+        """
         from .run.engine import Run, RunHandle
         run = Run(self, workflow, backend, force=force, only=only, from_=from_, max_workers=max_workers,
-                  listeners=listeners, echo=echo)
+                  listeners=listeners, echo=echo, backend_options=backend_options)
         return RunHandle(run) if background else run.execute()
 
     def status(self, workflow: str | None = None) -> dict[str, RunResult | None]:

@@ -252,6 +252,22 @@ class Workflow:
     def executor(self, name: str) -> Executor | None:
         return next((ex for ex in self.executors if ex.name == name), None)
 
+    def special(self, name: str, kind: str) -> Tracker | Checker | Improver | Planner | None:
+        """The `kind` special ("tracker", "checker", "improver", "planner") that applies to workflow `name`.
+
+        The one rule for all four: a workflow's own declaration, else that of the nearest workflow
+        around it, up to this one; None when none of them declares one. A run uses the tracker that
+        applies to the workflow it runs, for every workflow nested in it.
+        """
+        if kind not in SPECIALS:
+            raise ValidationError(f"unknown special {kind!r}: choose one of {', '.join(SPECIALS)}")
+        current = self.find(name)
+        while current is not None:
+            if getattr(current, kind) is not None:
+                return getattr(current, kind)
+            current = self.parent_of(current.name)
+        return None
+
     # -- validation ------------------------------------------------------------------------
     def validate(self) -> None:
         """Raise ValidationError for duplicates, unknown dependencies and cycles, anywhere in the tree."""

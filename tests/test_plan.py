@@ -100,5 +100,5 @@ def test_planner_from_a_workflow_spec(tmp_path):
     assert planner.experiment == "serve" and planner.tracking_uri == app.tracking_uri("serve")
     v = planner.register(trained(100))
     assert planner.decide(v, HOLD_X, HOLD_Y).promoted and planner.champion() == v
-    with pytest.raises(ValidationError, match="workflow 'bare' declares no planner"):
-        ModelPlanner.for_workflow(app, "bare")
+    bare = ModelPlanner.for_workflow(app, "bare")       # no Planner declared: the defaults, named after it
+    assert bare.model_name == "bare" and bare.metric_name == "accuracy" and bare.alias == "champion"

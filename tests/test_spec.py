@@ -134,3 +134,19 @@ def test_an_empty_child_workflow_does_not_break_the_sequential_chain():
     par = Workflow("p", parallel=True, executors=[ex("a"), ex("c", depends_on=["hollow"])],
                    workflows=[Workflow("hollow")])
     assert {t.key: t.deps for t in plan(par)}["p/c"] == set()
+
+
+def test_the_nearest_declared_special_applies():
+    from scanflow_nb.spec import Checker, Improver, Tracker
+
+    leaf = Workflow("leaf", executors=[Executor("a", code="pass")])
+    mid = Workflow("mid", checker=Checker(detector="ks"), workflows=[leaf])
+    root = Workflow("root", tracker=Tracker(port=5005), checker=Checker(), workflows=[mid])
+    assert root.special("leaf", "checker").detector == "ks"          # mid's, nearer than root's
+    assert root.special("root", "checker").detector == "autoencoder"
+    assert root.special("leaf", "tracker").port == 5005              # only root declares one
+    assert root.special("leaf", "improver") is None
+    mid.improver = Improver(k=3)
+    assert root.special("leaf", "improver").k == 3 and root.special("root", "improver") is None
+    with pytest.raises(ScanflowError, match="unknown special 'monitor'"):
+        root.special("leaf", "monitor")

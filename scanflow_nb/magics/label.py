@@ -17,7 +17,7 @@ def _variable(ctx, name: str | None, what: str):
 
 @subcommand("label")
 @magic_arguments()
-@argument("improver", help="name of a scanflow_nb.improve.Improver variable in the notebook")
+@argument("improver", help="name of a scanflow_nb.improve.ActiveLearner variable in the notebook")
 @argument("--session", default="default", help="label session name: reopening it resumes where it stopped")
 @argument("--every", type=int, default=None, metavar="K",
           help="retrain in the background after every K labels (default: the workflow's improver k, else 10)")
@@ -29,20 +29,20 @@ def _variable(ctx, name: str | None, what: str):
           help="log the session to this workflow's MLflow experiment when it finishes")
 def label(ctx, args):
     """Open the labeling panel on an improver's queue; labels are stored in the app's .scanflow folder."""
-    from ..improve import Improver
+    from ..improve import ActiveLearner
     from ..widgets.labeling import LabelingPanel
 
     app = ctx.app
     improver = _variable(ctx, args.improver, "the improver")
-    if not isinstance(improver, Improver):
-        raise ValidationError(f"{args.improver!r} is a {type(improver).__name__}, not a scanflow_nb.improve.Improver")
+    if not isinstance(improver, ActiveLearner):
+        raise ValidationError(f"{args.improver!r} is a {type(improver).__name__}, not a scanflow_nb.improve.ActiveLearner")
     options = {}
     every = args.every
     if args.workflow is not None:
-        workflow = app.find(args.workflow)
+        spec = app.special(args.workflow, "improver")
         options = {"tracking_uri": app.tracking_uri(args.workflow), "experiment": app.experiment_name(args.workflow)}
-        if every is None and workflow.improver is not None:
-            every = workflow.improver.k
+        if every is None and spec is not None:
+            every = spec.k
     if args.test is not None:
         options["X_test"], options["y_test"] = (_variable(ctx, name, "the held-out set") for name in args.test)
     return LabelingPanel(improver, store=app.state_dir / "labels.sqlite", session=args.session,
