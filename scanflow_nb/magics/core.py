@@ -119,17 +119,12 @@ def executor(ctx, args, cell):
 def run(ctx, args):
     """Run a workflow; output streams live and the result lists each executor and its MLflow run."""
     app = ctx.app
-    backend = args.backend
-    if args.isolated:
-        if backend != "local":
-            raise UsageError("--isolated applies to the local back end only")
-        from ..run.local import LocalBackend
-        backend = LocalBackend(isolated=True)
+    options = {"isolated": True} if args.isolated else None
     listeners = []
     if not args.no_graph and _in_kernel(ctx.shell):
         listeners.append(_live_graph(app, args.workflow))
     try:
-        return app.run(args.workflow, backend, force=args.force, only=args.only, from_=args.from_,
+        return app.run(args.workflow, args.backend, backend_options=options, force=args.force, only=args.only, from_=args.from_,
                        max_workers=args.max_workers, listeners=listeners,
                        echo=not (args.quiet or args.background), background=args.background)
     except KeyboardInterrupt:

@@ -6,11 +6,20 @@ of one executor, and cleans up.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Any, Iterator, Protocol
 
+from ..errors import RunError
 from ..spec import Executor
+
+# name -> "module:Class". Adding a back end: its module, plus one line here.
+BACKENDS = {
+    "local": "scanflow_nb.run.local:LocalBackend",
+    "docker": "scanflow_nb.run.docker:DockerBackend",
+    "swarm": "scanflow_nb.run.swarm:SwarmBackend",
+}
 
 
 @dataclass
@@ -21,7 +30,7 @@ class Launch:
     workflow: str             # the workflow that declares the executor
     executor: Executor
     app_dir: Path             # absolute app folder; the executor's working directory
-    script: Path              # absolute path of the Python file to run (inside app_dir)
+    script: Path | None       # absolute path of the Python file to run; None: the image's own command
     args: list[str]           # command-line arguments (`--key value`)
     env: dict[str, str]       # extra environment, MLflow variables included
     attempt: int              # 1 for the first try
@@ -49,7 +58,8 @@ class Handle(Protocol):
 
 
 class Backend(Protocol):
-    name: str
+    name: str                 # recorded with every run and part of cache keys
+    runs_images: bool         # can run an executor that has only an image (no Python file or code)
 
     def open(self, app_dir: Path, workflow: str, tracking: Tracking) -> Tracking:
         """Prepare the world for a run (images, networks, tracker); return the tracking to use."""
@@ -59,3 +69,22 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Remove whatever `open` and `launch` created. Called on success, failure and interrupt."""
+
+
+def resolve_backend(backend: "str | Backend", **options: Any) -> "Backend":
+    """A back end from its registered name and `options` (e.g. local's `isolated=True`), or an instance as is."""
+    if not isinstance(backend, str):
+        if options:
+            raise RunError("back-end options go with a back-end name, not with an instance")
+        return backend
+    if backend not in BACKENDS:
+        raise RunError(f"unknown back end {backend!r}: choose one of {', '.join(BACKENDS)}")
+    module, name = BACKENDS[backend].split(":")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        raise RunError(f"the {backend} back end is not available: {exc}") from None
+    try:
+        return cls(**options)
+    except TypeError:
+        raise RunError(f"the {backend} back end takes no option(s) {', '.join(sorted(options))}") from None

@@ -8,7 +8,6 @@ messages to a queue that the run's own thread drains, so listeners run on one th
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import queue
@@ -23,40 +22,19 @@ from ..files import digest
 from ..schedule import Task, cache_key, plan, select
 from ..track.runs import RunTree
 from .. import events as ev
-from .backend import Backend, Launch, Tracking
+from .backend import Backend, Launch, Tracking, resolve_backend
 from .console import ConsoleListener
 from .result import ExecutorResult, RunResult
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-BACKENDS = {
-    "local": ("scanflow_nb.run.local", "LocalBackend"),
-    "docker": ("scanflow_nb.run.docker", "DockerBackend"),
-    "swarm": ("scanflow_nb.run.swarm", "SwarmBackend"),
-}
-
-
-def resolve_backend(backend: str | Backend) -> Backend:
-    """A back-end instance from a name ("local", "docker", "swarm") or an instance."""
-    if not isinstance(backend, str):
-        return backend
-    if backend not in BACKENDS:
-        raise RunError(f"unknown back end {backend!r}: choose one of {', '.join(BACKENDS)}")
-    module, name = BACKENDS[backend]
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except ImportError as exc:
-        raise RunError(f"the {backend} back end is not available: {exc}") from None
-    return cls()
-
-
 class Run:
     """One run of one workflow. Use `App.run`; this class is its engine."""
 
     def __init__(self, app: Any, workflow: str, backend: str | Backend = "local", *, force: bool = False,
                  only: str | None = None, from_: str | None = None, max_workers: int | None = None,
-                 listeners: Iterable[ev.Listener] = (), echo: bool = True):
+                 listeners: Iterable[ev.Listener] = (), echo: bool = True, backend_options: dict | None = None):
         self.app = app
         self.root = app.find(workflow)
         self.tasks = plan(self.root)
@@ -65,7 +43,7 @@ class Run:
         if max_workers is not None and max_workers < 1:
             raise RunError(f"max_workers must be at least 1, got {max_workers}")
         self.max_workers = max_workers or os.cpu_count() or 2
-        self.backend = resolve_backend(backend)
+        self.backend = resolve_backend(backend, **(backend_options or {}))
         self.workspace = Workspace(app.path)
         self.listeners = [*([ConsoleListener(self.workspace)] if echo else []), *listeners]
         self.cancelled = threading.Event()
@@ -127,7 +105,7 @@ class Run:
                 continue
             ex = task.executor
             script = self.workspace.script(task.workflow, ex)
-            if script is None and self.backend.name == "local":
+            if script is None and not self.backend.runs_images:
                 raise RunError(f"executor {task.key!r} has no Python file or code: it can only run in a container")
             if script is not None and not script.is_file():
                 raise NotFoundError(f"executor {task.key!r}: file {script} does not exist")

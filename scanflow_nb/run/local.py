@@ -49,15 +49,16 @@ class LocalProcess:
 
 
 class LocalBackend:
+    """Executors as subprocesses of the kernel's Python (`isolated`: their requirements in their own venvs)."""
+
     name = "local"
+    runs_images = False
 
     def __init__(self, isolated: bool = False, python: str | None = None):
         self.isolated = isolated
         self.python = python or sys.executable
-        self._app_dir: Path | None = None
 
     def open(self, app_dir: Path, workflow: str, tracking: Tracking) -> Tracking:
-        self._app_dir = Path(app_dir)
         return tracking
 
     def launch(self, launch: Launch) -> LocalProcess:
@@ -75,4 +76,4 @@ class LocalBackend:
         return LocalProcess(process)
 
     def close(self) -> None:
-        self._app_dir = None
+        """Nothing to remove: each attempt's process group ends with it."""
