@@ -39,9 +39,9 @@ def split(seed: int):
 def labels_needed(strategy: str, seed: int, step: int, budget: int) -> dict[float, int | None]:
     """Labels (the 10 starting ones included) at which test accuracy first reaches each target."""
     from sklearn.linear_model import LogisticRegression
-    from scanflow_nb.improve import Improver, Oracle
+    from scanflow_nb.improve import ActiveLearner, Oracle
     X0, y0, Xp, yp, Xt, yt = split(seed)
-    improver = Improver(LogisticRegression(max_iter=300), strategy, X_labeled=X0, y_labeled=y0, X_pool=Xp,
+    improver = ActiveLearner(LogisticRegression(max_iter=300), strategy, X_labeled=X0, y_labeled=y0, X_pool=Xp,
                         classes=list(range(10)), seed=seed)
     oracle = Oracle(yp)
     reached: dict[float, int | None] = {t: None for t in TARGETS}
@@ -82,13 +82,13 @@ def strategies_report(seeds: int, step: int, budget: int) -> None:
 
 def latency_report(n_labels: int) -> None:
     from sklearn.ensemble import RandomForestClassifier
-    from scanflow_nb.improve import Improver
+    from scanflow_nb.improve import ActiveLearner
     from scanflow_nb.widgets.labeling import LabelingPanel
     X0, y0, Xp, yp, Xt, yt = split(0)
     X0, y0 = np.concatenate([X0, Xp[:400]]), np.concatenate([y0, yp[:400]])
     Xp, yp = Xp[400:], yp[400:]
     learner = RandomForestClassifier(n_estimators=300, random_state=0)   # a retrain that takes a while
-    improver = Improver(learner, X_labeled=X0.reshape(-1, 8, 8), y_labeled=y0, X_pool=Xp.reshape(-1, 8, 8))
+    improver = ActiveLearner(learner, X_labeled=X0.reshape(-1, 8, 8), y_labeled=y0, X_pool=Xp.reshape(-1, 8, 8))
     fit_started = time.perf_counter()
     improver.retrain()
     fit_seconds = time.perf_counter() - fit_started

@@ -5,7 +5,7 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
 from scanflow_nb.errors import ScanflowError, ValidationError
-from scanflow_nb.improve import STRATEGIES, Improver, Oracle, labels_to_reach, learning_curve
+from scanflow_nb.improve import STRATEGIES, ActiveLearner, Oracle, labels_to_reach, learning_curve
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def digits():
 
 
 def make(d, strategy="uncertainty", **kw):
-    return Improver(LogisticRegression(max_iter=300), strategy, X_labeled=d["X0"], y_labeled=d["y0"],
+    return ActiveLearner(LogisticRegression(max_iter=300), strategy, X_labeled=d["X0"], y_labeled=d["y0"],
                     X_pool=d["Xp"], **kw)
 
 
@@ -61,7 +61,7 @@ def test_active_learning_beats_random_on_digits(digits):
 
 
 def test_cold_start_without_labels_queries_at_random_until_two_classes(digits):
-    imp = Improver(LogisticRegression(max_iter=300), X_pool=digits["Xp"], classes=list(range(10)))
+    imp = ActiveLearner(LogisticRegression(max_iter=300), X_pool=digits["Xp"], classes=list(range(10)))
     assert imp.model is None and imp.guess([0]) == []
     with pytest.raises(ScanflowError, match="no model yet"):
         imp.score(digits["Xt"], digits["yt"])
@@ -76,7 +76,7 @@ def test_cold_start_without_labels_queries_at_random_until_two_classes(digits):
 
 def test_images_keep_their_shape_and_the_learner_sees_rows(digits):
     images = digits["Xp"].reshape(-1, 8, 8)
-    imp = Improver(LogisticRegression(max_iter=300), X_labeled=digits["X0"].reshape(-1, 8, 8),
+    imp = ActiveLearner(LogisticRegression(max_iter=300), X_labeled=digits["X0"].reshape(-1, 8, 8),
                    y_labeled=digits["y0"], X_pool=images)
     assert imp.samples([3]).shape == (1, 8, 8)
     (label, confidence), = imp.guess([3])
@@ -117,15 +117,15 @@ def test_bad_input_is_refused_and_nothing_changes(digits):
 def test_bad_construction_has_clear_messages(digits):
     est = LogisticRegression()
     with pytest.raises(ValidationError, match="unknown query strategy 'fancy'"):
-        Improver(est, "fancy", X_pool=digits["Xp"], classes=[0, 1])
+        ActiveLearner(est, "fancy", X_pool=digits["Xp"], classes=[0, 1])
     with pytest.raises(ValidationError, match="X_pool has 10 features"):
-        Improver(est, X_labeled=digits["X0"], y_labeled=digits["y0"], X_pool=np.zeros((4, 10)))
+        ActiveLearner(est, X_labeled=digits["X0"], y_labeled=digits["y0"], X_pool=np.zeros((4, 10)))
     with pytest.raises(ValidationError, match="give classes"):
-        Improver(est, X_pool=digits["Xp"])
+        ActiveLearner(est, X_pool=digits["Xp"])
     with pytest.raises(ValidationError, match="NaN"):
-        Improver(est, X_pool=np.full((3, 4), np.nan), classes=[0, 1])
+        ActiveLearner(est, X_pool=np.full((3, 4), np.nan), classes=[0, 1])
     with pytest.raises(ValidationError, match="numeric features"):
-        Improver(est, X_pool=np.array([["a b"], ["c"]]), classes=[0, 1])
+        ActiveLearner(est, X_pool=np.array([["a b"], ["c"]]), classes=[0, 1])
 
 
 def test_empty_pool(digits):
@@ -133,7 +133,7 @@ def test_empty_pool(digits):
     imp.teach(np.arange(600), digits["yp"])
     with pytest.raises(ValidationError, match="the pool is empty"):
         imp.query(1)
-    empty = Improver(LogisticRegression(), X_pool=np.zeros((0, 64)), classes=[0, 1])
+    empty = ActiveLearner(LogisticRegression(), X_pool=np.zeros((0, 64)), classes=[0, 1])
     with pytest.raises(ValidationError, match="the pool is empty"):
         empty.query_ids(3)
 

@@ -2,7 +2,7 @@
 import pytest
 from sklearn.datasets import load_digits
 
-from scanflow_nb.improve import Improver, KerasClassifier, Oracle
+from scanflow_nb.improve import ActiveLearner, KerasClassifier, Oracle
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,7 @@ def test_keras_model_learns_through_the_improver():
     pytest.importorskip("tensorflow", reason="Keras adapter test skipped: tensorflow is not installed")
     X, y = load_digits(return_X_y=True)
     X = (X / 16.0).reshape(-1, 8, 8)
-    imp = Improver(KerasClassifier(build, input_shape=(8, 8), epochs=20, seed=0), "margin",
+    imp = ActiveLearner(KerasClassifier(build, input_shape=(8, 8), epochs=20, seed=0), "margin",
                    X_labeled=X[:40], y_labeled=y[:40], X_pool=X[40:400])
     before = imp.score(X[1400:], y[1400:])
     oracle = Oracle(y[40:400])

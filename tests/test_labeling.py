@@ -12,7 +12,7 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
 from scanflow_nb.errors import ValidationError
-from scanflow_nb.improve import Improver, LabelStore
+from scanflow_nb.improve import ActiveLearner, LabelStore
 from scanflow_nb.widgets.labeling import LabelingPanel, image_png
 
 X, Y = load_digits(return_X_y=True)
@@ -23,7 +23,7 @@ TEST = np.arange(1400, 1797)
 
 
 def improver(estimator=None, pool=POOL):
-    return Improver(estimator or LogisticRegression(max_iter=300), X_labeled=X[SEED], y_labeled=Y[SEED],
+    return ActiveLearner(estimator or LogisticRegression(max_iter=300), X_labeled=X[SEED], y_labeled=Y[SEED],
                     X_pool=X[pool].reshape(-1, 8, 8))
 
 
@@ -201,7 +201,7 @@ def test_budget_reached_finishes_with_a_final_retrain(store):
     for _ in range(3):
         panel.label(truth(panel.current))
     panel.wait()
-    assert finished == [panel] and panel.finished and panel.improver.n_trained == 13
+    assert finished == [panel.session] and panel.finished and panel.improver.n_trained == 13
 
 
 def test_tabular_and_text_samples():

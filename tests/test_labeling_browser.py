@@ -17,10 +17,10 @@ SETUP = """\
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from scanflow_nb.datasets import load_digits
-from scanflow_nb.improve import Improver
+from scanflow_nb.improve import ActiveLearner
 from scanflow_nb.widgets.labeling import LabelingPanel
 X, y = load_digits()
-improver = Improver(LogisticRegression(max_iter=300), X_labeled=X[:30], y_labeled=y[:30], X_pool=X[30:400])
+improver = ActiveLearner(LogisticRegression(max_iter=300), X_labeled=X[:30], y_labeled=y[:30], X_pool=X[30:400])
 panel = LabelingPanel(improver, store="labels.sqlite", session="browser", retrain_every=2, budget=20,
                       X_test=X[1400:], y_test=y[1400:])
 panel"""

@@ -9,9 +9,9 @@ from scanflow_nb.improve import LabelStore
 SETUP = """
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
-from scanflow_nb.improve import Improver
+from scanflow_nb.improve import ActiveLearner
 X, y = load_digits(return_X_y=True)
-imp = Improver(LogisticRegression(max_iter=300), X_labeled=X[:20] / 16, y_labeled=y[:20], X_pool=X[20:200] / 16)
+imp = ActiveLearner(LogisticRegression(max_iter=300), X_labeled=X[:20] / 16, y_labeled=y[:20], X_pool=X[20:200] / 16)
 texts = [f"digit sample {i}" for i in range(180)]
 """
 
@@ -35,7 +35,7 @@ def test_label_errors_are_one_line(shell, app_dir):
     shell.run_cell(SETUP)
     with pytest.raises(UsageError, match="no variable 'nope' in the notebook"):
         shell.run_line_magic("scanflow", "label nope")
-    with pytest.raises(UsageError, match="'texts' is a list, not a scanflow_nb.improve.Improver"):
+    with pytest.raises(UsageError, match="'texts' is a list, not a scanflow_nb.improve.ActiveLearner"):
         shell.run_line_magic("scanflow", "label texts")
     with pytest.raises(UsageError, match="unknown workflow 'ghost'"):
         shell.run_line_magic("scanflow", "label imp -w ghost")

@@ -6,7 +6,7 @@ from sklearn.linear_model import LogisticRegression
 from scanflow_nb.check import KSDetector
 from scanflow_nb.datasets import corrupt, load_digits
 from scanflow_nb.errors import ValidationError
-from scanflow_nb.improve import Improver
+from scanflow_nb.improve import ActiveLearner
 from scanflow_nb.loop import ClosedLoop, closed_loop
 from scanflow_nb.plan import ModelPlanner
 
@@ -29,7 +29,7 @@ def parts(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     X0, y0 = part(0, 300)
-    improver = Improver(LogisticRegression(max_iter=500), X_labeled=X0, y_labeled=y0,
+    improver = ActiveLearner(LogisticRegression(max_iter=500), X_labeled=X0, y_labeled=y0,
                         X_pool=np.empty((0, 8, 8)))
     detector = KSDetector(alpha=0.05).fit(IMAGES[300:600])
     return detector, improver, ModelPlanner(uri, "digits", experiment="loop"), uri

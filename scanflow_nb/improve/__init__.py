@@ -1,11 +1,13 @@
-"""Human in the loop: active learning over a pool (modAL), an oracle for simulations, and the label store."""
-from .improver import Improver
+"""Human in the loop: active learning over a pool (modAL), labeling sessions, an oracle for simulations,
+and the label store."""
+from .learner import ActiveLearner
 from .oracle import Oracle, labels_to_reach, learning_curve
+from .session import LabelingSession
 from .store import LabelStore, LabelStoreError
 from .strategies import NAMES as STRATEGIES
 
-__all__ = ["Improver", "KerasClassifier", "LabelStore", "LabelStoreError", "Oracle", "STRATEGIES", "labels_to_reach",
-           "learning_curve"]
+__all__ = ["ActiveLearner", "KerasClassifier", "LabelStore", "LabelStoreError", "LabelingSession", "Oracle",
+           "STRATEGIES", "labels_to_reach", "learning_curve"]
 
 
 def __getattr__(name):

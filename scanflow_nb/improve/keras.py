@@ -1,4 +1,4 @@
-"""A thin scikit-learn face for Keras models, so an Improver can drive them like any classifier."""
+"""A thin scikit-learn face for Keras models, so an ActiveLearner can drive them like any classifier."""
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 

@@ -32,7 +32,7 @@ def _flat(X: np.ndarray) -> np.ndarray:
     return X.reshape(len(X), -1)
 
 
-class Improver:
+class ActiveLearner:
     """A learner, a query strategy and a pool of unlabeled candidates (modAL underneath).
 
     Samples may have any shape (images stay images for the labeling panel); the learner sees them flattened
@@ -278,5 +278,5 @@ class Improver:
             raise ValidationError(f"label {bad[0]!r} is not one of the classes {self.classes}")
 
     def __repr__(self) -> str:
-        return (f"Improver({type(self.estimator).__name__}, strategy={self.strategy!r}, "
+        return (f"ActiveLearner({type(self.estimator).__name__}, strategy={self.strategy!r}, "
                 f"labeled={self.n_labeled}, pool={self.pool_size})")
