@@ -7,6 +7,7 @@
 
 Run: python bench/docker.py   (needs a Docker engine and the base image: bash .ci/docker.sh)
 """
+
 from __future__ import annotations
 
 import os
@@ -49,9 +50,11 @@ def main() -> int:
     app_dir = Path(tempfile.mkdtemp(prefix="scanflow-bench-")) / "app"
     (app_dir / "bench").mkdir(parents=True)
     write_scripts(app_dir, version=int(time.time()))
-    executors = [Executor("prepare", file="bench/prepare.py"),
-                 Executor("train", file="bench/train.py", requirements=["six"], parameters={"n": 3}),
-                 Executor("evaluate", file="bench/evaluate.py")]
+    executors = [
+        Executor("prepare", file="bench/prepare.py"),
+        Executor("train", file="bench/train.py", requirements=["six"], parameters={"n": 3}),
+        Executor("evaluate", file="bench/evaluate.py"),
+    ]
     wf = Workflow("bench", executors=executors)
     app = App(app_dir)
     app.add(wf)
@@ -63,30 +66,40 @@ def main() -> int:
     # A base no layer was ever built on (the base plus a unique label) makes the first build truly cold,
     # while keeping one consistent layer cache for the rebuilds that follow.
     import io
+
     from scanflow_nb.containers.docker_client import client
+
     fresh = f"scanflow/bench-base:{int(time.time())}"
-    client().images.build(fileobj=io.BytesIO(f"FROM {base}\nLABEL scanflow.bench={fresh}\n".encode()), tag=fresh, rm=True)
+    client().images.build(
+        fileobj=io.BytesIO(f"FROM {base}\nLABEL scanflow.bench={fresh}\n".encode()), tag=fresh, rm=True
+    )
     lines: list[str] = []
     cold = build_all(ImageBuilder(fresh, echo=lines.append))
     print(f"cold build:            {sum(cold):6.1f} s total, per executor " + ", ".join(f"{t:.1f}" for t in cold))
     lines.clear()
     warm = build_all(ImageBuilder(fresh, echo=lines.append))
     rebuilt = sum("building" in line for line in lines)
-    print(f"rebuild, no change:    {sum(warm):6.2f} s total, max {max(warm):.2f} s per executor "
-          f"(goal < 1 s), {rebuilt} rebuilt: " + ", ".join(f"{t:.2f}" for t in warm))
+    print(
+        f"rebuild, no change:    {sum(warm):6.2f} s total, max {max(warm):.2f} s per executor "
+        f"(goal < 1 s), {rebuilt} rebuilt: " + ", ".join(f"{t:.2f}" for t in warm)
+    )
     write_scripts(app_dir, version=int(time.time()) + 1)
     lines.clear()
     code = build_all(ImageBuilder(fresh, echo=lines.append))
     cached = sum("Using cache" in line for line in lines)
-    print(f"rebuild, code change:  {sum(code):6.2f} s total, max {max(code):.2f} s per executor "
-          f"(goal < 5 s), {cached} cached layers reused: " + ", ".join(f"{t:.2f}" for t in code))
+    print(
+        f"rebuild, code change:  {sum(code):6.2f} s total, max {max(code):.2f} s per executor "
+        f"(goal < 5 s), {cached} cached layers reused: " + ", ".join(f"{t:.2f}" for t in code)
+    )
     # The runs use the usual base, whose tracker image exists (a tracker build is a one-off, not a run cost).
     local, r1 = timed(lambda: app.run("bench", "local", force=True, echo=False))
     docker, r2 = timed(lambda: app.run("bench", DockerBackend(base, echo=lambda line: None), force=True, echo=False))
     assert r1.ok and r2.ok, (r1.summary(), r2.summary())
     print(f"run on local:          {local:6.1f} s")
-    print(f"run on docker:         {docker:6.1f} s  ({docker / local:.1f}x local; includes starting the "
-          "tracker container and a network)")
+    print(
+        f"run on docker:         {docker:6.1f} s  ({docker / local:.1f}x local; includes starting the "
+        "tracker container and a network)"
+    )
     print(f"load average {os.getloadavg()[0]:.1f} at end")
     for image in client().images.list(filters={"label": "scanflow.image"}):
         if any(t.startswith("scanflow/bench-") for t in image.tags):

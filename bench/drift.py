@@ -8,6 +8,7 @@ check result being visible in MLflow (embedded store and a real `mlflow server`,
     python bench/drift.py            # the full run (4 batch sizes, 50 trials each)
     python bench/drift.py --quick    # about 2 minutes: n = 100 only, 15 trials, fewer latency samples
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,12 @@ ALPHA = 0.05
 
 
 def detectors(quick: bool) -> dict:
-    dets = {"autoencoder": AutoencoderDetector(alpha=ALPHA),
-            "ae-error-only": AutoencoderDetector(alpha=ALPHA, evidence=["error"]),
-            "ks": KSDetector(alpha=ALPHA),
-            "mmd-raw": MMDDetector(alpha=ALPHA)}
+    dets = {
+        "autoencoder": AutoencoderDetector(alpha=ALPHA),
+        "ae-error-only": AutoencoderDetector(alpha=ALPHA, evidence=["error"]),
+        "ks": KSDetector(alpha=ALPHA),
+        "mmd-raw": MMDDetector(alpha=ALPHA),
+    }
     if not quick:
         dets["mmd-code"] = MMDDetector(alpha=ALPHA, on="code")
     return dets
@@ -72,12 +75,14 @@ def mild_images(pool: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     for amount in (0.02, 0.05):
         out[f"brightness +{amount}"] = np.clip(pool + amount, 0, 1)
     for degrees in (3, 6):
-        out[f"rotate {degrees} deg"] = np.stack([ndimage.rotate(x, degrees * s, reshape=False, order=1)
-                                                 for x, s in zip(pool, signs)])
+        out[f"rotate {degrees} deg"] = np.stack(
+            [ndimage.rotate(x, degrees * s, reshape=False, order=1) for x, s in zip(pool, signs)]
+        )
     for factor in (0.97, 0.93):
         matrix = np.eye(2) / factor
-        out[f"scale {factor}"] = np.stack([ndimage.affine_transform(x, matrix, offset=center - matrix @ center, order=1)
-                                           for x in pool])
+        out[f"scale {factor}"] = np.stack(
+            [ndimage.affine_transform(x, matrix, offset=center - matrix @ center, order=1) for x in pool]
+        )
     return out
 
 
@@ -98,7 +103,7 @@ def latency(dets_ae, ref_pool: np.ndarray, samples: int, server: bool) -> list[f
         tr.experiment_id(tr.client_for(uri), "bench")
         watcher = Watcher(uri, "bench", dets_ae, every=1.0).start()
         client, rng, delays = tr.client_for(uri), np.random.default_rng(0), []
-        for i in range(samples):
+        for _i in range(samples):
             time.sleep(rng.uniform(0, 1.0))  # land anywhere in the poll cycle
             batch_id = tr.log_batch(ref_pool[rng.choice(len(ref_pool), 100, replace=False)], uri, "bench")
             logged = time.monotonic()
@@ -123,8 +128,10 @@ def main() -> None:
     args = parser.parse_args()
     trials = args.trials or (15 if args.quick else 50)
     sizes = args.sizes or ([100] if args.quick else [20, 50, 100, 200])
-    print(f"# scanflow_nb drift benchmark: digits, severity {args.severity}, alpha {ALPHA}, {trials} trials, "
-          f"python {sys.version.split()[0]}, {os.cpu_count()} cores, started {time.strftime('%H:%M:%S')}")
+    print(
+        f"# scanflow_nb drift benchmark: digits, severity {args.severity}, alpha {ALPHA}, {trials} trials, "
+        f"python {sys.version.split()[0]}, {os.cpu_count()} cores, started {time.strftime('%H:%M:%S')}"
+    )
 
     X, _ = load_digits()
     order = np.random.default_rng(args.seed).permutation(len(X))
@@ -141,19 +148,33 @@ def main() -> None:
     for n in sizes:
         started = time.monotonic()
         result = rates(dets, pools, n, trials, args.seed)
-        table(f"Detection rate, n = {n} ({time.monotonic() - started:.0f} s); 'clean' is the false positive rate",
-              ["clean", *CORRUPTIONS, "MEAN (15)"], list(dets),
-              lambda r, c: f"{(np.mean([result[c][k] for k in CORRUPTIONS]) if r == 'MEAN (15)' else result[c][r]):.2f}")
+        table(
+            f"Detection rate, n = {n} ({time.monotonic() - started:.0f} s); 'clean' is the false positive rate",
+            ["clean", *CORRUPTIONS, "MEAN (15)"],
+            list(dets),
+            lambda r, c: f"{(np.mean([result[c][k] for k in CORRUPTIONS]) if r == 'MEAN (15)' else result[c][r]):.2f}",
+        )
         summary[n] = {d: (result[d]["clean"], np.mean([result[d][k] for k in CORRUPTIONS])) for d in dets}
-    table("Summary: false positive rate / mean detection rate", [f"n = {n}" for n in sizes], list(dets),
-          lambda r, c: "{:.2f} / {:.2f}".format(*summary[int(r.split()[-1])][c]))
+    table(
+        "Summary: false positive rate / mean detection rate",
+        [f"n = {n}" for n in sizes],
+        list(dets),
+        lambda r, c: "{:.2f} / {:.2f}".format(*summary[int(r.split()[-1])][c]),
+    )
 
-    mild = {"clean": pool, **mild_images(pool, args.seed),
-            **{f"{c} sev 1": corrupt(pool, c, 1, seed=args.seed) for c in CORRUPTIONS}}
+    mild = {
+        "clean": pool,
+        **mild_images(pool, args.seed),
+        **{f"{c} sev 1": corrupt(pool, c, 1, seed=args.seed) for c in CORRUPTIONS},
+    }
     mild_rates = rates(dets, mild, 30, trials, args.seed + 1)
     sev1 = [f"{c} sev 1" for c in CORRUPTIONS]
-    table("Mild shifts on digits, n = 30 (and the 15 corruptions at severity 1)", [*mild, "MEAN sev 1"], list(dets),
-          lambda r, c: f"{np.mean([mild_rates[c][k] for k in sev1]) if r == 'MEAN sev 1' else mild_rates[c][r]:.2f}")
+    table(
+        "Mild shifts on digits, n = 30 (and the 15 corruptions at severity 1)",
+        [*mild, "MEAN sev 1"],
+        list(dets),
+        lambda r, c: f"{np.mean([mild_rates[c][k] for k in sev1]) if r == 'MEAN sev 1' else mild_rates[c][r]:.2f}",
+    )
 
     from sklearn.datasets import load_breast_cancer
 
@@ -169,14 +190,18 @@ def main() -> None:
         rescaled[:, cols] *= factor
         t_pools[f"3 of 30 features x{factor}"] = rescaled
     tab = rates(t_dets, t_pools, 30, trials, args.seed + 2)
-    table(f"Breast cancer (tabular, 30 features; columns {sorted(cols.tolist())} rescaled), n = 30",
-          list(t_pools), list(t_dets), lambda r, c: f"{tab[c][r]:.2f}")
+    table(
+        f"Breast cancer (tabular, 30 features; columns {sorted(cols.tolist())} rescaled), n = 30",
+        list(t_pools),
+        list(t_dets),
+        lambda r, c: f"{tab[c][r]:.2f}",
+    )
 
     print("\nScoring throughput (samples/s, batches of 200, median of 10)")
     for name, det in dets.items():
         times = []
         for i in range(10):
-            batch = pool[i * 50:i * 50 + 200] if i * 50 + 200 <= len(pool) else pool[:200]
+            batch = pool[i * 50 : i * 50 + 200] if i * 50 + 200 <= len(pool) else pool[:200]
             started = time.perf_counter()
             det.score(batch)
             times.append(time.perf_counter() - started)
@@ -184,7 +209,9 @@ def main() -> None:
 
     if not args.no_latency:
         samples = 5 if args.quick else 15
-        print(f"\nDelay from log_batch returning to the result being in MLflow (autoencoder, 1 s poll, {samples} batches)")
+        print(
+            f"\nDelay from log_batch returning to the result being in MLflow (autoencoder, 1 s poll, {samples} batches)"
+        )
         for label, server in (("embedded sqlite store", False), ("mlflow server on 127.0.0.1", True)):
             delays = latency(dets["autoencoder"], pool, samples, server)
             print(f"  {label:<28} median {statistics.median(delays):.2f} s, max {max(delays):.2f} s")

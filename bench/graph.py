@@ -5,6 +5,7 @@
 Prints one line per figure. The target (issue 4): 200 executors in 10 nested levels drawn in
 under 1 s. Figures are medians of --repeat runs on this machine, as it is loaded right now.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,12 +16,14 @@ import time
 from pathlib import Path
 
 from scanflow_nb import Executor, Workflow
-from scanflow_nb.graph import render_svg, save_graph, to_digraph
 from scanflow_nb.events import RunEvent
+from scanflow_nb.graph import render_svg, save_graph, to_digraph
 
-
-SHAPES = {"parallel": lambda level: True, "sequential": lambda level: False,
-          "alternating": lambda level: level % 2 == 1}
+SHAPES = {
+    "parallel": lambda level: True,
+    "sequential": lambda level: False,
+    "alternating": lambda level: level % 2 == 1,
+}
 
 
 def deep_workflow(shape: str, levels: int = 10, per_level: int = 20, chains: int = 5) -> Workflow:
@@ -32,11 +35,16 @@ def deep_workflow(shape: str, levels: int = 10, per_level: int = 20, chains: int
     child = None
     for level in reversed(range(levels)):
         parallel = SHAPES[shape](level)
-        executors = [Executor(f"step{j:02d}", code="pass", parameters={"level": level},
-                              depends_on=[f"step{j - chains:02d}"] if parallel and j >= chains else [])
-                     for j in range(per_level)]
-        child = Workflow(f"level{level}", parallel=parallel, executors=executors,
-                         workflows=[child] if child else [])
+        executors = [
+            Executor(
+                f"step{j:02d}",
+                code="pass",
+                parameters={"level": level},
+                depends_on=[f"step{j - chains:02d}"] if parallel and j >= chains else [],
+            )
+            for j in range(per_level)
+        ]
+        child = Workflow(f"level{level}", parallel=parallel, executors=executors, workflows=[child] if child else [])
     return child
 
 
@@ -65,14 +73,17 @@ def bench_rendering(repeat: int, out: Path) -> None:
         png_path = out / f"graph_{label}.png"
         png_time = median_time(lambda: save_graph(flow, png_path, states), repeat)
         svg = render_svg(flow, states)
-        size = svg[svg.index('width="'):svg.index('viewBox')].strip()
-        print(f"{label:12s} {count} executors, {depth} levels: Digraph {build * 1000:6.1f} ms, "
-              f"SVG {svg_time * 1000:6.0f} ms ({'OK' if svg_time < 1 else 'OVER'} vs 1 s target), "
-              f"PNG {png_time * 1000:6.0f} ms; drawing {size}; png {png_path}")
+        size = svg[svg.index('width="') : svg.index("viewBox")].strip()
+        print(
+            f"{label:12s} {count} executors, {depth} levels: Digraph {build * 1000:6.1f} ms, "
+            f"SVG {svg_time * 1000:6.0f} ms ({'OK' if svg_time < 1 else 'OVER'} vs 1 s target), "
+            f"PNG {png_time * 1000:6.0f} ms; drawing {size}; png {png_path}"
+        )
 
 
 def bench_events(repeat: int) -> None:
     from scanflow_nb.widgets.graph import GraphWidget
+
     flow = deep_workflow("alternating")
     keys = [f"{wf.name}/{ex.name}" for wf, ex in flow.all_executors()]
     lines = 10_000
@@ -90,9 +101,11 @@ def bench_events(repeat: int) -> None:
     feed = time.perf_counter() - start
     widget.on_event(RunEvent("run_finished", flow.name, run_id="bench"))
     total_events = lines + 2 * len(keys) + 2
-    print(f"widget events {total_events} events (200 executors, {lines} log lines) fed in {feed * 1000:.0f} ms "
-          f"({feed / total_events * 1e6:.1f} µs each on the run's thread); graph redrawn "
-          f"{widget.renders - before} times")
+    print(
+        f"widget events {total_events} events (200 executors, {lines} log lines) fed in {feed * 1000:.0f} ms "
+        f"({feed / total_events * 1e6:.1f} µs each on the run's thread); graph redrawn "
+        f"{widget.renders - before} times"
+    )
 
 
 def main() -> None:
@@ -101,8 +114,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; median of {args.repeat}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; median of {args.repeat}"
+    )
     bench_rendering(args.repeat, args.out)
     bench_events(args.repeat)
 

@@ -9,6 +9,7 @@
 
 Usage: python bench/overhead.py [--repeat N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,9 +40,10 @@ def timed_pair(first, second, repeat: int) -> tuple[float, float]:
 def plain_versus_tracked(root: Path, name: str, code: str, steps: int, repeat: int) -> tuple[float, float]:
     """A sequential workflow of `steps` executors running `code`, versus the same scripts run plainly."""
     from scanflow_nb import App, Executor, Workflow
+
     app = App(root / name)
     app.add(Workflow(name, executors=[Executor(f"step{i}", code=code) for i in range(steps)]))
-    app.run(name, echo=False)                                     # creates the store
+    app.run(name, echo=False)  # creates the store
     scripts = [app.workspace.script(name, ex) for ex in app.find(name).executors]
 
     def plain():
@@ -56,21 +58,29 @@ def plain_versus_tracked(root: Path, name: str, code: str, steps: int, repeat: i
 
 def parallel_speedup(root: Path, repeat: int) -> tuple[float, float]:
     from scanflow_nb import App, Executor, Workflow
+
     app = App(root / "par")
     steps = [Executor(f"cpu{i}", code=BUSY.format(seconds=1.5)) for i in range(2)]
     app.add(Workflow("one_by_one", executors=steps))
     app.add(Workflow("side_by_side", parallel=True, executors=[Executor(f"p{e.name}", code=e.code) for e in steps]))
     app.run("one_by_one", echo=False)
-    return timed_pair(lambda: app.run("one_by_one", echo=False, force=True),
-                      lambda: app.run("side_by_side", echo=False, force=True), repeat)
+    return timed_pair(
+        lambda: app.run("one_by_one", echo=False, force=True),
+        lambda: app.run("side_by_side", echo=False, force=True),
+        repeat,
+    )
 
 
 def load_ext_time(repeat: int) -> float:
-    code = ("import time\nfrom IPython.core.interactiveshell import InteractiveShell\n"
-            "shell = InteractiveShell.instance()\nstart = time.perf_counter()\n"
-            "shell.run_line_magic('load_ext', 'scanflow_nb')\nprint(time.perf_counter() - start)\n")
-    runs = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
-            for _ in range(repeat)]
+    code = (
+        "import time\nfrom IPython.core.interactiveshell import InteractiveShell\n"
+        "shell = InteractiveShell.instance()\nstart = time.perf_counter()\n"
+        "shell.run_line_magic('load_ext', 'scanflow_nb')\nprint(time.perf_counter() - start)\n"
+    )
+    runs = [
+        float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+        for _ in range(repeat)
+    ]
     return statistics.median(runs)
 
 
@@ -82,14 +92,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         plain, tracked = plain_versus_tracked(root, "seq", BUSY.format(seconds=0.5), 5, args.repeat)
-        print(f"(a) 5 x 0.5 s CPU, sequential: plain python {plain:.2f} s, scanflow_nb with tracking "
-              f"{tracked:.2f} s, ratio {tracked / plain:.3f} (goal <= 1.1)")
+        print(
+            f"(a) 5 x 0.5 s CPU, sequential: plain python {plain:.2f} s, scanflow_nb with tracking "
+            f"{tracked:.2f} s, ratio {tracked / plain:.3f} (goal <= 1.1)"
+        )
         plain, tracked = plain_versus_tracked(root, "noop", "pass\n", 10, args.repeat)
-        print(f"    fixed cost per executor (10 no-op steps: {plain:.2f} s plain, {tracked:.2f} s tracked): "
-              f"{(tracked - plain) / 10 * 1000:.0f} ms (goal < 50 ms)")
+        print(
+            f"    fixed cost per executor (10 no-op steps: {plain:.2f} s plain, {tracked:.2f} s tracked): "
+            f"{(tracked - plain) / 10 * 1000:.0f} ms (goal < 50 ms)"
+        )
         serial, parallel = parallel_speedup(root, args.repeat)
-        print(f"(b) 2 x 1.5 s CPU: one after the other {serial:.2f} s, parallel group {parallel:.2f} s, "
-              f"speedup {serial / parallel:.2f}x (goal >= 1.8x)")
+        print(
+            f"(b) 2 x 1.5 s CPU: one after the other {serial:.2f} s, parallel group {parallel:.2f} s, "
+            f"speedup {serial / parallel:.2f}x (goal >= 1.8x)"
+        )
     load = load_ext_time(max(args.repeat, 5))
     print(f"(c) %load_ext scanflow_nb in a fresh shell: {load * 1000:.0f} ms (goal < 500 ms)")
 

@@ -7,6 +7,7 @@
 Each data set prints its plain-text table, then a reStructuredText list-table to paste into the README.
 A data set that cannot be downloaded (offline machine) is reported and skipped; the others still run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,22 +29,37 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", nargs="+", choices=DATASETS, default=["digits"])
     parser.add_argument("--detector", default="autoencoder", choices=["autoencoder", "ks", "mmd"])
-    parser.add_argument("--strategy", nargs="+", default=["uncertainty", "batch"],
-                        choices=["uncertainty", "margin", "entropy", "batch"], help="active-learning strategies to compare")
+    parser.add_argument(
+        "--strategy",
+        nargs="+",
+        default=["uncertainty", "batch"],
+        choices=["uncertainty", "margin", "entropy", "batch"],
+        help="active-learning strategies to compare",
+    )
     parser.add_argument("--k", type=int, default=20, help="labels per drifted batch")
     parser.add_argument("--severity", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5, help="random baselines averaged")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write every row as JSON here")
     args = parser.parse_args(argv)
-    print(f"# {platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"detector {args.detector}, k={args.k}, severity {args.severity}, {args.repeats} random draws, seed {args.seed}")
+    print(
+        f"# {platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"detector {args.detector}, k={args.k}, severity {args.severity}, {args.repeats} random draws, seed {args.seed}"
+    )
     results = {}
     for dataset in args.dataset:
         for strategy in args.strategy:
             try:
-                result = reproduce(dataset, k=args.k, severity=args.severity, detector=args.detector, strategy=strategy,
-                                   repeats=args.repeats, seed=args.seed, small=False)
+                result = reproduce(
+                    dataset,
+                    k=args.k,
+                    severity=args.severity,
+                    detector=args.detector,
+                    strategy=strategy,
+                    repeats=args.repeats,
+                    seed=args.seed,
+                    small=False,
+                )
             except DatasetUnavailable as exc:
                 print(f"\n## {dataset}: not available here - {exc}")
                 break

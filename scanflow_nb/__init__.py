@@ -3,17 +3,28 @@
 `%load_ext scanflow_nb` registers the `%scanflow` / `%%scanflow` magics. The Python API
 (`App`, `Workflow`, `Executor`, `Tracker`) does everything the magics do.
 """
+
 from .errors import ScanflowError
 from .spec import Checker, Executor, Improver, Planner, Tracker, Workflow
 
-__all__ = ["App", "Checker", "Executor", "Improver", "Planner", "ScanflowError", "Tracker", "Workflow",
-           "load_ipython_extension"]
+__all__ = [
+    "App",
+    "Checker",
+    "Executor",
+    "Improver",
+    "Planner",
+    "ScanflowError",
+    "Tracker",
+    "Workflow",
+    "load_ipython_extension",
+]
 __version__ = "0.1.0"
 
 
 def __getattr__(name):
     if name == "App":
         from .app import App
+
         return App
     raise AttributeError(f"module 'scanflow_nb' has no attribute {name!r}")
 
@@ -21,4 +32,5 @@ def __getattr__(name):
 def load_ipython_extension(ipython):
     """`%load_ext scanflow_nb`: register the magics."""
     from .magics import load_ipython_extension as load
+
     load(ipython)

@@ -1,15 +1,17 @@
 """An app: a folder holding executor files, its workflows (saved as scanflow.yaml) and run state."""
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
 from .errors import NotFoundError, ScanflowError, ValidationError
-from .files import atomic_write
 from .events import Listener
+from .files import atomic_write
 from .run.result import RunResult
 from .run.workspace import Workspace
 from .schedule import resolve, task_key
@@ -43,13 +45,13 @@ class App:
 
     # -- opening and saving --------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path) -> "App":
+    def open(cls, path: str | Path) -> App:
         """The app in folder `path`: loaded from its scanflow.yaml if there is one, else empty."""
         folder = Path(path).expanduser().resolve()
         return cls.load(folder / CONFIG) if (folder / CONFIG).is_file() else cls(folder)
 
     @classmethod
-    def load(cls, file: str | Path) -> "App":
+    def load(cls, file: str | Path) -> App:
         """An app from a scanflow.yaml file; the app folder is the file's folder."""
         file = Path(file).expanduser().resolve()
         if not file.is_file():
@@ -124,13 +126,15 @@ class App:
         """Where `workflow`'s runs are tracked, starting its `mlflow server` if it declares one."""
         from .run.backend import Tracking
         from .track import artifact_root, embedded_uri, running_server
+
         tracker = self.special(workflow, "tracker") or Tracker()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         store = embedded_uri(self.state_dir)
         if tracker.embedded:
             return Tracking(store, store)
-        server = running_server(store, artifact_root(self.state_dir), tracker.port, tracker.host,
-                                self.state_dir / "tracker.log")
+        server = running_server(
+            store, artifact_root(self.state_dir), tracker.port, tracker.host, self.state_dir / "tracker.log"
+        )
         return Tracking(server.uri, server.uri)
 
     def tracking_uri(self, workflow: str) -> str:
@@ -147,8 +151,14 @@ class App:
         else:
             self.find(parent).add(workflow)
 
-    def declare_workflow(self, name: str, parallel: bool = False, parent: str | None = None,
-                         tracker: Tracker | None = None, save: bool = True) -> tuple[Workflow, bool]:
+    def declare_workflow(
+        self,
+        name: str,
+        parallel: bool = False,
+        parent: str | None = None,
+        tracker: Tracker | None = None,
+        save: bool = True,
+    ) -> tuple[Workflow, bool]:
         """Create workflow `name`, or update it if it exists at the same place. Returns (workflow, created)."""
         check_name(name, "workflow")
         if parent is not None:
@@ -169,8 +179,9 @@ class App:
             self.save()
         return wf, created
 
-    def declare_executor(self, workflow: str, name: str, source: str | None = None,
-                         save: bool = True, **options: Any) -> str:
+    def declare_executor(
+        self, workflow: str, name: str, source: str | None = None, save: bool = True, **options: Any
+    ) -> str:
         """Declare executor `name` in `workflow`, writing `source` as its file <workflow>/<name>.py.
 
         Re-declaring an executor replaces it (a notebook cell run again). Returns "wrote" or
@@ -183,7 +194,7 @@ class App:
         if isinstance(executor.requirements, str) and not (self.path / executor.requirements).is_file():
             raise NotFoundError(f"requirements file {self.path / executor.requirements} does not exist")
         trial = copy.deepcopy(wf)
-        trial.add(executor, replace=True)              # validates; raises before anything changes
+        trial.add(executor, replace=True)  # validates; raises before anything changes
         outcome = "wrote"
         old_source = None
         if source is not None:
@@ -203,17 +214,39 @@ class App:
         return outcome
 
     # -- running and inspecting ------------------------------------------------------------------
-    def run(self, workflow: str, backend: Any = "local", *, force: bool = False, only: str | None = None,
-            from_: str | None = None, max_workers: int | None = None, listeners: Iterable[Listener] = (),
-            echo: bool = True, background: bool = False, backend_options: dict | None = None):
+    def run(
+        self,
+        workflow: str,
+        backend: Any = "local",
+        *,
+        force: bool = False,
+        only: str | None = None,
+        from_: str | None = None,
+        max_workers: int | None = None,
+        listeners: Iterable[Listener] = (),
+        echo: bool = True,
+        background: bool = False,
+        backend_options: dict | None = None,
+    ):
         """Run `workflow`; returns a RunResult (or a RunHandle when `background=True`).
 
         `backend`: a registered name ("local", "docker", "swarm") or a back-end instance;
         `backend_options`: the named back end's options, e.g. {"isolated": True} for local.
         """
         from .run.engine import Run, RunHandle
-        run = Run(self, workflow, backend, force=force, only=only, from_=from_, max_workers=max_workers,
-                  listeners=listeners, echo=echo, backend_options=backend_options)
+
+        run = Run(
+            self,
+            workflow,
+            backend,
+            force=force,
+            only=only,
+            from_=from_,
+            max_workers=max_workers,
+            listeners=listeners,
+            echo=echo,
+            backend_options=backend_options,
+        )
         return RunHandle(run) if background else run.execute()
 
     def status(self, workflow: str | None = None) -> dict[str, RunResult | None]:
@@ -228,4 +261,3 @@ class App:
         if not path.is_file():
             raise NotFoundError(f"executor {wf.name}/{ex.name} has not run yet: no log at {path}")
         return path.read_text(errors="replace")
-

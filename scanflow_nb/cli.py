@@ -1,4 +1,5 @@
 """`scanflow`: run and inspect a saved scanflow.yaml without a notebook (headless use, CI)."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,13 +11,21 @@ from .errors import ScanflowError
 
 def _app(args):
     from .app import App
+
     path = Path(args.file)
     return App.load(path if path.suffix in (".yaml", ".yml") else path / "scanflow.yaml")
 
 
 def cmd_run(args) -> int:
-    result = _app(args).run(args.workflow, args.backend, force=args.force, only=args.only, from_=args.from_,
-                            max_workers=args.max_workers, echo=not args.quiet)
+    result = _app(args).run(
+        args.workflow,
+        args.backend,
+        force=args.force,
+        only=args.only,
+        from_=args.from_,
+        max_workers=args.max_workers,
+        echo=not args.quiet,
+    )
     print(result.summary())
     return 0 if result.ok else 1
 
@@ -34,6 +43,7 @@ def cmd_logs(args) -> int:
 
 def cmd_graph(args) -> int:
     from .graph import save_graph, text_tree
+
     app = _app(args)
     wf = app.find(args.workflow)
     last = app.status(wf.name).get(wf.name) if wf in app.workflows else None
@@ -69,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("--output", "-o", metavar="FILE", help="write .svg, .png or .gv")
     graph.set_defaults(func=cmd_graph)
     from .containers.commands import add_commands
+
     add_commands(sub, _app)
     return parser
 

@@ -4,6 +4,7 @@
 parallel group, picks the better one, prints what ran and where the MLflow runs are, and writes
 the workflow graph next to the app.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,19 +67,27 @@ def build(app_dir: Path):
     """The demo app: digits -> (logistic | forest in parallel) -> select."""
     from .app import App
     from .spec import Workflow
+
     app = App(app_dir)
     (app.path / "data").mkdir(parents=True, exist_ok=True)
     app.workflows = []
     app.add(Workflow("demo"))
     app.add(Workflow("training", parallel=True), parent="demo")
     app.add(Workflow("report"), parent="demo")
-    app.declare_executor("demo", "prepare", PREPARE, save=False, parameters={"test-size": 0.25},
-                         outputs=["data/digits.npz"])
+    app.declare_executor(
+        "demo", "prepare", PREPARE, save=False, parameters={"test-size": 0.25}, outputs=["data/digits.npz"]
+    )
     for model in ("logistic", "forest"):
-        app.declare_executor("training", model, TRAIN, save=False, parameters={"model": model},
-                             inputs=["data/digits.npz"], outputs=[f"data/{model}.json"])
-    app.declare_executor("report", "select", SELECT, save=False,
-                         inputs=["data/logistic.json", "data/forest.json"])
+        app.declare_executor(
+            "training",
+            model,
+            TRAIN,
+            save=False,
+            parameters={"model": model},
+            inputs=["data/digits.npz"],
+            outputs=[f"data/{model}.json"],
+        )
+    app.declare_executor("report", "select", SELECT, save=False, inputs=["data/logistic.json", "data/forest.json"])
     app.save()
     return app
 
@@ -96,9 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Workflow file:    {app.config_file}  (rerun: scanflow --file {app.path} run demo)")
     states = {key: r.status for key, r in result.executors.items()}
     from .graph import GraphvizMissing, save_graph
+
     try:
         graph = save_graph(app.find("demo"), app.path / "workflow.svg", states)
-    except GraphvizMissing as exc:   # the Graphviz source needs no `dot` to be written
+    except GraphvizMissing as exc:  # the Graphviz source needs no `dot` to be written
         graph = save_graph(app.find("demo"), app.path / "workflow.gv", states)
         print(f"({exc})")
     print(f"Workflow graph:   {graph}")

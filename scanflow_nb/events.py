@@ -3,15 +3,22 @@
 Listeners are plain callables taking a RunEvent. They are called on the thread that called
 `App.run`, one event at a time, so they may update widgets or print without locks.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 # Executor states, in the order a run moves through them.
 PENDING, RUNNING, CACHED, SUCCEEDED, FAILED, SKIPPED = (
-    "pending", "running", "cached", "succeeded", "failed", "skipped")
+    "pending",
+    "running",
+    "cached",
+    "succeeded",
+    "failed",
+    "skipped",
+)
 FINAL_STATES = (CACHED, SUCCEEDED, FAILED, SKIPPED)
 
 # Event kinds. Executor events carry `key` ("workflow/executor"); run events have key=None.

@@ -1,4 +1,5 @@
 """Small file helpers: the app's state folder, atomic writes and content digests."""
+
 from __future__ import annotations
 
 import hashlib
@@ -6,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-STATE_DIR = ".scanflow"     # inside an app folder: the MLflow store, logs, caches, label store (never in images)
+STATE_DIR = ".scanflow"  # inside an app folder: the MLflow store, logs, caches, label store (never in images)
 
 
 def state_dir(app_dir: str | Path) -> Path:

@@ -13,6 +13,7 @@ check, the labels, the retrain and the planner's register/decide runs.
     loop = ClosedLoop(detector, improver, planner, X_hold, y_hold, k=20)   # a person labels instead
     loop.check(X_batch); loop.panel()      # finishing the panel retrains and lets the planner decide
 """
+
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -72,11 +73,15 @@ class ClosedLoop:
         if self.run_id is not None:
             return self.first_decision
         from .track import experiment_id
+
         exp = experiment_id(self.client, self.planner.experiment)
-        self.run_id = self.client.create_run(exp, run_name="closed loop", tags={
-            "scanflow.kind": "loop", "scanflow.model": self.planner.model_name}).info.run_id
-        self._log(self.run_id, params={"k": self.k, "strategy": self.improver.strategy,
-                                       "detector": type(self.detector).__name__})
+        self.run_id = self.client.create_run(
+            exp, run_name="closed loop", tags={"scanflow.kind": "loop", "scanflow.model": self.planner.model_name}
+        ).info.run_id
+        self._log(
+            self.run_id,
+            params={"k": self.k, "strategy": self.improver.strategy, "detector": type(self.detector).__name__},
+        )
         if self.planner.champion() is None:
             self.first_decision = self._register_and_decide(self.run_id)
         return self.first_decision
@@ -87,8 +92,15 @@ class ClosedLoop:
             return
         drifted = sum(r.drift.is_drift for r in self.rounds)
         promoted = sum(bool(r.decision and r.decision.promoted) for r in self.rounds)
-        self._log(self.run_id, {"rounds": len(self.rounds), "drifted": drifted, "promoted": promoted,
-                                    "labels": sum(len(r.labels) for r in self.rounds)})
+        self._log(
+            self.run_id,
+            {
+                "rounds": len(self.rounds),
+                "drifted": drifted,
+                "promoted": promoted,
+                "labels": sum(len(r.labels) for r in self.rounds),
+            },
+        )
         self.client.set_terminated(self.run_id, "FINISHED")
 
     # ---- the steps of one round
@@ -100,8 +112,11 @@ class ClosedLoop:
         index = len(self.rounds) + 1
         run = self._child(self.run_id, f"round {index}", "round")
         check = self._child(run, f"round {index}: check", "check")
-        summary = {k: float(v) for k, v in result.summary().items()} if hasattr(result, "summary") else {
-            "is_drift": float(result.is_drift), "p_value": result.p_value, "score": result.score}
+        summary = (
+            {k: float(v) for k, v in result.summary().items()}
+            if hasattr(result, "summary")
+            else {"is_drift": float(result.is_drift), "p_value": result.p_value, "score": result.score}
+        )
         self._log(check, {**summary, "anomalies": len(result.indices)})
         self.client.set_terminated(check, "FINISHED")
         current = Round(index, result, run_id=run)
@@ -136,6 +151,7 @@ class ClosedLoop:
     def panel(self, **options):
         """A labeling panel on this round's anomalies; finishing it labels, retrains and lets the planner decide."""
         from .widgets.labeling import LabelingPanel
+
         current = self._round()
         if not current.candidates:
             raise ValidationError(f"round {current.index} has no anomalies to label (the batch did not drift)")
@@ -146,18 +162,26 @@ class ClosedLoop:
             self.improve()
 
         options.setdefault("session", f"loop-{self.run_id}-round-{current.index}")
-        return LabelingPanel(self.improver, budget=min(self.k, len(current.candidates)), on_finish=done,
-                             among=current.candidates,
-                             tracking_uri=self.planner.tracking_uri, experiment=self.planner.experiment,
-                             parent_run_id=current.run_id, **options)
+        return LabelingPanel(
+            self.improver,
+            budget=min(self.k, len(current.candidates)),
+            on_finish=done,
+            among=current.candidates,
+            tracking_uri=self.planner.tracking_uri,
+            experiment=self.planner.experiment,
+            parent_run_id=current.run_id,
+            **options,
+        )
 
     def improve(self):
         """Register the improver's model (retrained on every label so far) and let the planner decide."""
         current = self._round()
         decision = self._register_and_decide(current.run_id)
         current.score, current.decision = decision.score, decision
-        self._log(current.run_id, {"score": decision.score, "promoted": float(decision.promoted),
-                                       "champion": decision.champion})
+        self._log(
+            current.run_id,
+            {"score": decision.score, "promoted": float(decision.promoted), "champion": decision.champion},
+        )
         self.client.set_terminated(current.run_id, "FINISHED")
         return decision
 
@@ -192,8 +216,9 @@ class ClosedLoop:
     # ---- helpers
     def _register_and_decide(self, parent: str):
         started = time.perf_counter()
-        version = self.planner.register(self.improver.model, parent_run_id=parent,
-                                        metrics={"n_labeled": self.improver.n_labeled})
+        version = self.planner.register(
+            self.improver.model, parent_run_id=parent, metrics={"n_labeled": self.improver.n_labeled}
+        )
         decision = self.planner.decide(version, *self.holdout, parent_run_id=parent)
         self._log(parent, {"plan_seconds": time.perf_counter() - started})
         return decision
@@ -205,12 +230,15 @@ class ClosedLoop:
 
     def _child(self, parent: str, name: str, kind: str) -> str:
         from .track import experiment_id
+
         exp = experiment_id(self.client, self.planner.experiment)
-        return self.client.create_run(exp, run_name=name, tags={
-            "mlflow.parentRunId": parent, "scanflow.kind": kind}).info.run_id
+        return self.client.create_run(
+            exp, run_name=name, tags={"mlflow.parentRunId": parent, "scanflow.kind": kind}
+        ).info.run_id
 
     def _log(self, run_id: str, metrics: dict | None = None, params: dict | None = None) -> None:
         from .track import log_values
+
         log_values(self.client, run_id, params, metrics)
 
 

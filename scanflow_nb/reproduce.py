@@ -13,12 +13,13 @@ separate corrupted evaluation set before and after - against labeling k random s
 `SCANFLOW_SMALL=1` in the environment (or `small=True`) runs a quick version: four corruptions,
 fewer samples, a short detector training. Results can be logged to MLflow (one run per corruption).
 """
+
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -83,26 +84,49 @@ class Reproduction:
         """Counts and means over the corrupted batches (the clean batch excluded)."""
         corrupted = [r for r in self.rows if r.corruption != CLEAN]
         improved = self.improved
-        mean = (lambda values: float(np.mean(values)) if values else float("nan"))
-        return {"corruptions": len(corrupted), "detected": sum(r.drift for r in corrupted),
-                "improved": len(improved),
-                "active_beats_random": sum(r.active > r.random for r in improved),
-                "mean_before": mean([r.before for r in improved]),
-                "mean_active": mean([r.active for r in improved]),
-                "mean_random": mean([r.random for r in improved])}
+        mean = lambda values: float(np.mean(values)) if values else float("nan")
+        return {
+            "corruptions": len(corrupted),
+            "detected": sum(r.drift for r in corrupted),
+            "improved": len(improved),
+            "active_beats_random": sum(r.active > r.random for r in improved),
+            "mean_before": mean([r.before for r in improved]),
+            "mean_active": mean([r.active for r in improved]),
+            "mean_random": mean([r.random for r in improved]),
+        }
 
     def table(self, fmt: str = "text") -> str:
         """The results as a plain-text table (`fmt="text"`) or a reStructuredText list-table ("rst")."""
-        header = ["corruption", "drift (p)", "anomalies", "labeled", "before", f"{self.strategy} k", f"random k (x{self.repeats})"]
-        body = [[r.corruption, f"{'yes' if r.drift else 'no'} ({r.p_value:.1e})", str(r.anomalies), str(r.labeled),
-                 f"{r.before:.3f}", _acc(r.active), _acc(r.random)] for r in self.rows]
+        header = [
+            "corruption",
+            "drift (p)",
+            "anomalies",
+            "labeled",
+            "before",
+            f"{self.strategy} k",
+            f"random k (x{self.repeats})",
+        ]
+        body = [
+            [
+                r.corruption,
+                f"{'yes' if r.drift else 'no'} ({r.p_value:.1e})",
+                str(r.anomalies),
+                str(r.labeled),
+                f"{r.before:.3f}",
+                _acc(r.active),
+                _acc(r.random),
+            ]
+            for r in self.rows
+        ]
         s = self.summary()
-        footer = (f"{self.dataset}, severity {self.severity}, k = {self.k}, detector {self.detector}, "
-                  f"{self.strategy} sampling; "
-                  f"clean test accuracy {self.clean_accuracy:.3f}; drift found in {s['detected']} of "
-                  f"{s['corruptions']} corrupted batches; active beats random in {s['active_beats_random']} of "
-                  f"{s['improved']} (mean {_acc(s['mean_active'])} vs {_acc(s['mean_random'])}, "
-                  f"before {_acc(s['mean_before'])}); {self.seconds:.0f} s")
+        footer = (
+            f"{self.dataset}, severity {self.severity}, k = {self.k}, detector {self.detector}, "
+            f"{self.strategy} sampling; "
+            f"clean test accuracy {self.clean_accuracy:.3f}; drift found in {s['detected']} of "
+            f"{s['corruptions']} corrupted batches; active beats random in {s['active_beats_random']} of "
+            f"{s['improved']} (mean {_acc(s['mean_active'])} vs {_acc(s['mean_random'])}, "
+            f"before {_acc(s['mean_before'])}); {self.seconds:.0f} s"
+        )
         if fmt == "rst":
             lines = [".. list-table::", "   :header-rows: 1", ""]
             for cells in [header, *body]:
@@ -111,7 +135,7 @@ class Reproduction:
         if fmt != "text":
             raise ValidationError(f"table format must be 'text' or 'rst', got {fmt!r}")
         widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-        render = (lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+        render = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
         rule = "  ".join("-" * w for w in widths)
         return "\n".join([render(header), rule, *map(render, body), "", footer])
 
@@ -126,6 +150,7 @@ def _acc(value) -> str:
 def load(dataset: str) -> tuple[np.ndarray, np.ndarray]:
     """Images (n, side, side) in [0, 1] and labels of `dataset`; DatasetUnavailable when it cannot download."""
     from . import datasets
+
     if dataset not in DATASETS:
         raise ValidationError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
     if dataset == "digits":
@@ -138,11 +163,17 @@ def load(dataset: str) -> tuple[np.ndarray, np.ndarray]:
 def split_sizes(n: int, small: bool, dataset: str) -> dict[str, int]:
     """How many samples go to training, the detector's reference, the batch and the evaluation set."""
     if dataset == "digits":
-        sizes = {"train": 300, "reference": 300, "batch": 200, "eval": 200} if small else \
-            {"train": 600, "reference": 400, "batch": 400, "eval": 397}
+        sizes = (
+            {"train": 300, "reference": 300, "batch": 200, "eval": 200}
+            if small
+            else {"train": 600, "reference": 400, "batch": 400, "eval": 397}
+        )
     else:
-        sizes = {"train": 2000, "reference": 500, "batch": 300, "eval": 500} if small else \
-            {"train": 10000, "reference": 2000, "batch": 1000, "eval": 2000}
+        sizes = (
+            {"train": 2000, "reference": 500, "batch": 300, "eval": 500}
+            if small
+            else {"train": 10000, "reference": 2000, "batch": 1000, "eval": 2000}
+        )
     if sum(sizes.values()) > n:
         raise ValidationError(f"{dataset} has {n} samples, the experiment needs {sum(sizes.values())}")
     return sizes
@@ -151,14 +182,25 @@ def split_sizes(n: int, small: bool, dataset: str) -> dict[str, int]:
 def default_classifier(seed: int = 0):
     """A multinomial logistic regression on pixels: quick, deterministic, and probabilistic (for uncertainty)."""
     from sklearn.linear_model import LogisticRegression
+
     return LogisticRegression(C=0.5, max_iter=500, random_state=seed)
 
 
-def reproduce(dataset: str = "digits", corruptions: Sequence[str] | None = None, k: int | None = None,
-              severity: int = 4, detector: str = "autoencoder", strategy: str = "uncertainty",
-              repeats: int | None = None, seed: int = 0,
-              small: bool | None = None, classifier=None, tracking_uri: str | None = None,
-              experiment: str = "reproduction", echo: Callable[[str], None] | None = print) -> Reproduction:
+def reproduce(
+    dataset: str = "digits",
+    corruptions: Sequence[str] | None = None,
+    k: int | None = None,
+    severity: int = 4,
+    detector: str = "autoencoder",
+    strategy: str = "uncertainty",
+    repeats: int | None = None,
+    seed: int = 0,
+    small: bool | None = None,
+    classifier=None,
+    tracking_uri: str | None = None,
+    experiment: str = "reproduction",
+    echo: Callable[[str], None] | None = print,
+) -> Reproduction:
     """Run the experiment on `dataset` ("digits" offline, or "mnist" / "fashion_mnist" online).
 
     corruptions  names from scanflow_nb.datasets.CORRUPTIONS (default: all 15; 4 in small mode)
@@ -181,8 +223,10 @@ def reproduce(dataset: str = "digits", corruptions: Sequence[str] | None = None,
     k = (10 if small else 20) if k is None else k
     repeats = (3 if small else 5) if repeats is None else repeats
     if strategy not in STRATEGIES or strategy == "random":
-        raise ValidationError(f"strategy must be one of: {', '.join(s for s in STRATEGIES if s != 'random')}; "
-                              f"got {strategy!r} (random is the baseline)")
+        raise ValidationError(
+            f"strategy must be one of: {', '.join(s for s in STRATEGIES if s != 'random')}; "
+            f"got {strategy!r} (random is the baseline)"
+        )
     for name, value in (("k", k), ("repeats", repeats), ("severity", severity)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValidationError(f"{name} must be a whole number >= 1, got {value!r}")
@@ -196,7 +240,7 @@ def reproduce(dataset: str = "digits", corruptions: Sequence[str] | None = None,
     order = np.random.default_rng(seed).permutation(len(X))
     parts, at = {}, 0
     for name, size in sizes.items():
-        parts[name] = order[at:at + size]
+        parts[name] = order[at : at + size]
         at += size
     X_train, y_train = X[parts["train"]], y[parts["train"]]
     X_ref = X[parts["reference"]]
@@ -204,13 +248,16 @@ def reproduce(dataset: str = "digits", corruptions: Sequence[str] | None = None,
     classifier = default_classifier(seed) if classifier is None else classifier
 
     def improver(choose: str, pool: np.ndarray, draw: int = 0) -> ActiveLearner:
-        return ActiveLearner(classifier, choose, X_labeled=X_train, y_labeled=y_train, X_pool=pool, classes=classes,
-                        seed=seed + draw)
+        return ActiveLearner(
+            classifier, choose, X_labeled=X_train, y_labeled=y_train, X_pool=pool, classes=classes, seed=seed + draw
+        )
 
     base = improver("uncertainty", X_ref[:1])
     clean_accuracy = base.score(X[parts["eval"]], y[parts["eval"]])
     say(f"{dataset}: classifier trained on {len(X_train)} clean samples, clean accuracy {clean_accuracy:.3f}")
-    options = {"max_seconds": 20.0 if small else 120.0, "epochs": 40 if small else 150} if detector == "autoencoder" else {}
+    options = (
+        {"max_seconds": 20.0 if small else 120.0, "epochs": 40 if small else 150} if detector == "autoencoder" else {}
+    )
     fitted = make_detector(detector, **options).fit(X_ref)
     say(f"{detector} detector fitted on {len(X_ref)} clean reference samples")
 
@@ -223,8 +270,16 @@ def reproduce(dataset: str = "digits", corruptions: Sequence[str] | None = None,
             X_eval = corrupt(X_eval, name, severity, seed=seed + 2 * index + 1)
         verdict = fitted.score(X_batch)
         anomalous = np.asarray(verdict.indices, dtype=int)
-        row = Row(name, bool(verdict.is_drift), float(verdict.p_value), len(anomalous), 0,
-                  base.score(X_eval, y_eval), None, None)
+        row = Row(
+            name,
+            bool(verdict.is_drift),
+            float(verdict.p_value),
+            len(anomalous),
+            0,
+            base.score(X_eval, y_eval),
+            None,
+            None,
+        )
         if verdict.is_drift and len(anomalous):
             active = improver(strategy, X_batch[anomalous])
             picked = active.query_ids(min(k, len(anomalous)))
@@ -240,8 +295,10 @@ def reproduce(dataset: str = "digits", corruptions: Sequence[str] | None = None,
                 scores.append(baseline.score(X_eval, y_eval))
             row.random = float(np.mean(scores))
         result.rows.append(row)
-        say(f"{name:>14}: drift {'yes' if row.drift else 'no '} (p={row.p_value:.1e}), {row.anomalies} anomalies, "
-            f"accuracy {row.before:.3f} -> active {_acc(row.active)} / random {_acc(row.random)}")
+        say(
+            f"{name:>14}: drift {'yes' if row.drift else 'no '} (p={row.p_value:.1e}), {row.anomalies} anomalies, "
+            f"accuracy {row.before:.3f} -> active {_acc(row.active)} / random {_acc(row.random)}"
+        )
         if tracking_uri:
             _log_row(tracking_uri, experiment, result, row)
     result.seconds = time.perf_counter() - started
@@ -253,12 +310,29 @@ def _log_row(tracking_uri: str, experiment: str, result: Reproduction, row: Row)
     from .track import experiment_id, get_client, log_values
 
     client = get_client(tracking_uri)
-    run_id = client.create_run(experiment_id(client, experiment), run_name=f"{result.dataset}/{row.corruption}",
-                               tags={"scanflow.kind": "reproduction"}).info.run_id
-    params = {"dataset": result.dataset, "corruption": row.corruption, "severity": result.severity, "k": result.k,
-              "detector": result.detector, "strategy": result.strategy, "repeats": result.repeats}
-    values = {"drift": float(row.drift), "p_value": row.p_value, "anomalies": row.anomalies, "labeled": row.labeled,
-              "accuracy_before": row.before, "accuracy_active": row.active, "accuracy_random": row.random}
+    run_id = client.create_run(
+        experiment_id(client, experiment),
+        run_name=f"{result.dataset}/{row.corruption}",
+        tags={"scanflow.kind": "reproduction"},
+    ).info.run_id
+    params = {
+        "dataset": result.dataset,
+        "corruption": row.corruption,
+        "severity": result.severity,
+        "k": result.k,
+        "detector": result.detector,
+        "strategy": result.strategy,
+        "repeats": result.repeats,
+    }
+    values = {
+        "drift": float(row.drift),
+        "p_value": row.p_value,
+        "anomalies": row.anomalies,
+        "labeled": row.labeled,
+        "accuracy_before": row.before,
+        "accuracy_active": row.active,
+        "accuracy_random": row.random,
+    }
     log_values(client, run_id, params, values)
     client.set_terminated(run_id, "FINISHED")
     return run_id

@@ -3,12 +3,14 @@
 Pure functions over the model (no I/O), shared by every back end. A task's key is
 "workflow/executor", unique in an app because workflow names are unique in an app.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import NotFoundError, RunError
 from .spec import Executor, Workflow
@@ -17,9 +19,9 @@ from .spec import Executor, Workflow
 @dataclass
 class Task:
     key: str
-    workflow: str                    # the workflow that declares the executor
+    workflow: str  # the workflow that declares the executor
     executor: Executor
-    lineage: tuple[str, ...]         # workflow names from the run's root down to `workflow`
+    lineage: tuple[str, ...]  # workflow names from the run's root down to `workflow`
     deps: set[str] = field(default_factory=set)
 
 
@@ -43,7 +45,7 @@ def plan(root: Workflow) -> list[Task]:
 
 def _plan_level(wf: Workflow, lineage: tuple[str, ...], inherited: set[str], out: list[Task]) -> set[str]:
     by_name = {c.name: c for c in wf.children()}
-    done: dict[str, set[str]] = {}          # child name -> keys of all its tasks
+    done: dict[str, set[str]] = {}  # child name -> keys of all its tasks
     previous: set[str] = set()
     for name in wf.order():
         child = by_name[name]
@@ -60,7 +62,7 @@ def _plan_level(wf: Workflow, lineage: tuple[str, ...], inherited: set[str], out
             done[name] = _plan_level(child, lineage + (child.name,), deps, out)
         previous = done[name]
     mine = set().union(set(), *done.values())
-    return mine or inherited    # an empty workflow stands for what it waited for
+    return mine or inherited  # an empty workflow stands for what it waited for
 
 
 def select(tasks: list[Task], only: str | None = None, start: str | None = None) -> set[str]:
@@ -77,7 +79,7 @@ def select(tasks: list[Task], only: str | None = None, start: str | None = None)
     if only:
         return {key}
     chosen = {key}
-    for task in tasks:                       # tasks are in run order: deps come first
+    for task in tasks:  # tasks are in run order: deps come first
         if task.deps & chosen:
             chosen.add(task.key)
     return chosen
@@ -93,8 +95,7 @@ def resolve(keys: list[str], ref: str) -> str:
     return matches[0]
 
 
-def cache_key(executor: Executor, code: bytes, requirements: str, inputs: Mapping[str, str],
-              backend: str) -> str:
+def cache_key(executor: Executor, code: bytes, requirements: str, inputs: Mapping[str, str], backend: str) -> str:
     """A digest of everything that decides an executor's result.
 
     `inputs` maps each declared input path to the digest of its content ("missing" if absent).

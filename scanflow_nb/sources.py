@@ -1,4 +1,5 @@
 """An executor's code and requirements as the app folder holds them: the one place that reads them."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,12 +3,14 @@
 Pure data and pure functions: nothing here touches files, processes, Docker or MLflow.
 Every object validates itself when built and when changed, and every error names the culprit.
 """
+
 from __future__ import annotations
 
 import graphlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import ValidationError
 
@@ -84,7 +86,8 @@ class Executor:
                 raise ValidationError(f"{where}: invalid parameter name {key!r}")
             if not isinstance(value, (str, int, float, bool)):
                 raise ValidationError(
-                    f"{where}: parameter {key!r} must be a string, number or boolean, got {type(value).__name__}")
+                    f"{where}: parameter {key!r} must be a string, number or boolean, got {type(value).__name__}"
+                )
         self.env = dict(self.env or {})
         for key, value in self.env.items():
             if not isinstance(key, str) or not _ENV_KEY.fullmatch(key):
@@ -99,9 +102,10 @@ class Executor:
             _check_relative(path, f"{where}: path")
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
             raise ValidationError(f"{where}: retries must be a whole number >= 0, got {self.retries!r}")
-        if self.timeout is not None:
-            if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or self.timeout <= 0:
-                raise ValidationError(f"{where}: timeout must be a positive number of seconds, got {self.timeout!r}")
+        if self.timeout is not None and (
+            isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or self.timeout <= 0
+        ):
+            raise ValidationError(f"{where}: timeout must be a positive number of seconds, got {self.timeout!r}")
 
     def command_args(self) -> list[str]:
         """The executor's parameters as command-line arguments (`--key value`)."""
@@ -115,7 +119,7 @@ class Executor:
         return _non_default(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Executor":
+    def from_dict(cls, data: dict[str, Any]) -> Executor:
         return cls(**_known_keys(cls, data, "executor"))
 
 
@@ -139,9 +143,12 @@ class Tracker:
     host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
-        if self.port is not None and (isinstance(self.port, bool) or not isinstance(self.port, int)
-                                      or not 0 <= self.port <= 65535):
-            raise ValidationError(f"tracker port must be a number from 0 to 65535 (0: any free port), got {self.port!r}")
+        if self.port is not None and (
+            isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535
+        ):
+            raise ValidationError(
+                f"tracker port must be a number from 0 to 65535 (0: any free port), got {self.port!r}"
+            )
 
     @property
     def embedded(self) -> bool:
@@ -155,7 +162,7 @@ class Checker:
     detector: str = "autoencoder"
     every: float = 5.0
     alpha: float = 0.05
-    reference: str | None = None      # .npy file of reference data, inside the app folder
+    reference: str | None = None  # .npy file of reference data, inside the app folder
 
     def __post_init__(self) -> None:
         _check_relative(self.reference, "checker: reference")
@@ -177,7 +184,9 @@ class Improver:
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
-            raise ValidationError(f"improver: unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+            raise ValidationError(
+                f"improver: unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}"
+            )
         if not isinstance(self.k, int) or self.k < 1:
             raise ValidationError(f"improver: k must be a whole number >= 1, got {self.k!r}")
 
@@ -207,7 +216,7 @@ class Workflow:
 
     name: str
     executors: list[Executor] = field(default_factory=list)
-    workflows: list["Workflow"] = field(default_factory=list)
+    workflows: list[Workflow] = field(default_factory=list)
     parallel: bool = False
     tracker: Tracker | None = None
     checker: Checker | None = None
@@ -225,27 +234,27 @@ class Workflow:
         self.validate()
 
     # -- structure -------------------------------------------------------------------------
-    def children(self) -> list[Executor | "Workflow"]:
+    def children(self) -> list[Executor | Workflow]:
         """Executors then child workflows, in declaration order."""
         return [*self.executors, *self.workflows]
 
-    def walk(self) -> Iterator["Workflow"]:
+    def walk(self) -> Iterator[Workflow]:
         """This workflow and every nested one, depth first."""
         yield self
         for child in self.workflows:
             yield from child.walk()
 
-    def all_executors(self) -> Iterator[tuple["Workflow", Executor]]:
+    def all_executors(self) -> Iterator[tuple[Workflow, Executor]]:
         """Every (workflow, executor) pair in the tree, depth first."""
         for wf in self.walk():
             for ex in wf.executors:
                 yield wf, ex
 
-    def find(self, name: str) -> "Workflow | None":
+    def find(self, name: str) -> Workflow | None:
         """The workflow called `name` in this tree, or None."""
         return next((wf for wf in self.walk() if wf.name == name), None)
 
-    def parent_of(self, name: str) -> "Workflow | None":
+    def parent_of(self, name: str) -> Workflow | None:
         """The workflow whose direct child is the workflow `name`, or None."""
         return next((wf for wf in self.walk() if any(c.name == name for c in wf.workflows)), None)
 
@@ -290,8 +299,7 @@ class Workflow:
         for ex in self.executors:
             for dep in ex.depends_on:
                 if dep not in names:
-                    raise ValidationError(
-                        f"executor {ex.name!r} in workflow {self.name!r} depends on unknown {dep!r}")
+                    raise ValidationError(f"executor {ex.name!r} in workflow {self.name!r} depends on unknown {dep!r}")
         self.order()
 
     def dependencies(self) -> dict[str, list[str]]:
@@ -318,7 +326,7 @@ class Workflow:
         return ordered
 
     # -- changes (each one validated; a failed change leaves the workflow as it was) --------
-    def add(self, child: "Executor | Workflow", replace: bool = False) -> bool:
+    def add(self, child: Executor | Workflow, replace: bool = False) -> bool:
         """Add an executor or child workflow; with `replace`, one of the same name is swapped in place.
 
         Returns True if an existing child was replaced.
@@ -357,7 +365,7 @@ class Workflow:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Workflow":
+    def from_dict(cls, data: dict[str, Any]) -> Workflow:
         data = _known_keys(cls, data, "workflow")
         for attr, kind in SPECIALS.items():
             if data.get(attr) is not None:

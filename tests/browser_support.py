@@ -16,6 +16,7 @@ desktop size. Both stop completely at the end. Everything missing (the `chromium
 jupyterlab, playwright) makes the tests skip with a reason that says what to install. Chromium is
 Debian's (`apt-get install chromium`), never a `playwright install` download.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,10 +37,19 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
-NO_POPUPS = {"@jupyterlab/apputils-extension/notification.jupyterlab-settings":
-             {"checkForUpdates": False, "fetchNews": "false"}}
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+NO_POPUPS = {
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"checkForUpdates": False, "fetchNews": "false"}
+}
 VIEWPORT = {"width": 1400, "height": 1000}
 
 
@@ -76,9 +86,12 @@ class Lab:
     def api(self, method: str, path: str, body: dict | None = None) -> dict:
         """Call the Jupyter server REST API (e.g. "PUT", "api/contents/x.ipynb")."""
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(f"{self.url}/{path}", data=data, method=method,
-                                         headers={"Authorization": f"token {self.token}",
-                                                  "Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.url}/{path}",
+            data=data,
+            method=method,
+            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             text = response.read().decode()
         return json.loads(text) if text else {}
@@ -108,16 +121,36 @@ def start_lab(root: Path, timeout: float = 90) -> Lab:
         target.write_text(json.dumps(values))
     root.mkdir(parents=True, exist_ok=True)
     port, token = free_port(), secrets.token_hex(16)
-    env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(settings), "JUPYTERLAB_WORKSPACES_DIR": str(home / "ws"),
-           "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "JUPYTER_CONFIG_DIR": str(home / "config"),
-           "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "JUPYTERLAB_SETTINGS_DIR": str(settings),
+        "JUPYTERLAB_WORKSPACES_DIR": str(home / "ws"),
+        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+        "JUPYTER_CONFIG_DIR": str(home / "config"),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PYTHONUNBUFFERED": "1",
+    }
     log = home / "jupyterlab.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-             f"--ServerApp.root_dir={root}", f"--IdentityProvider.token={token}", "--allow-root",
-             "--ServerApp.open_browser=False"],
-            cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "jupyterlab",
+                "--no-browser",
+                "--ip=127.0.0.1",
+                f"--port={port}",
+                f"--ServerApp.root_dir={root}",
+                f"--IdentityProvider.token={token}",
+                "--allow-root",
+                "--ServerApp.open_browser=False",
+            ],
+            cwd=root,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     lab = Lab(f"http://127.0.0.1:{port}", token, root, process, log)
     deadline = time.monotonic() + timeout
     while True:
@@ -129,17 +162,21 @@ def start_lab(root: Path, timeout: float = 90) -> Lab:
         except (urllib.error.URLError, ConnectionError, OSError):
             if time.monotonic() > deadline:
                 lab.stop()
-                raise RuntimeError(f"JupyterLab did not answer within {timeout} s:\n{lab.log_tail()}")
+                raise RuntimeError(f"JupyterLab did not answer within {timeout} s:\n{lab.log_tail()}") from None
             time.sleep(0.3)
 
 
 def create_notebook(lab: Lab, name: str, sources: list[str] = ()) -> None:
     """Write a notebook (Python 3 kernel, optional code cells) into the lab's root folder."""
-    cells = [{"cell_type": "code", "source": src, "metadata": {}, "outputs": [], "execution_count": None}
-             for src in sources]
-    content = {"cells": cells, "nbformat": 4, "nbformat_minor": 5,
-               "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)",
-                                           "language": "python"}}}
+    cells = [
+        {"cell_type": "code", "source": src, "metadata": {}, "outputs": [], "execution_count": None} for src in sources
+    ]
+    content = {
+        "cells": cells,
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}},
+    }
     lab.api("PUT", f"api/contents/{name}", {"type": "notebook", "format": "json", "content": content})
 
 
@@ -169,7 +206,7 @@ def run_cell(page, code: str, timeout: float = 120, wait: bool = True):
     index = cells.count() - 1
     cell = cells.nth(index)
     editor = cell.locator(".cm-content")
-    if editor.inner_text().strip():             # the last cell is used: add a new one below it
+    if editor.inner_text().strip():  # the last cell is used: add a new one below it
         editor.click()
         page.keyboard.press("Escape")
         page.keyboard.press("b")
@@ -222,6 +259,7 @@ def lab(tmp_path):
 def page(lab):
     """A headless Chromium page (Debian's chromium, driven by Playwright)."""
     from playwright.sync_api import sync_playwright
+
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
         try:

@@ -1,9 +1,13 @@
 """Fixtures shared by every test: a real IPython shell with the extension, and app folders."""
+
 from __future__ import annotations
 
 import os
 
 import pytest
+
+# fixtures of the container and browser tests (engines, base image, JupyterLab, a page)
+pytest_plugins = ("docker_support", "browser_support")
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -17,6 +21,7 @@ def app_dir(tmp_path):
 def shell(app_dir):
     """A real InteractiveShell with `%load_ext scanflow_nb` done and no current app."""
     from IPython.core.interactiveshell import InteractiveShell
+
     ip = InteractiveShell.instance()
     ip.run_line_magic("load_ext", "scanflow_nb")
     magics = ip.magics_manager.registry["ScanflowMagics"]
@@ -28,9 +33,11 @@ def shell(app_dir):
 @pytest.fixture
 def run_cell(shell, capsys):
     """Run a cell; return (result, stdout, stderr)."""
+
     def run(source: str):
         capsys.readouterr()
         result = shell.run_cell(source)
         out = capsys.readouterr()
         return result, out.out, out.err
+
     return run

@@ -3,6 +3,7 @@
 Tests that need Docker are skipped with the reason when no engine answers (run .ci/docker.sh to
 install and start one); they are never silently passed.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,6 +19,7 @@ BASE = os.environ.get("SCANFLOW_TEST_BASE_IMAGE", DEFAULT_BASE_TAG)
 
 def engine():
     from scanflow_nb.containers.docker_client import client
+
     try:
         return client()
     except BackendUnavailable as exc:
@@ -33,6 +35,7 @@ def docker_engine():
 def base_image(docker_engine):
     """The debootstrap base image (built by .ci/docker.sh; built here, slowly, if missing)."""
     from scanflow_nb.containers.base import base_image_exists, build_base_image
+
     if not base_image_exists(BASE):
         if os.geteuid() != 0 or not __import__("shutil").which("debootstrap"):
             pytest.skip(f"base image {BASE} is missing and cannot be built here: run .ci/docker.sh")
@@ -49,6 +52,7 @@ def docker_backend(base_image):
     def make(**kwargs):
         kwargs.setdefault("echo", lambda line: None)
         return DockerBackend(base_image=base_image, **kwargs)
+
     return make
 
 
@@ -65,4 +69,3 @@ def new_app(app_dir, *workflows) -> App:
     for wf in workflows:
         app.add(wf)
     return app
-

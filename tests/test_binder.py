@@ -1,4 +1,5 @@
 """The Binder set-up stays in step with setup.cfg: same requirements, the extras the tutorials install, dot, Python."""
+
 from __future__ import annotations
 
 import configparser
@@ -69,8 +70,11 @@ def test_the_environment_measured_here_satisfies_binder_requirements():
 
 
 def test_dot_python_version_and_the_package_install():
-    apt = [line.strip() for line in (BINDER / "apt.txt").read_text().splitlines() if line.strip()
-           and not line.startswith("#")]
+    apt = [
+        line.strip()
+        for line in (BINDER / "apt.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert "graphviz" in apt
     runtime = (BINDER / "runtime.txt").read_text().strip()
     assert re.fullmatch(r"python-3\.\d+", runtime)

@@ -1,9 +1,17 @@
 """Detectors on real data (scikit-learn's digits): the contract, decisions, bad input, persistence."""
+
 import numpy as np
 import pytest
 
-from scanflow_nb.check import (AutoencoderDetector, Detector, DetectorInputError, KSDetector, MMDDetector,
-                               NotFittedError, make_detector)
+from scanflow_nb.check import (
+    AutoencoderDetector,
+    Detector,
+    DetectorInputError,
+    KSDetector,
+    MMDDetector,
+    NotFittedError,
+    make_detector,
+)
 from scanflow_nb.datasets import corrupt, load_digits
 from scanflow_nb.errors import ScanflowError, ValidationError
 
@@ -22,8 +30,11 @@ def autoencoder(split):
 
 @pytest.fixture(scope="module")
 def detectors(split, autoencoder):
-    return {"ks": KSDetector().fit(split[0]), "mmd": MMDDetector(permutations=200).fit(split[0]),
-            "autoencoder": autoencoder}
+    return {
+        "ks": KSDetector().fit(split[0]),
+        "mmd": MMDDetector(permutations=200).fit(split[0]),
+        "autoencoder": autoencoder,
+    }
 
 
 def batches(pool, n, count, seed):
@@ -45,15 +56,23 @@ def test_result_contract(detectors, split, kind):
     assert len(set(np.argsort(-res.scores)[:10]) & set(range(90, 100))) >= 7
 
 
-@pytest.mark.parametrize("kind, corruptions", [("ks", ("rotate", "translate")), ("mmd", ("rotate", "translate")),
-                                               ("autoencoder", ("shot_noise", "rotate", "fog", "translate"))])
+@pytest.mark.parametrize(
+    "kind, corruptions",
+    [
+        ("ks", ("rotate", "translate")),
+        ("mmd", ("rotate", "translate")),
+        ("autoencoder", ("shot_noise", "rotate", "fog", "translate")),
+    ],
+)
 def test_clean_batches_pass_and_corrupted_batches_are_flagged(detectors, split, kind, corruptions):
     det = detectors[kind]
     clean = [det.score(b).is_drift for b in batches(split[1], 100, 20, seed=3)]
     assert sum(clean) <= 3, f"{kind}: {sum(clean)} of 20 clean batches flagged"
     for name in corruptions:
-        drifted = [det.score(corrupt(b, name, severity=3, seed=i)).is_drift
-                   for i, b in enumerate(batches(split[1], 100, 5, seed=4))]
+        drifted = [
+            det.score(corrupt(b, name, severity=3, seed=i)).is_drift
+            for i, b in enumerate(batches(split[1], 100, 5, seed=4))
+        ]
         assert all(drifted), f"{kind} missed {name}"
 
 

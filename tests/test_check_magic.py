@@ -1,4 +1,5 @@
 """`%scanflow checker` in a real IPython shell, and the drift monitor widget it shows."""
+
 import threading
 import time
 
@@ -19,9 +20,14 @@ def digits_app(app_dir, monkeypatch):
     order = np.random.default_rng(0).permutation(len(X))
     app_dir.mkdir(parents=True)
     np.save(app_dir / "reference.npy", X[order[:1000]])
-    (app_dir / "scanflow.yaml").write_text(yaml.safe_dump({"version": 1, "workflows": [
-        {"name": "serve", "checker": {"detector": "ks", "every": 0.3}},
-        {"name": "other"}]}))
+    (app_dir / "scanflow.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "version": 1,
+                "workflows": [{"name": "serve", "checker": {"detector": "ks", "every": 0.3}}, {"name": "other"}],
+            }
+        )
+    )
     return app_dir, X[order[1000:1100]], corrupt(X[order[1100:1200]], "rotate", severity=4, seed=0)
 
 

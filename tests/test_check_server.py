@@ -1,14 +1,14 @@
 """The checker against a real `mlflow server`: batches from another process, restarts, a server crash."""
+
 import os
 import signal
 import time
 
 import pytest
+from test_check_watcher import data, log_from_another_process, results_by_batch, wait_for  # noqa: F401
 
 from scanflow_nb.check import tracking as tr
 from scanflow_nb.check.watcher import Watcher
-
-from test_check_watcher import data, log_from_another_process, results_by_batch, wait_for  # noqa: F401
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

@@ -1,4 +1,5 @@
 """The background checker against a real MLflow store: exactly-once checking, restarts, failures."""
+
 import json
 import os
 import subprocess
@@ -8,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from scanflow_nb.check import Detector, KSDetector, tracking as tr
+from scanflow_nb.check import Detector, KSDetector
+from scanflow_nb.check import tracking as tr
 from scanflow_nb.check.watcher import Watcher
 from scanflow_nb.datasets import corrupt, load_digits
 from scanflow_nb.errors import NotFoundError, ScanflowError, ValidationError
@@ -26,9 +28,11 @@ def data():
     X, _ = load_digits()
     order = np.random.default_rng(0).permutation(len(X))
     ref, pool = X[order[:1000]], X[order[1000:]]
-    clean = [pool[i * 100:(i + 1) * 100] for i in range(3)]
-    drifted = [corrupt(pool[300 + i * 100:400 + i * 100], name, severity=4, seed=i) for i, name in
-               enumerate(["rotate", "translate", "scale"])]
+    clean = [pool[i * 100 : (i + 1) * 100] for i in range(3)]
+    drifted = [
+        corrupt(pool[300 + i * 100 : 400 + i * 100], name, severity=4, seed=i)
+        for i, name in enumerate(["rotate", "translate", "scale"])
+    ]
     return KSDetector().fit(ref), clean, drifted
 
 
@@ -43,11 +47,18 @@ def log_from_another_process(uri: str, batches: list, tmp_path) -> list[str]:
     """Log batches with `log_batch` from a separate Python process, as an inference job would."""
     file = tmp_path / f"batches-{time.monotonic_ns()}.npz"
     np.savez(file, *batches)
-    code = ("import json, sys, numpy as np\nfrom scanflow_nb.check.tracking import log_batch\n"
-            "data = np.load(sys.argv[1])\n"
-            "print(json.dumps([log_batch(data[k], sys.argv[2], sys.argv[3]) for k in data.files]))")
-    out = subprocess.run([sys.executable, "-c", code, str(file), uri, EXP], capture_output=True, text=True,
-                         timeout=120, env=dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true"))
+    code = (
+        "import json, sys, numpy as np\nfrom scanflow_nb.check.tracking import log_batch\n"
+        "data = np.load(sys.argv[1])\n"
+        "print(json.dumps([log_batch(data[k], sys.argv[2], sys.argv[3]) for k in data.files]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(file), uri, EXP],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true"),
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -80,7 +91,7 @@ def test_each_batch_gets_exactly_one_result_across_stop_start_and_restart(data, 
     assert watcher.stop() and time.monotonic() - started < 2.0
     assert watcher.status()["state"] == "stopped"
 
-    second = log_from_another_process(uri, [drifted[1]], tmp_path)   # logged while stopped
+    second = log_from_another_process(uri, [drifted[1]], tmp_path)  # logged while stopped
     watcher.start()
     assert wait_for(lambda: len(watcher.records) == 4)
     watcher.stop()
@@ -199,8 +210,10 @@ def test_reference_and_detector_round_trip_through_mlflow(data, tmp_path):
         tr.log_batch(np.zeros((0, 8, 8)), uri, EXP)
     with pytest.raises(ScanflowError, match="non-empty numeric array"):
         tr.log_batch(np.array([{"a": 1}]), uri, EXP)
-    assert tr.client_for(uri).search_runs([tr.experiment_id(tr.client_for(uri), EXP)],
-                                          f"tags.`{tr.BATCH_TAG}` = 'true'") == []
+    assert (
+        tr.client_for(uri).search_runs([tr.experiment_id(tr.client_for(uri), EXP)], f"tags.`{tr.BATCH_TAG}` = 'true'")
+        == []
+    )
     with pytest.raises(ValidationError, match="fitted detector"):
         Watcher(uri, EXP, KSDetector())
     with pytest.raises(ValidationError, match="every"):

@@ -1,22 +1,22 @@
 """`scanflow` on a saved scanflow.yaml, as in CI, and the README's demo."""
+
 import subprocess
 import sys
 
 import pytest
-from docker_support import base_image, docker_engine  # noqa: F401
 
 from scanflow_nb import App, Executor, Workflow
 
 
 def scanflow(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "scanflow_nb.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "scanflow_nb.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def test_cli_runs_a_saved_app_and_reports_status(app_dir):
     app = App(app_dir)
-    app.add(Workflow("w", executors=[Executor("a", code="print('from a')"),
-                                     Executor("b", code="raise SystemExit(4)")]))
+    app.add(Workflow("w", executors=[Executor("a", code="print('from a')"), Executor("b", code="raise SystemExit(4)")]))
     app.save()
     done = scanflow("--file", str(app_dir), "run", "w")
     assert done.returncode == 1
@@ -42,8 +42,9 @@ def test_cli_errors_are_one_line(app_dir):
 
 
 def test_demo_runs_and_writes_its_graph(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "scanflow_nb.demo", str(tmp_path / "demo")],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "scanflow_nb.demo", str(tmp_path / "demo")], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert "workflow 'demo' succeeded" in out
@@ -54,9 +55,15 @@ def test_demo_runs_and_writes_its_graph(tmp_path):
     assert graph.is_file() and "<svg" in graph.read_text()
     # again, on a machine without Graphviz's `dot`: nothing reruns, and the graph is written as source
     import os
+
     no_dot = {**os.environ, "PATH": os.path.dirname(sys.executable)}
-    again = subprocess.run([sys.executable, "-m", "scanflow_nb.demo", str(tmp_path / "demo")],
-                           capture_output=True, text=True, timeout=600, env=no_dot)
+    again = subprocess.run(
+        [sys.executable, "-m", "scanflow_nb.demo", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=no_dot,
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.count("(unchanged, not rerun)") == 4
     assert "install graphviz" in again.stdout.lower()
@@ -67,11 +74,15 @@ def test_demo_runs_and_writes_its_graph(tmp_path):
 @pytest.mark.docker
 def test_cli_exports_kubernetes_manifests(app_dir, tmp_path, base_image):
     import yaml
+
     app = App(app_dir)
     app.add(Workflow("w", executors=[Executor("a", code="print('from a')")]))
     app.save()
-    done = scanflow("--file", str(app_dir), "export", "k8s", "w", "-o", str(tmp_path / "k8s"),
-                    "--base-image", base_image)
+    done = scanflow(
+        "--file", str(app_dir), "export", "k8s", "w", "-o", str(tmp_path / "k8s"), "--base-image", base_image
+    )
     assert done.returncode == 0, done.stderr
-    kinds = {doc["kind"] for f in (tmp_path / "k8s").rglob("*.y*ml") for doc in yaml.safe_load_all(f.read_text()) if doc}
+    kinds = {
+        doc["kind"] for f in (tmp_path / "k8s").rglob("*.y*ml") for doc in yaml.safe_load_all(f.read_text()) if doc
+    }
     assert {"Deployment", "Service", "PersistentVolumeClaim", "Job"} <= kinds

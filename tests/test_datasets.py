@@ -1,4 +1,5 @@
 """The data used to check detectors: the offline digits, the Keras loaders, the 15 corruptions."""
+
 import numpy as np
 import pytest
 
@@ -34,7 +35,7 @@ def test_each_corruption_changes_images_keeps_shape_and_range_and_is_seeded(digi
     before = X.copy()
     out = corrupt(X, name, severity=3, seed=7)
     assert out.shape == X.shape and out.dtype == np.float32
-    assert 0.0 <= out.min() and out.max() <= 1.0
+    assert out.min() >= 0.0 and out.max() <= 1.0
     assert np.array_equal(X, before), "the input must not be modified"
     changed = np.abs(out - X).reshape(len(X), -1).max(axis=1) > 1e-3
     assert changed.mean() >= 0.9, f"{name} left {int((~changed).sum())} of {len(X)} images unchanged"
@@ -74,6 +75,6 @@ def test_mnist_loads_through_keras_or_says_it_cannot(monkeypatch, tmp_path):
     except ScanflowError as exc:
         assert "could not load mnist through Keras" in str(exc)
     else:
-        assert X.shape == (10000, 28, 28) and 0 <= X.min() and X.max() <= 1 and len(y) == 10000
+        assert X.shape == (10000, 28, 28) and X.min() >= 0 and X.max() <= 1 and len(y) == 10000
     with pytest.raises(ScanflowError, match="split"):
         load_mnist("valid")

@@ -1,15 +1,16 @@
 """The docker back end for real: containers, a tracker container, labels and exact cleanup."""
+
 import os
 import signal
 import threading
 import time
 
 import pytest
+from docker_support import new_app
 
-from docker_support import base_image, docker_backend, docker_engine, new_app  # noqa: F401
 from scanflow_nb import Executor, Workflow
 from scanflow_nb.errors import BackendUnavailable, TrackerError
-from scanflow_nb.run.docker import DockerBackend, leftovers
+from scanflow_nb.run.docker import leftovers
 
 pytestmark = [pytest.mark.docker]
 
@@ -24,10 +25,12 @@ def test_no_engine_gives_one_clear_error(app_dir, monkeypatch):
 
 
 def test_outputs_land_in_the_app_folder_and_logs_stream_live(app_dir, docker_backend, docker_engine, base_image):
-    code = ("import pathlib, time, mlflow\n"
-            "print('first', flush=True); time.sleep(1.5)\n"
-            "pathlib.Path('data').mkdir(exist_ok=True); pathlib.Path('data/out.txt').write_text('hi')\n"
-            "mlflow.log_metric('score', 0.5); print('second')\n")
+    code = (
+        "import pathlib, time, mlflow\n"
+        "print('first', flush=True); time.sleep(1.5)\n"
+        "pathlib.Path('data').mkdir(exist_ok=True); pathlib.Path('data/out.txt').write_text('hi')\n"
+        "mlflow.log_metric('score', 0.5); print('second')\n"
+    )
     app = new_app(app_dir, Workflow("w", executors=[Executor("a", code=code, outputs=["data/out.txt"])]))
     seen, objects = [], []
 
@@ -39,7 +42,7 @@ def test_outputs_land_in_the_app_folder_and_logs_stream_live(app_dir, docker_bac
     bystander = docker_engine.containers.create(base_image, ["true"], name=f"bystander-{os.getpid()}")
     try:
         result = app.run("w", backend=docker_backend(), echo=False, listeners=[listen])
-        bystander.reload()                                 # not ours: still there after the cleanup
+        bystander.reload()  # not ours: still there after the cleanup
     finally:
         bystander.remove(force=True)
     assert result.ok, result.summary()
@@ -47,26 +50,37 @@ def test_outputs_land_in_the_app_folder_and_logs_stream_live(app_dir, docker_bac
     assert (app.path / "data/out.txt").read_text() == "hi"
     times = {line: t for kind, line, t in seen if kind == "line"}
     finished = next(t for kind, _, t in seen if kind == "succeeded")
-    assert finished - times["first"] > 1.0              # 'first' arrived while the container still ran
+    assert finished - times["first"] > 1.0  # 'first' arrived while the container still ran
     assert "second" in app.logs("w/a")
     from mlflow import MlflowClient
+
     run = MlflowClient(result.tracking_uri).get_run(result.executors["w/a"].run_id)
     assert run.data.metrics["score"] == 0.5 and run.info.status == "FINISHED"
     assert leftovers(app.path) == []
 
 
 def test_exit_codes_retries_timeouts_and_a_container_killed_from_outside(app_dir, docker_backend, docker_engine):
-    flaky = ("import pathlib, sys\np = pathlib.Path('tries'); n = int(p.read_text()) + 1 if p.exists() else 1\n"
-             "p.write_text(str(n)); print('try', n); sys.exit(0 if n >= 2 else 5)")
-    app = new_app(app_dir, Workflow("w", parallel=True, executors=[
-        Executor("exits", code="import sys; print('bye'); sys.exit(3)"),
-        Executor("flaky", code=flaky, retries=2),
-        Executor("slow", code=SLEEPER.format(s=60), timeout=4),
-        Executor("killed", code=SLEEPER.format(s=60)),
-        Executor("badreq", code="print(1)", requirements=["scanflow-no-such-package-xyz==0.0.1"]),
-        Executor("after", code="print(1)", depends_on=["exits"])]))
+    flaky = (
+        "import pathlib, sys\np = pathlib.Path('tries'); n = int(p.read_text()) + 1 if p.exists() else 1\n"
+        "p.write_text(str(n)); print('try', n); sys.exit(0 if n >= 2 else 5)"
+    )
+    app = new_app(
+        app_dir,
+        Workflow(
+            "w",
+            parallel=True,
+            executors=[
+                Executor("exits", code="import sys; print('bye'); sys.exit(3)"),
+                Executor("flaky", code=flaky, retries=2),
+                Executor("slow", code=SLEEPER.format(s=60), timeout=4),
+                Executor("killed", code=SLEEPER.format(s=60)),
+                Executor("badreq", code="print(1)", requirements=["scanflow-no-such-package-xyz==0.0.1"]),
+                Executor("after", code="print(1)", depends_on=["exits"]),
+            ],
+        ),
+    )
 
-    def kill_from_outside(event):       # what `docker kill` or the OOM killer does to a container
+    def kill_from_outside(event):  # what `docker kill` or the OOM killer does to a container
         if event.key == "w/killed" and event.line == "sleeping":
             docker_engine.containers.list(filters={"label": "scanflow.key=w/killed"})[0].kill()
 
@@ -86,20 +100,30 @@ def test_exit_codes_retries_timeouts_and_a_container_killed_from_outside(app_dir
 
 def test_a_tracker_that_cannot_start_is_reported_and_cleaned_up(app_dir, docker_backend, base_image):
     backend = docker_backend()
-    backend.builder.tracker_image = lambda: base_image        # an image without mlflow: no server
+    backend.builder.tracker_image = lambda: base_image  # an image without mlflow: no server
     app = new_app(app_dir, Workflow("w", executors=[Executor("a", code="print(1)")]))
     with pytest.raises(TrackerError, match="tracker container failed to start"):
         app.run("w", backend=backend, echo=False)
     assert leftovers(app.path) == []
     from mlflow import MlflowClient
+
     runs = MlflowClient(app.tracking_uri("w")).search_runs(
-        [e.experiment_id for e in MlflowClient(app.tracking_uri("w")).search_experiments()])
+        [e.experiment_id for e in MlflowClient(app.tracking_uri("w")).search_experiments()]
+    )
     assert all(run.info.status != "RUNNING" for run in runs)
 
 
 def test_interrupt_in_a_parallel_group_removes_its_containers(app_dir, docker_backend, docker_engine):
-    app = new_app(app_dir, Workflow("w", executors=[Executor("first", code="print('go')")], workflows=[
-        Workflow("group", parallel=True, executors=[Executor(n, code=SLEEPER.format(s=120)) for n in "xyz"])]))
+    app = new_app(
+        app_dir,
+        Workflow(
+            "w",
+            executors=[Executor("first", code="print('go')")],
+            workflows=[
+                Workflow("group", parallel=True, executors=[Executor(n, code=SLEEPER.format(s=120)) for n in "xyz"])
+            ],
+        ),
+    )
     started = []
 
     def interrupt_when_all_sleep(event):
@@ -120,23 +144,33 @@ def test_interrupt_in_a_parallel_group_removes_its_containers(app_dir, docker_ba
 @pytest.mark.slow
 def test_twenty_runs_with_failures_leave_no_container_or_network_behind(tmp_path, docker_backend, docker_engine):
     """20 runs, four at a time: successes, exit failures, timeouts and cancelled runs. Count what is left."""
+
     def count():
         return (len(docker_engine.containers.list(all=True)), len(docker_engine.networks.list()))
 
-    kinds = {0: ("ok", Executor("job", code="print('fine')"), "succeeded"),
-             1: ("exits", Executor("job", code="raise SystemExit(2)"), "failed"),
-             2: ("times_out", Executor("job", code=SLEEPER.format(s=60), timeout=2), "failed"),
-             3: ("cancelled", Executor("job", code=SLEEPER.format(s=60)), "interrupted")}
+    kinds = {
+        0: ("ok", Executor("job", code="print('fine')"), "succeeded"),
+        1: ("exits", Executor("job", code="raise SystemExit(2)"), "failed"),
+        2: ("times_out", Executor("job", code=SLEEPER.format(s=60), timeout=2), "failed"),
+        3: ("cancelled", Executor("job", code=SLEEPER.format(s=60)), "interrupted"),
+    }
     before = count()
     app = new_app(tmp_path, *(Workflow(name, executors=[executor]) for name, executor, _ in kinds.values()))
     statuses = []
-    for wave in range(5):
+    for _wave in range(5):
         handles = []
         for name, _, _ in kinds.values():
             started = threading.Event()
-            listener = (lambda e, s=started: s.set() if e.kind == "line" and e.line == "sleeping" else None)
-            handles.append((name, started, app.run(name, backend=docker_backend(), echo=False, force=True,
-                                                   background=True, listeners=[listener])))
+            listener = lambda e, s=started: s.set() if e.kind == "line" and e.line == "sleeping" else None
+            handles.append(
+                (
+                    name,
+                    started,
+                    app.run(
+                        name, backend=docker_backend(), echo=False, force=True, background=True, listeners=[listener]
+                    ),
+                )
+            )
         for name, started, handle in handles:
             if name == "cancelled":
                 assert started.wait(120), "the cancelled run never started its executor"
@@ -157,6 +191,7 @@ def test_notebook_magics_run_a_cell_executor_on_docker(run_cell, app_dir, base_i
     assert result.success and result.result.ok, out
     assert "[build nb/hello]" in out and "[nb/hello] hello from a container" in out
     from mlflow import MlflowClient
+
     run = MlflowClient(result.result.tracking_uri).get_run(result.result.executors["nb/hello"].run_id)
     assert run.data.metrics["from_cell"] == 7 and run.data.tags["scanflow.backend"] == "docker"
     assert leftovers(app_dir) == []

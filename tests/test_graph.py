@@ -1,4 +1,5 @@
 """The workflow graph: drawn by the real `dot`, checked in the SVG it produces; text tree; export."""
+
 from __future__ import annotations
 
 import re
@@ -8,13 +9,21 @@ import pytest
 
 from scanflow_nb import Checker, Executor, Improver, Planner, ScanflowError, Tracker, Workflow
 from scanflow_nb.errors import ValidationError
-from scanflow_nb.graph import (ExecutorStatus, GraphvizMissing, RunProgress, render_svg, save_graph,
-                               text_tree, to_digraph)
 from scanflow_nb.events import RunEvent
+from scanflow_nb.graph import (
+    ExecutorStatus,
+    GraphvizMissing,
+    RunProgress,
+    render_svg,
+    save_graph,
+    text_tree,
+    to_digraph,
+)
 
 SVG = "{http://www.w3.org/2000/svg}"
-needs_dot = pytest.mark.skipif(not __import__("shutil").which("dot"),
-                               reason="graphviz's `dot` program is not installed (apt-get install graphviz)")
+needs_dot = pytest.mark.skipif(
+    not __import__("shutil").which("dot"), reason="graphviz's `dot` program is not installed (apt-get install graphviz)"
+)
 
 
 def ex(name, **kw):
@@ -25,9 +34,15 @@ def nested() -> Workflow:
     """Three levels: a sequential root, a parallel group, a sequential group inside it, and specials."""
     inner = Workflow("inner", executors=[ex("c"), ex("d")])
     group = Workflow("evaluate", parallel=True, executors=[ex("a"), ex("b")], workflows=[inner])
-    return Workflow("pipeline", tracker=Tracker(), checker=Checker(), improver=Improver(), planner=Planner(),
-                    executors=[ex("prepare", parameters={"rows": 10}), ex("train", depends_on=["prepare"])],
-                    workflows=[group, Workflow("report", executors=[ex("publish")])])
+    return Workflow(
+        "pipeline",
+        tracker=Tracker(),
+        checker=Checker(),
+        improver=Improver(),
+        planner=Planner(),
+        executors=[ex("prepare", parameters={"rows": 10}), ex("train", depends_on=["prepare"])],
+        workflows=[group, Workflow("report", executors=[ex("publish")])],
+    )
 
 
 def parse(svg: str):
@@ -52,8 +67,15 @@ def parse(svg: str):
 def test_every_workflow_is_a_cluster_and_every_executor_a_node():
     nodes, clusters, _ = parse(render_svg(nested()))
     assert sorted(clusters) == ["cluster_evaluate", "cluster_inner", "cluster_pipeline", "cluster_report"]
-    executors = {"pipeline/prepare", "pipeline/train", "evaluate/a", "evaluate/b", "inner/c", "inner/d",
-                 "report/publish"}
+    executors = {
+        "pipeline/prepare",
+        "pipeline/train",
+        "evaluate/a",
+        "evaluate/b",
+        "inner/c",
+        "inner/d",
+        "report/publish",
+    }
     assert executors <= set(nodes)
     specials = {"pipeline#tracker", "pipeline#checker", "pipeline#improver", "pipeline#planner"}
     assert set(nodes) == executors | specials
@@ -65,25 +87,34 @@ def test_every_workflow_is_a_cluster_and_every_executor_a_node():
 def test_parallel_children_side_by_side_and_sequential_ones_below_each_other():
     nodes, _, edges = parse(render_svg(nested()))
     y = {key: node[2] for key, node in nodes.items()}
-    assert y["evaluate/a"] == y["evaluate/b"]                     # parallel: same rank,
-    assert nodes["evaluate/a"][3] < nodes["evaluate/b"][3]        # left to right as declared
+    assert y["evaluate/a"] == y["evaluate/b"]  # parallel: same rank,
+    assert nodes["evaluate/a"][3] < nodes["evaluate/b"][3]  # left to right as declared
     assert y["pipeline/prepare"] < y["pipeline/train"] < y["evaluate/a"] < y["report/publish"]
-    assert y["inner/c"] < y["inner/d"]                            # sequential inside the parallel group
-    assert "pipeline/prepare->pipeline/train" in edges            # depends_on
+    assert y["inner/c"] < y["inner/d"]  # sequential inside the parallel group
+    assert "pipeline/prepare->pipeline/train" in edges  # depends_on
     assert not any(e.startswith("evaluate/a->") or e.startswith("evaluate/b->") for e in edges)
 
 
 def test_dependency_on_a_sibling_workflow_attaches_to_its_cluster():
-    flow = Workflow("root", parallel=True, workflows=[Workflow("load", executors=[ex("x"), ex("y")])],
-                    executors=[ex("fit", depends_on=["load"])])
+    flow = Workflow(
+        "root",
+        parallel=True,
+        workflows=[Workflow("load", executors=[ex("x"), ex("y")])],
+        executors=[ex("fit", depends_on=["load"])],
+    )
     source = to_digraph(flow).source
     assert re.search(r'"load/y" -> "root/fit" \[.*ltail=cluster_load', source)
 
 
 @needs_dot
 def test_states_colour_and_label_the_nodes():
-    states = {"pipeline/prepare": "succeeded", "pipeline/train": ExecutorStatus("failed", duration=3.25, attempt=2),
-              "evaluate/a": "running", "evaluate/b": "cached", "inner/c": "skipped"}
+    states = {
+        "pipeline/prepare": "succeeded",
+        "pipeline/train": ExecutorStatus("failed", duration=3.25, attempt=2),
+        "evaluate/a": "running",
+        "evaluate/b": "cached",
+        "inner/c": "skipped",
+    }
     nodes, _, _ = parse(render_svg(nested(), states))
     assert nodes["pipeline/prepare"][:2] == ("node sf-executor sf-succeeded", "prepare succeeded")
     assert nodes["pipeline/train"][:2] == ("node sf-executor sf-failed", "train failed · 3.2 s · try 2")
@@ -100,20 +131,22 @@ def test_unknown_state_is_a_clear_error():
 
 def test_text_tree_shows_nesting_order_states_and_specials():
     states = {"pipeline/prepare": ExecutorStatus("succeeded", duration=1.25), "evaluate/a": "failed"}
-    assert text_tree(nested(), states) == "\n".join([
-        "pipeline  (sequential; tracker: embedded store; checker: autoencoder every 5 s; "
-        "improver: uncertainty, k=10; planner: accuracy → champion)",
-        "├── prepare  [succeeded · 1.2 s]",
-        "├── train  [pending]  after prepare",
-        "├── evaluate  (parallel)",
-        "│   ├── a  [failed]",
-        "│   ├── b  [pending]",
-        "│   └── inner  (sequential)",
-        "│       ├── c  [pending]",
-        "│       └── d  [pending]",
-        "└── report  (sequential)",
-        "    └── publish  [pending]",
-    ])
+    assert text_tree(nested(), states) == "\n".join(
+        [
+            "pipeline  (sequential; tracker: embedded store; checker: autoencoder every 5 s; "
+            "improver: uncertainty, k=10; planner: accuracy → champion)",
+            "├── prepare  [succeeded · 1.2 s]",
+            "├── train  [pending]  after prepare",
+            "├── evaluate  (parallel)",
+            "│   ├── a  [failed]",
+            "│   ├── b  [pending]",
+            "│   └── inner  (sequential)",
+            "│       ├── c  [pending]",
+            "│       └── d  [pending]",
+            "└── report  (sequential)",
+            "    └── publish  [pending]",
+        ]
+    )
 
 
 def test_empty_workflow_is_drawn_with_a_note():
@@ -146,7 +179,7 @@ def test_without_dot_svg_and_png_say_to_install_graphviz(tmp_path, monkeypatch):
         with pytest.raises(GraphvizMissing, match="graphviz's `dot` program is not installed; install graphviz"):
             save_graph(nested(), tmp_path / name)
     assert list(tmp_path.iterdir()) == []
-    assert save_graph(nested(), tmp_path / "graph.gv").is_file()     # the source needs no `dot`
+    assert save_graph(nested(), tmp_path / "graph.gv").is_file()  # the source needs no `dot`
     assert "└── report" in text_tree(nested())
 
 
@@ -167,29 +200,31 @@ def events(*specs):
 
 def test_progress_follows_events_and_summarises():
     progress = RunProgress(nested())
-    for e in events(("run_started", None, {"run_id": "root", "time": 100.0}),
-                    ("started", "pipeline/prepare", {"run_id": "r1", "time": 100.0}),
-                    ("line", "pipeline/prepare", {"line": "hello"}),
-                    ("succeeded", "pipeline/prepare", {"duration": 2.0, "run_id": "r1", "exit_code": 0}),
-                    ("started", "pipeline/train", {"time": 102.0}),
-                    ("retrying", "pipeline/train", {"attempt": 2, "error": "exit code 1", "time": 103.0}),
-                    ("failed", "pipeline/train", {"attempt": 2, "duration": 1.0, "exit_code": 1,
-                                                  "error": "exit code 1"}),
-                    ("cached", "evaluate/a", {}),
-                    *[("skipped", key, {"attempt": 0}) for key in
-                      ("evaluate/b", "inner/c", "inner/d", "report/publish")]):
+    for e in events(
+        ("run_started", None, {"run_id": "root", "time": 100.0}),
+        ("started", "pipeline/prepare", {"run_id": "r1", "time": 100.0}),
+        ("line", "pipeline/prepare", {"line": "hello"}),
+        ("succeeded", "pipeline/prepare", {"duration": 2.0, "run_id": "r1", "exit_code": 0}),
+        ("started", "pipeline/train", {"time": 102.0}),
+        ("retrying", "pipeline/train", {"attempt": 2, "error": "exit code 1", "time": 103.0}),
+        ("failed", "pipeline/train", {"attempt": 2, "duration": 1.0, "exit_code": 1, "error": "exit code 1"}),
+        ("cached", "evaluate/a", {}),
+        *[("skipped", key, {"attempt": 0}) for key in ("evaluate/b", "inner/c", "inner/d", "report/publish")],
+    ):
         progress.apply(e)
     assert progress.status("pipeline/prepare") == ExecutorStatus(
-        "succeeded", duration=2.0, run_id="r1", exit_code=0, started=100.0)
+        "succeeded", duration=2.0, run_id="r1", exit_code=0, started=100.0
+    )
     train = progress.status("pipeline/train")
     assert (train.state, train.attempt, train.error) == ("failed", 2, "exit code 1")
     assert progress.summary(now=110.0).text() == (
-        "7/7 done · 1 cached · 4 skipped · 1 failed (pipeline/train) · 10.0 s so far")
+        "7/7 done · 1 cached · 4 skipped · 1 failed (pipeline/train) · 10.0 s so far"
+    )
     progress.apply(RunEvent("run_finished", "pipeline", run_id="root", error="failed", time=111.5))
     assert progress.summary().text().endswith("· 11.5 s")
     assert progress.run_error == "the run failed"
     progress.apply(RunEvent("run_started", "pipeline", run_id="again"))
-    assert set(s.state for s in progress.snapshot().values()) == {"pending"}
+    assert {s.state for s in progress.snapshot().values()} == {"pending"}
 
 
 def test_progress_running_shows_time_so_far():

@@ -1,5 +1,6 @@
 """End to end in a real JupyterLab + headless Chromium: declare a nested workflow with the magics,
 run it, and check in the rendered page that the live graph shows every node and its final state."""
+
 from __future__ import annotations
 
 import os
@@ -8,8 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from browser_support import lab, open_notebook, page, run_cell, screenshot, wait_for_cell  # noqa: F401
+from browser_support import open_notebook, run_cell, screenshot, wait_for_cell
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -65,13 +65,16 @@ def test_live_graph_of_a_nested_run_in_jupyterlab(lab, page, tmp_path):
     assert re.search(r"MLflow run\s+[0-9a-f]{32}", details)
 
     # a background run: the cell returns at once, the widget keeps updating while the kernel is idle
-    cell = run_cell(page, "from scanflow_nb import App\n"
-                          "from scanflow_nb.widgets.graph import GraphWidget\n"
-                          "app = App.open('demo')\n"
-                          "live = GraphWidget(app.find('pipeline'), app)\n"
-                          "display(live)\n"
-                          "handle = app.run('pipeline', listeners=[live.on_event], background=True, force=True, "
-                          "echo=False)")
+    cell = run_cell(
+        page,
+        "from scanflow_nb import App\n"
+        "from scanflow_nb.widgets.graph import GraphWidget\n"
+        "app = App.open('demo')\n"
+        "live = GraphWidget(app.find('pipeline'), app)\n"
+        "display(live)\n"
+        "handle = app.run('pipeline', listeners=[live.on_event], background=True, force=True, "
+        "echo=False)",
+    )
     live = cell.locator(".scanflow-graph")
     assert "5/5 done" not in live.locator(".scanflow-summary").inner_text()
     assert "kernel is free" in run_cell(page, "print('kernel is free')").inner_text()

@@ -1,24 +1,40 @@
 """The live graph widget follows a run on the docker back end (real engine, real containers)."""
+
 from __future__ import annotations
 
 import shutil
 
 import pytest
+from docker_support import new_app
 
-from docker_support import base_image, docker_backend, docker_engine, new_app  # noqa: F401
 from scanflow_nb import Executor, Workflow
 from scanflow_nb.events import RunEvent
 
-pytestmark = [pytest.mark.docker, pytest.mark.skipif(
-    not shutil.which("dot"), reason="graphviz's `dot` program is not installed (apt-get install graphviz)")]
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.skipif(
+        not shutil.which("dot"), reason="graphviz's `dot` program is not installed (apt-get install graphviz)"
+    ),
+]
 
 
 def test_widget_follows_a_docker_run(tmp_path, docker_backend):
     from scanflow_nb.widgets.graph import GraphWidget
-    flow = Workflow("dock", executors=[Executor("hello", code="print('hello from a container')")],
-                    workflows=[Workflow("fan", parallel=True, executors=[
-                        Executor("ok", code="print('fine')"),
-                        Executor("bad", code="import sys; print('broken input'); sys.exit(4)")])])
+
+    flow = Workflow(
+        "dock",
+        executors=[Executor("hello", code="print('hello from a container')")],
+        workflows=[
+            Workflow(
+                "fan",
+                parallel=True,
+                executors=[
+                    Executor("ok", code="print('fine')"),
+                    Executor("bad", code="import sys; print('broken input'); sys.exit(4)"),
+                ],
+            )
+        ],
+    )
     app = new_app(tmp_path / "app", flow)
     widget = GraphWidget(app.find("dock"), app)
     seen = []

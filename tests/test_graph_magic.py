@@ -1,4 +1,5 @@
 """`%scanflow graph` in a real IPython shell: widget, text tree, export and one-line errors."""
+
 from __future__ import annotations
 
 import shutil
@@ -6,8 +7,9 @@ import shutil
 import pytest
 from IPython.core.error import UsageError
 
-needs_dot = pytest.mark.skipif(not shutil.which("dot"),
-                               reason="graphviz's `dot` program is not installed (apt-get install graphviz)")
+needs_dot = pytest.mark.skipif(
+    not shutil.which("dot"), reason="graphviz's `dot` program is not installed (apt-get install graphviz)"
+)
 
 
 @pytest.fixture
@@ -59,10 +61,13 @@ def test_graph_save_writes_the_file(shell, tmp_path, capsys):
     assert f"saved {tmp_path / 'out' / 'pipeline.svg'}" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("line, message", [
-    ("graph nowhere", "unknown workflow 'nowhere' (known: none declared yet)"),
-    ("graph --save g.jpg", "no workflows yet: declare one with %scanflow workflow NAME"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("graph nowhere", "unknown workflow 'nowhere' (known: none declared yet)"),
+        ("graph --save g.jpg", "no workflows yet: declare one with %scanflow workflow NAME"),
+    ],
+)
 def test_graph_errors_are_one_line(shell, line, message):
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
         shell.run_line_magic("scanflow", line)
@@ -93,8 +98,11 @@ def test_without_dot_the_magic_explains_and_falls_back_to_text(shell, tmp_path, 
     widget = shell.run_line_magic("scanflow", "graph pipeline")
     assert "graphviz&#x27;s `dot` program is not installed" in widget.message.value
     assert "├── prepare  [pending]" in widget.graph.value
-    with pytest.raises(UsageError, match=r"cannot draw .*pipeline.png: graphviz's `dot` program is not installed; "
-                                         r"install graphviz \(Debian/Ubuntu: apt-get install graphviz"):
+    with pytest.raises(
+        UsageError,
+        match=r"cannot draw .*pipeline.png: graphviz's `dot` program is not installed; "
+        r"install graphviz \(Debian/Ubuntu: apt-get install graphviz",
+    ):
         shell.run_line_magic("scanflow", "graph pipeline --save pipeline.png")
     assert not (tmp_path / "pipeline.png").exists()
     capsys.readouterr()

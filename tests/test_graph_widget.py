@@ -1,4 +1,5 @@
 """The live graph widget, fed by real runs of the local back end (real subprocesses, real MLflow store)."""
+
 from __future__ import annotations
 
 import shutil
@@ -13,8 +14,9 @@ from scanflow_nb.events import RunEvent
 widgets = pytest.importorskip("ipywidgets", reason="ipywidgets is not installed")
 from scanflow_nb.widgets.graph import NO_SELECTION, GraphWidget  # noqa: E402
 
-needs_dot = pytest.mark.skipif(not shutil.which("dot"),
-                               reason="graphviz's `dot` program is not installed (apt-get install graphviz)")
+needs_dot = pytest.mark.skipif(
+    not shutil.which("dot"), reason="graphviz's `dot` program is not installed (apt-get install graphviz)"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -28,8 +30,9 @@ def app(tmp_path):
     app = App(tmp_path / "app")
     app.declare_workflow("pipeline")
     app.declare_workflow("evaluate", parallel=True, parent="pipeline")
-    app.declare_executor("pipeline", "prepare", source="import sys\nprint('rows', sys.argv[1:])\n",
-                         parameters={"rows": 10})
+    app.declare_executor(
+        "pipeline", "prepare", source="import sys\nprint('rows', sys.argv[1:])\n", parameters={"rows": 10}
+    )
     app.declare_executor("evaluate", "a", source="print('a is fine')\n")
     app.declare_executor("evaluate", "b", source="import sys\nprint('b is about to fail')\nsys.exit(3)\n")
     return app
@@ -38,8 +41,13 @@ def app(tmp_path):
 def node_classes(widget: GraphWidget) -> dict[str, str]:
     """Executor key -> its state as drawn, read from the SVG the widget shows."""
     import re
-    return {key.replace("&#45;", "-"): state for key, state in
-            re.findall(r'<g id="sf&#45;([^"]+)" class="node sf&#45;executor sf&#45;(\w+)"', widget.graph.value)}
+
+    return {
+        key.replace("&#45;", "-"): state
+        for key, state in re.findall(
+            r'<g id="sf&#45;([^"]+)" class="node sf&#45;executor sf&#45;(\w+)"', widget.graph.value
+        )
+    }
 
 
 @needs_dot
@@ -48,12 +56,11 @@ def test_a_failed_run_is_shown_live_with_its_failure_selected(app):
     assert node_classes(widget) == {"pipeline/prepare": "pending", "evaluate/a": "pending", "evaluate/b": "pending"}
     result = app.run("pipeline", listeners=[widget.on_event], echo=False)
     assert result.status == "failed"
-    assert node_classes(widget) == {"pipeline/prepare": "succeeded", "evaluate/a": "succeeded",
-                                    "evaluate/b": "failed"}
+    assert node_classes(widget) == {"pipeline/prepare": "succeeded", "evaluate/a": "succeeded", "evaluate/b": "failed"}
     assert "3/3 done · 1 failed (evaluate/b)" in widget.summary.value
     assert "the run failed" in widget.summary.value
     assert (widget.bar.value, widget.bar.bar_style) == (3, "danger")
-    assert widget.selector.value == "evaluate/b"                 # opens on the failure
+    assert widget.selector.value == "evaluate/b"  # opens on the failure
     assert "exit code 3" in widget.details.value
     assert result.executors["evaluate/b"].run_id in widget.details.value
     assert "mlflow ui --backend-store-uri sqlite:///" in widget.details.value
@@ -69,11 +76,15 @@ def test_a_background_run_updates_the_widget_from_the_run_thread(app):
     app.declare_executor("evaluate", "b", source="print('fixed')\n")
     widget = GraphWidget(app.find("pipeline"), app)
     threads = set()
-    handle = app.run("pipeline", listeners=[widget.on_event, lambda e: threads.add(threading.current_thread())],
-                     echo=False, background=True)
+    handle = app.run(
+        "pipeline",
+        listeners=[widget.on_event, lambda e: threads.add(threading.current_thread())],
+        echo=False,
+        background=True,
+    )
     result = handle.result(timeout=120)
     assert result.status == "succeeded"
-    assert threading.main_thread() not in threads                # events really came from another thread
+    assert threading.main_thread() not in threads  # events really came from another thread
     assert set(node_classes(widget).values()) == {"succeeded"}
     assert (widget.bar.value, widget.bar.bar_style) == (3, "success")
     assert widget.selector.value == NO_SELECTION
@@ -86,7 +97,7 @@ def test_a_past_run_loads_with_log_tails_from_the_log_files(app):
     widget.load_result(app.status("pipeline")["pipeline"])
     assert node_classes(widget)["evaluate/b"] == "failed"
     widget.selector.value = "evaluate/b"
-    assert "b is about to fail" in widget.log_view.value         # read from app.log_path(key)
+    assert "b is about to fail" in widget.log_view.value  # read from app.log_path(key)
 
 
 @needs_dot
@@ -151,22 +162,29 @@ def test_static_renderings_carry_the_graph(app):
     assert widget._repr_svg_().startswith("<svg")
     assert "0/3 done" in widget._repr_html_() and "evaluate/b" in widget._repr_html_()
     from IPython.core.formatters import DisplayFormatter
+
     data, _ = DisplayFormatter().format(widget)
     assert {"application/vnd.jupyter.widget-view+json", "image/svg+xml", "text/html"} <= set(data)
     assert data["text/plain"].splitlines()[:3] == [
-        "pipeline: 0/3 done", "pipeline  (sequential)", "├── prepare  [pending]"]
+        "pipeline: 0/3 done",
+        "pipeline  (sequential)",
+        "├── prepare  [pending]",
+    ]
 
 
 def test_only_workflows_are_accepted():
     from scanflow_nb.errors import ScanflowError
+
     with pytest.raises(ScanflowError, match="GraphWidget needs a Workflow, got str"):
         GraphWidget("pipeline")
 
 
 def test_server_tracker_links_to_the_mlflow_ui(tmp_path):
     from scanflow_nb import Tracker
-    app = App(tmp_path / "app", [Workflow("served", tracker=Tracker(port=5123),
-                                          executors=[Executor("x", code="print(1)")])])
+
+    app = App(
+        tmp_path / "app", [Workflow("served", tracker=Tracker(port=5123), executors=[Executor("x", code="print(1)")])]
+    )
     widget = GraphWidget(app.find("served"), app)
     widget.on_event(RunEvent("succeeded", "served", "served/x", run_id="abc123"))
     widget.selector.value = "served/x"
@@ -175,6 +193,7 @@ def test_server_tracker_links_to_the_mlflow_ui(tmp_path):
 
 def test_elapsed_time_ticks_during_a_quiet_run_and_stops_after(app):
     import time
+
     widget = GraphWidget(app.find("pipeline"), app, tick_interval=0.1)
     widget.on_event(RunEvent("run_started", "pipeline", run_id="r", time=time.time() - 5))
     widget.on_event(RunEvent("started", "pipeline", "pipeline/prepare"))
@@ -182,11 +201,11 @@ def test_elapsed_time_ticks_during_a_quiet_run_and_stops_after(app):
     deadline = time.time() + 10
     while widget.summary.value == first and time.time() < deadline:
         time.sleep(0.05)
-    assert widget.summary.value != first and "so far" in widget.summary.value   # ticked with no new event
+    assert widget.summary.value != first and "so far" in widget.summary.value  # ticked with no new event
     renders = widget.renders
     widget.on_event(RunEvent("run_finished", "pipeline", run_id="r", error="interrupted"))
     assert "the run interrupted" in widget.summary.value and "so far" not in widget.summary.value
     assert widget._ticker is None and widget.renders == renders + 1
     widget.close()
     widget.on_event(RunEvent("run_started", "pipeline", run_id="again"))
-    assert widget._ticker is None                                               # a closed widget never ticks
+    assert widget._ticker is None  # a closed widget never ticks

@@ -1,4 +1,5 @@
 """The improver on real scikit-learn learners and modAL strategies, with digits as the data."""
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
@@ -14,15 +15,16 @@ def digits():
     X = X / 16.0
     order = np.random.default_rng(0).permutation(len(y))
     X, y = X[order], y[order]
-    seed = np.array([np.flatnonzero(y == c)[0] for c in range(10)])   # one labeled sample per class
+    seed = np.array([np.flatnonzero(y == c)[0] for c in range(10)])  # one labeled sample per class
     rest = np.setdiff1d(np.arange(len(y)), seed)
     pool, test = rest[:600], rest[600:1000]
-    return dict(X0=X[seed], y0=y[seed], Xp=X[pool], yp=y[pool], Xt=X[test], yt=y[test])
+    return {"X0": X[seed], "y0": y[seed], "Xp": X[pool], "yp": y[pool], "Xt": X[test], "yt": y[test]}
 
 
 def make(d, strategy="uncertainty", **kw):
-    return ActiveLearner(LogisticRegression(max_iter=300), strategy, X_labeled=d["X0"], y_labeled=d["y0"],
-                    X_pool=d["Xp"], **kw)
+    return ActiveLearner(
+        LogisticRegression(max_iter=300), strategy, X_labeled=d["X0"], y_labeled=d["y0"], X_pool=d["Xp"], **kw
+    )
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -36,7 +38,7 @@ def test_query_teach_moves_samples_and_retrains(digits, strategy):
     assert imp.pool_size == 580 and imp.n_labeled == 30 and imp.n_trained == 30
     assert not np.isin(ids, imp.pool_ids).any()
     assert imp.taught == dict(zip(ids.tolist(), digits["yp"][ids].tolist()))
-    assert imp.model is not model_before   # retrained: it now knows the new labels
+    assert imp.model is not model_before  # retrained: it now knows the new labels
     assert (imp.model.predict(digits["Xp"][ids]) == digits["yp"][ids]).mean() >= 0.9
 
 
@@ -76,10 +78,14 @@ def test_cold_start_without_labels_queries_at_random_until_two_classes(digits):
 
 def test_images_keep_their_shape_and_the_learner_sees_rows(digits):
     images = digits["Xp"].reshape(-1, 8, 8)
-    imp = ActiveLearner(LogisticRegression(max_iter=300), X_labeled=digits["X0"].reshape(-1, 8, 8),
-                   y_labeled=digits["y0"], X_pool=images)
+    imp = ActiveLearner(
+        LogisticRegression(max_iter=300),
+        X_labeled=digits["X0"].reshape(-1, 8, 8),
+        y_labeled=digits["y0"],
+        X_pool=images,
+    )
     assert imp.samples([3]).shape == (1, 8, 8)
-    (label, confidence), = imp.guess([3])
+    ((label, confidence),) = imp.guess([3])
     assert label in range(10) and 0 < confidence <= 1
 
 
@@ -140,7 +146,7 @@ def test_empty_pool(digits):
 
 def test_background_retrain_reports_errors_instead_of_dying(digits):
     imp = make(digits)
-    imp.estimator = LogisticRegression(max_iter=-1)   # sklearn refuses this at fit time
+    imp.estimator = LogisticRegression(max_iter=-1)  # sklearn refuses this at fit time
     imp.teach_ids([0], [int(digits["yp"][0])], retrain=False)
     outcome = []
     imp.retrain_in_background(outcome.append).join(10)

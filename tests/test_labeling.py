@@ -1,10 +1,12 @@
 """The labeling panel through its Python methods: the same calls its buttons and keys make."""
+
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,14 +19,18 @@ from scanflow_nb.widgets.labeling import LabelingPanel, image_png
 
 X, Y = load_digits(return_X_y=True)
 X = X / 16.0
-SEED = np.array([np.flatnonzero(Y == c)[0] for c in range(10)])
-POOL = np.setdiff1d(np.arange(300), SEED)          # 290 candidates
+SEED = np.array([np.flatnonzero(c == Y)[0] for c in range(10)])
+POOL = np.setdiff1d(np.arange(300), SEED)  # 290 candidates
 TEST = np.arange(1400, 1797)
 
 
 def improver(estimator=None, pool=POOL):
-    return ActiveLearner(estimator or LogisticRegression(max_iter=300), X_labeled=X[SEED], y_labeled=Y[SEED],
-                    X_pool=X[pool].reshape(-1, 8, 8))
+    return ActiveLearner(
+        estimator or LogisticRegression(max_iter=300),
+        X_labeled=X[SEED],
+        y_labeled=Y[SEED],
+        X_pool=X[pool].reshape(-1, 8, 8),
+    )
 
 
 def truth(sample):
@@ -61,7 +67,7 @@ def test_keys_digit_enter_backspace_and_s(store):
     panel.press("Backspace")
     assert panel.current == b and store.actions("default") == [(a, "label", 7)]
     assert b in panel.improver.pool_ids and c not in panel.skipped
-    panel.press("x")                      # unbound keys do nothing
+    panel.press("x")  # unbound keys do nothing
     assert store.actions("default") == [(a, "label", 7)]
 
 
@@ -87,7 +93,7 @@ def test_multi_step_undo_then_nothing_to_undo(store):
     assert panel.n_labels == 0 and panel.improver.taught == {} and store.actions("default") == []
     with pytest.raises(ValidationError, match="nothing to undo"):
         panel.undo()
-    panel.press("Backspace")              # from the keyboard: shown in the panel, not raised
+    panel.press("Backspace")  # from the keyboard: shown in the panel, not raised
     assert "nothing to undo" in panel._status.value and panel.errors
 
 
@@ -104,6 +110,7 @@ def test_label_outside_the_classes_is_refused_and_nothing_is_lost(store):
 
 class GatedLogistic(LogisticRegression):
     """A learner whose fit waits for the test to open a gate: makes 'while a retrain runs' deterministic."""
+
     gate = threading.Event()
 
     def fit(self, X, y, sample_weight=None):
@@ -119,18 +126,18 @@ def test_retrain_runs_in_the_background_every_k_labels(store):
     for _ in range(3):
         panel.label(truth(panel.current))
     assert panel.retraining and "retraining" in panel._status.value
-    for _ in range(2):                     # the panel keeps serving samples while the model trains
+    for _ in range(2):  # the panel keeps serving samples while the model trains
         panel.label(truth(panel.current))
     assert panel.retraining and panel.n_labels == 5 and len(store.labels("default")) == 5
     GatedLogistic.gate.set()
     panel.wait()
-    assert [n for n, _ in panel.scores] == [10, 13]   # after the retrain on 3 labels (plus 10 seeds)
+    assert [n for n, _ in panel.scores] == [10, 13]  # after the retrain on 3 labels (plus 10 seeds)
     assert "score after retrain on 13 labels" in panel._status.value
-    panel.label(truth(panel.current))      # 3 labels since the last retrain began: the next one starts
+    panel.label(truth(panel.current))  # 3 labels since the last retrain began: the next one starts
     panel.wait()
     assert [n for n, _ in panel.scores] == [10, 13, 16]
     panel.label(truth(panel.current))
-    assert not panel.retraining            # 1 label since the last retrain < 3
+    assert not panel.retraining  # 1 label since the last retrain < 3
     panel.finish().join(30)
     assert panel.scores[-1][0] == 17 and imp.n_trained == 17 and "finished" in panel._status.value
 
@@ -142,7 +149,7 @@ def test_a_failing_retrain_is_reported_in_the_panel(store):
     panel.label(truth(panel.current))
     panel.wait()
     assert "retrain failed" in panel._status.value and "max_iter" in panel.errors[-1]
-    assert store.labels("default")         # the label itself is kept
+    assert store.labels("default")  # the label itself is kept
 
 
 def test_resume_after_the_kernel_is_killed(tmp_path):
@@ -168,12 +175,12 @@ def test_resume_after_the_kernel_is_killed(tmp_path):
     assert [kind for _, kind, _ in stored] == ["label"] * 5 + ["skip"] + ["label"]
     imp = improver()
     panel = LabelingPanel(imp, store=db, session="s1", retrain_every=4)
-    labeled = {s: l for s, k, l in stored if k == "label"}
+    labeled = {s: label for s, k, label in stored if k == "label"}
     assert panel.n_labels == 6 and imp.taught == labeled and imp.n_trained == 16
     assert panel.skipped == {stored[5][0]}
     assert panel.current not in labeled and panel.current not in panel.skipped
-    assert undone in imp.pool_ids         # the undone label stayed undone
-    panel.undo()                          # undo works across the restart
+    assert undone in imp.pool_ids  # the undone label stayed undone
+    panel.undo()  # undo works across the restart
     assert panel.n_labels == 5 and stored[-1][0] not in imp.taught
 
 
@@ -206,7 +213,9 @@ def test_budget_reached_finishes_with_a_final_retrain(store):
 
 def test_tabular_and_text_samples():
     import pandas as pd
+
     from scanflow_nb.widgets.labeling import is_image, sample_html
+
     frame = pd.DataFrame({"alcohol": [13.2, 12.1], "hue": [1.04, 0.9]})
     assert "<th style='text-align:left;padding-right:1em'>alcohol</th><td>13.2</td>" in sample_html(frame.iloc[0])
     assert "<th style='text-align:left;padding-right:1em'>x1</th><td>0.9</td>" in sample_html(np.array([12.1, 0.9]))
@@ -221,8 +230,10 @@ def test_text_samples_shown_for_vectorised_features(store):
 
 
 def test_images_render_as_png_of_any_square_grey_or_rgb_array():
-    from PIL import Image
     import io
+
+    from PIL import Image
+
     grey = Image.open(io.BytesIO(image_png(np.eye(8), size=160)))
     rgb = Image.open(io.BytesIO(image_png(np.random.default_rng(0).integers(0, 255, (32, 32, 3)), size=160)))
     assert grey.size == (160, 160) and grey.mode == "L" and grey.getpixel((0, 0)) == 255
@@ -232,9 +243,11 @@ def test_images_render_as_png_of_any_square_grey_or_rgb_array():
 def test_finish_logs_the_session_to_mlflow(store, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow.tracking import MlflowClient
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    panel = LabelingPanel(improver(), store=store, session="mlf", tracking_uri=uri, experiment="digits",
-                          X_test=X[TEST], y_test=Y[TEST])
+    panel = LabelingPanel(
+        improver(), store=store, session="mlf", tracking_uri=uri, experiment="digits", X_test=X[TEST], y_test=Y[TEST]
+    )
     for _ in range(4):
         panel.label(truth(panel.current))
     panel.skip()
@@ -245,7 +258,7 @@ def test_finish_logs_the_session_to_mlflow(store, tmp_path, monkeypatch):
     assert run.data.metrics["labels"] == 4 and run.data.metrics["skips"] == 1
     assert run.data.metrics["score"] == pytest.approx(panel.scores[-1][1])
     path = client.download_artifacts(panel.run_id, "labels.csv", str(tmp_path))
-    lines = open(path).read().splitlines()
+    lines = Path(path).read_text().splitlines()
     assert lines[0] == "seq,sample,kind,label,at" and len(lines) == 6 and ",skip," in lines[-1]
 
 
@@ -258,6 +271,7 @@ def test_numpy_labels_are_stored_as_plain_values(store):
 
 def test_a_store_that_cannot_be_written_loses_nothing(tmp_path):
     from scanflow_nb.improve import LabelStoreError
+
     bad = tmp_path / "not-a-db.sqlite"
     bad.write_text("this is not a database" * 100)
     with pytest.raises(LabelStoreError, match="cannot use .* as a label store"):
@@ -265,14 +279,14 @@ def test_a_store_that_cannot_be_written_loses_nothing(tmp_path):
     store = LabelStore(tmp_path / "labels.sqlite")
     panel = LabelingPanel(improver(), store=store, retrain_every=50)
     first = panel.current
-    store.close()                             # e.g. the disk went away: writing fails
+    store.close()  # e.g. the disk went away: writing fails
     with pytest.raises(LabelStoreError, match=f"cannot store the label of sample {first}"):
         panel.label(3)
     assert panel.current == first and first in panel.improver.pool_ids and panel.n_labels == 0
 
 
 def test_without_ipyevents_the_buttons_still_work_and_the_panel_says_so(store, monkeypatch):
-    monkeypatch.setitem(sys.modules, "ipyevents", None)     # as if the package were not installed
+    monkeypatch.setitem(sys.modules, "ipyevents", None)  # as if the package were not installed
     panel = LabelingPanel(improver(), store=store, retrain_every=50)
     assert panel._events is None and "keyboard shortcuts need the ipyevents package" in panel._status.value
     first = panel.current

@@ -1,12 +1,13 @@
 """The labeling panel in a real JupyterLab + headless Chromium: a click and a key press each store a label."""
+
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
 import pytest
+from browser_support import open_notebook, run_cell, screenshot
 
-from browser_support import lab, open_notebook, page, run_cell, screenshot  # noqa: F401
 from scanflow_nb.improve import LabelStore
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -53,11 +54,11 @@ def test_click_and_number_key_label_samples_in_jupyterlab(lab, page):
     page.keyboard.press("3")
     second = stored(db, 2)
     assert [(kind, label) for _, kind, label in second] == [("label", 7), ("label", 3)]
-    assert second[0][0] != second[1][0]          # the key labeled the next sample, not the same one again
+    assert second[0][0] != second[1][0]  # the key labeled the next sample, not the same one again
     panel.get_by_text("2 / 20 labeled").wait_for()
     panel.get_by_text("score after retrain on 32 labels").wait_for(timeout=60_000)
 
-    page.keyboard.press("Backspace")              # undo the key press
+    page.keyboard.press("Backspace")  # undo the key press
     assert [label for _, _, label in stored(db, 1)] == [7]
     page.keyboard.press("s")
     assert [kind for _, kind, _ in stored(db, 2)] == ["label", "skip"]

@@ -1,9 +1,11 @@
 """`%scanflow label` in a real IPython shell."""
+
 import pytest
 from IPython.core.error import UsageError
 
 import scanflow_nb.magics.label  # noqa: F401  (registers the subcommand until the lead wires it in)
-from scanflow_nb import App, Improver as ImproverSpec, Workflow
+from scanflow_nb import App, Workflow
+from scanflow_nb import Improver as ImproverSpec
 from scanflow_nb.improve import LabelStore
 
 SETUP = """
@@ -26,7 +28,7 @@ def test_label_opens_a_panel_that_stores_in_the_app_and_logs_to_the_workflow(she
     first = panel.current
     panel.press("5")
     assert LabelStore(app_dir / ".scanflow" / "labels.sqlite").actions("s1") == [(first, "label", 5)]
-    again = shell.run_line_magic("scanflow", "label imp --session s1")   # same session: resumes
+    again = shell.run_line_magic("scanflow", "label imp --session s1")  # same session: resumes
     assert again.n_labels == 1 and again.retrain_every == 10
 
 

@@ -1,4 +1,5 @@
 """The local back end through the Python API: real subprocesses, a real MLflow store."""
+
 import json
 import os
 import signal
@@ -38,18 +39,27 @@ def new_app(app_dir, *workflows):
 
 
 def test_sequential_then_parallel_group_then_sequential(app_dir):
-    app = new_app(app_dir, Workflow("main", executors=[stamping("a"), stamping("b")], workflows=[
-        Workflow("par", parallel=True, executors=[stamping("x", 1.0), stamping("y", 1.0)]),
-        Workflow("post", executors=[stamping("z")])]))
+    app = new_app(
+        app_dir,
+        Workflow(
+            "main",
+            executors=[stamping("a"), stamping("b")],
+            workflows=[
+                Workflow("par", parallel=True, executors=[stamping("x", 1.0), stamping("y", 1.0)]),
+                Workflow("post", executors=[stamping("z")]),
+            ],
+        ),
+    )
     result = app.run("main", echo=False)
     assert result.status == "succeeded", result.summary()
     s = stamps(app)
     assert s["a"]["end"] <= s["b"]["start"]
     assert s["b"]["end"] <= min(s["x"]["start"], s["y"]["start"])
-    assert s["x"]["start"] < s["y"]["end"] and s["y"]["start"] < s["x"]["end"]   # overlapped
+    assert s["x"]["start"] < s["y"]["end"] and s["y"]["start"] < s["x"]["end"]  # overlapped
     assert max(s["x"]["end"], s["y"]["end"]) <= s["z"]["start"]
     assert {k: r.status for k, r in result.executors.items()} == dict.fromkeys(
-        ["main/a", "main/b", "par/x", "par/y", "post/z"], "succeeded")
+        ["main/a", "main/b", "par/x", "par/y", "post/z"], "succeeded"
+    )
 
 
 def test_max_workers_bounds_a_parallel_group(app_dir):
@@ -60,8 +70,12 @@ def test_max_workers_bounds_a_parallel_group(app_dir):
 
 
 def test_failure_stops_what_follows_and_reports_why(app_dir, capsys):
-    app = new_app(app_dir, Workflow("main", executors=[
-        Executor("bad", code="print('about to fail'); raise SystemExit(3)"), stamping("after")]))
+    app = new_app(
+        app_dir,
+        Workflow(
+            "main", executors=[Executor("bad", code="print('about to fail'); raise SystemExit(3)"), stamping("after")]
+        ),
+    )
     result = app.run("main")
     out = capsys.readouterr().out
     assert result.status == "failed" and result.failed == ["main/bad"]
@@ -74,12 +88,24 @@ def test_failure_stops_what_follows_and_reports_why(app_dir, capsys):
 
 
 def test_parallel_failure_spares_independent_siblings(app_dir):
-    app = new_app(app_dir, Workflow("p", parallel=True, executors=[
-        Executor("bad", code="raise SystemExit(1)"), stamping("ok"),
-        stamping("needs_bad", depends_on=["bad"])]))
+    app = new_app(
+        app_dir,
+        Workflow(
+            "p",
+            parallel=True,
+            executors=[
+                Executor("bad", code="raise SystemExit(1)"),
+                stamping("ok"),
+                stamping("needs_bad", depends_on=["bad"]),
+            ],
+        ),
+    )
     result = app.run("p", echo=False)
     assert {k: r.status for k, r in result.executors.items()} == {
-        "p/bad": "failed", "p/ok": "succeeded", "p/needs_bad": "skipped"}
+        "p/bad": "failed",
+        "p/ok": "succeeded",
+        "p/needs_bad": "skipped",
+    }
 
 
 def test_retries_until_success(app_dir):
@@ -125,18 +151,22 @@ def _alive(pid):
 
 def test_caching_force_inputs_and_outputs(app_dir):
     code = "import pathlib; pathlib.Path('out.txt').write_text(open('in.txt').read().upper()); print('ran')"
-    app = new_app(app_dir, Workflow("w", executors=[
-        Executor("up", code=code, inputs=["in.txt"], outputs=["out.txt"], parameters={"k": 1})]))
+    app = new_app(
+        app_dir,
+        Workflow(
+            "w", executors=[Executor("up", code=code, inputs=["in.txt"], outputs=["out.txt"], parameters={"k": 1})]
+        ),
+    )
     (app.path / "in.txt").write_text("a")
     assert app.run("w", echo=False).executors["w/up"].status == "succeeded"
     assert app.run("w", echo=False).executors["w/up"].status == "cached"
     assert app.run("w", echo=False, force=True).executors["w/up"].status == "succeeded"
-    (app.path / "in.txt").write_text("b")                      # input changed
+    (app.path / "in.txt").write_text("b")  # input changed
     assert app.run("w", echo=False).executors["w/up"].status == "succeeded"
     assert (app.path / "out.txt").read_text() == "B"
-    (app.path / "out.txt").unlink()                            # output gone
+    (app.path / "out.txt").unlink()  # output gone
     assert app.run("w", echo=False).executors["w/up"].status == "succeeded"
-    app.find("w").executors[0].parameters["k"] = 2             # parameter changed
+    app.find("w").executors[0].parameters["k"] = 2  # parameter changed
     assert app.run("w", echo=False).executors["w/up"].status == "succeeded"
     assert app.run("w", echo=False).executors["w/up"].status == "cached"
 
@@ -152,8 +182,10 @@ def test_only_and_from_select_executors(app_dir):
 
 
 def test_parameters_reach_the_script_and_output_streams_to_listeners(app_dir):
-    code = "import argparse; p = argparse.ArgumentParser(); p.add_argument('--alpha', type=float); " \
-           "print('alpha is', p.parse_args().alpha)"
+    code = (
+        "import argparse; p = argparse.ArgumentParser(); p.add_argument('--alpha', type=float); "
+        "print('alpha is', p.parse_args().alpha)"
+    )
     app = new_app(app_dir, Workflow("w", executors=[Executor("p", code=code, parameters={"alpha": 0.5})]))
     events = []
     app.run("w", echo=False, listeners=[events.append])
@@ -165,19 +197,25 @@ def test_parameters_reach_the_script_and_output_streams_to_listeners(app_dir):
 
 def test_mlflow_run_tree_params_metrics_and_artifacts(app_dir):
     from mlflow.tracking import MlflowClient
+
     code = "import mlflow; mlflow.log_metric('acc', 0.9); print('logged')"
-    app = new_app(app_dir, Workflow("main", executors=[Executor("train", code=code, parameters={"lr": 0.1})],
-                                    workflows=[Workflow("sub", executors=[stamping("s")])]))
+    app = new_app(
+        app_dir,
+        Workflow(
+            "main",
+            executors=[Executor("train", code=code, parameters={"lr": 0.1})],
+            workflows=[Workflow("sub", executors=[stamping("s")])],
+        ),
+    )
     result = app.run("main", echo=False)
     client = MlflowClient(result.tracking_uri)
     root = client.get_run(result.run_id)
     assert root.info.status == "FINISHED" and root.data.tags["scanflow.kind"] == "workflow"
-    children = client.search_runs([root.info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{result.run_id}'")
+    children = client.search_runs([root.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")
     assert sorted(r.info.run_name for r in children) == ["sub", "train"]
     train = client.get_run(result.executors["main/train"].run_id)
     assert train.data.params == {"lr": "0.1"}
-    assert train.data.metrics["acc"] == 0.9                  # logged by the executor itself
+    assert train.data.metrics["acc"] == 0.9  # logged by the executor itself
     assert train.data.metrics["exit_code"] == 0 and train.data.metrics["duration_s"] > 0
     assert train.data.tags["scanflow.status"] == "succeeded"
     files = {f.path for f in client.list_artifacts(train.info.run_id, "scanflow")}
@@ -189,6 +227,7 @@ def test_mlflow_run_tree_params_metrics_and_artifacts(app_dir):
 
 def test_failed_run_marks_mlflow_runs_failed(app_dir):
     from mlflow.tracking import MlflowClient
+
     app = new_app(app_dir, Workflow("w", executors=[Executor("bad", code="raise SystemExit(2)")]))
     result = app.run("w", echo=False)
     client = MlflowClient(result.tracking_uri)
@@ -211,8 +250,16 @@ def test_bad_runs_are_refused_before_anything_starts(app_dir):
 
 
 def test_background_run_can_be_cancelled(app_dir):
-    app = new_app(app_dir, Workflow("w", executors=[
-        Executor("sleepy", code="import time; print('up', flush=True); time.sleep(60)"), stamping("next")]))
+    app = new_app(
+        app_dir,
+        Workflow(
+            "w",
+            executors=[
+                Executor("sleepy", code="import time; print('up', flush=True); time.sleep(60)"),
+                stamping("next"),
+            ],
+        ),
+    )
     handle = app.run("w", echo=False, background=True)
     time.sleep(2)
     handle.cancel()
@@ -225,16 +272,18 @@ def test_background_run_can_be_cancelled(app_dir):
 def test_keyboard_interrupt_stops_child_processes(tmp_path):
     """A real SIGINT to a process running a workflow, as when a kernel is interrupted."""
     script = tmp_path / "drive.py"
-    script.write_text(textwrap.dedent(f"""\
+    script.write_text(
+        textwrap.dedent(f"""\
         from scanflow_nb import App, Executor, Workflow
-        app = App({str(tmp_path / 'app')!r})
+        app = App({str(tmp_path / "app")!r})
         code = "import os, time; open('pid', 'w').write(str(os.getpid())); print('up', flush=True); time.sleep(60)"
         app.add(Workflow("w", parallel=True, executors=[Executor("a", code=code)]))
         try:
             app.run("w", echo=False)
         except KeyboardInterrupt:
             print("INTERRUPTED", app.status("w")["w"].status, flush=True)
-    """))
+    """)
+    )
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     pid_file = tmp_path / "app" / "pid"
     deadline = time.monotonic() + 60
@@ -251,9 +300,15 @@ def test_keyboard_interrupt_stops_child_processes(tmp_path):
 @pytest.mark.slow
 def test_isolated_requirements_get_their_own_venv_once(app_dir):
     from scanflow_nb.run.local import LocalBackend
+
     code = "import sys, six; print(sys.prefix)"
-    app = new_app(app_dir, Workflow("w", executors=[Executor("a", code=code, requirements=["six"]),
-                                                    Executor("b", code=code, requirements=["six"])]))
+    app = new_app(
+        app_dir,
+        Workflow(
+            "w",
+            executors=[Executor("a", code=code, requirements=["six"]), Executor("b", code=code, requirements=["six"])],
+        ),
+    )
     result = app.run("w", LocalBackend(isolated=True), echo=False)
     assert result.ok, result.summary()
     prefixes = {app.logs(k).strip() for k in ("a", "b")}
@@ -262,12 +317,13 @@ def test_isolated_requirements_get_their_own_venv_once(app_dir):
 
 def test_run_that_cannot_start_still_tells_listeners_it_finished(app_dir):
     import socket
+
     from scanflow_nb import Tracker
+
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        app = new_app(app_dir, Workflow("w", tracker=Tracker(port=busy.getsockname()[1]),
-                                        executors=[stamping("a")]))
+        app = new_app(app_dir, Workflow("w", tracker=Tracker(port=busy.getsockname()[1]), executors=[stamping("a")]))
         events = []
         with pytest.raises(ScanflowError, match="already in use"):
             app.run("w", echo=False, listeners=[events.append])

@@ -1,4 +1,5 @@
 """The closed loop on real parts: the KS drift detector, a modAL improver, the MLflow registry planner."""
+
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
@@ -29,14 +30,14 @@ def parts(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     X0, y0 = part(0, 300)
-    improver = ActiveLearner(LogisticRegression(max_iter=500), X_labeled=X0, y_labeled=y0,
-                        X_pool=np.empty((0, 8, 8)))
+    improver = ActiveLearner(LogisticRegression(max_iter=500), X_labeled=X0, y_labeled=y0, X_pool=np.empty((0, 8, 8)))
     detector = KSDetector(alpha=0.05).fit(IMAGES[300:600])
     return detector, improver, ModelPlanner(uri, "digits", experiment="loop"), uri
 
 
 def test_oracle_loop_promotes_a_model_that_learned_the_drift(parts):
     from mlflow.tracking import MlflowClient
+
     detector, improver, planner, uri = parts
     batches = [part(800, 900), part(600, 800, rotated=True), part(1400, 1600, rotated=True)]
     rounds = closed_loop(detector, improver, planner, batches, HOLD_X, HOLD_Y, k=20)
@@ -49,7 +50,8 @@ def test_oracle_loop_promotes_a_model_that_learned_the_drift(parts):
     assert second.labels == [int(truth[second.candidates.index(i)]) for i in second.picked]
     assert second.decision.promoted and second.decision.score > second.decision.champion_score
     assert improver.n_labeled == 340 and planner.champion() == max(
-        r.decision.version for r in rounds if r.decision and r.decision.promoted)
+        r.decision.version for r in rounds if r.decision and r.decision.promoted
+    )
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("loop").experiment_id
@@ -60,13 +62,15 @@ def test_oracle_loop_promotes_a_model_that_learned_the_drift(parts):
     assert loop_run.data.metrics == {**loop_run.data.metrics, "rounds": 3, "drifted": 2, "labels": 40}
     round_two = by_id[second.run_id]
     assert round_two.data.tags["mlflow.parentRunId"] == loop_run.info.run_id
-    steps = sorted(r.data.tags["scanflow.kind"] for r in runs
-                   if r.data.tags.get("mlflow.parentRunId") == second.run_id)
+    steps = sorted(r.data.tags["scanflow.kind"] for r in runs if r.data.tags.get("mlflow.parentRunId") == second.run_id)
     assert steps == ["check", "decision", "labels", "model"]
     decision_run = by_id[second.decision.run_id]
     assert decision_run.data.tags["scanflow.reason"] == second.decision.reason
-    check_run = next(r for r in runs if r.data.tags.get("mlflow.parentRunId") == second.run_id
-                     and r.data.tags["scanflow.kind"] == "check")
+    check_run = next(
+        r
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == second.run_id and r.data.tags["scanflow.kind"] == "check"
+    )
     assert check_run.data.metrics["is_drift"] == 1 and check_run.data.metrics["anomalies"] == len(second.candidates)
 
 
@@ -77,7 +81,7 @@ def test_step_with_a_labeler_and_with_the_panel(parts, tmp_path):
 
     def labeler(samples):
         seen.append(samples.shape)
-        return [0] * len(samples)            # a careless person: every label is 0
+        return [0] * len(samples)  # a careless person: every label is 0
 
     X, _ = part(600, 700, rotated=True)
     bad = loop.step(X, labeler=labeler)
@@ -89,7 +93,7 @@ def test_step_with_a_labeler_and_with_the_panel(parts, tmp_path):
     panel = loop.panel(store=tmp_path / "labels.sqlite")
     truth = dict(zip(current.candidates, y[current.drift.indices].tolist()))
     while panel.current is not None and not panel.finished:
-        assert panel.current in truth         # only this round's anomalies are shown
+        assert panel.current in truth  # only this round's anomalies are shown
         panel.label(truth[panel.current])
     panel.wait(120)
     assert panel.errors == [] and len(current.picked) == 5 and current.decision is not None

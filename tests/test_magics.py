@@ -1,4 +1,5 @@
 """The magics through a real IPython InteractiveShell: what a notebook user types and sees."""
+
 import pytest
 import yaml
 
@@ -9,9 +10,11 @@ def declare_basic(run_cell, app_dir):
     run_cell(f"%scanflow app {app_dir}")
     run_cell("%scanflow workflow main")
     run_cell("%scanflow workflow par --parallel --parent main")
-    run_cell("%%scanflow executor prep --workflow main --param rows=3\n"
-             "import argparse; p = argparse.ArgumentParser(); p.add_argument('--rows', type=int)\n"
-             "print('rows', p.parse_args().rows * 2)")
+    run_cell(
+        "%%scanflow executor prep --workflow main --param rows=3\n"
+        "import argparse; p = argparse.ArgumentParser(); p.add_argument('--rows', type=int)\n"
+        "print('rows', p.parse_args().rows * 2)"
+    )
     run_cell("%%scanflow executor left -w par\nprint('left')")
     run_cell("%%scanflow executor right -w par --retries 1 --timeout 30\nprint('right')")
 
@@ -41,7 +44,7 @@ def test_executor_cell_is_saved_and_registered_and_overwrite_is_reported(run_cel
     assert out.startswith("Overwrote w/a.py")
     saved = yaml.safe_load((app_dir / "scanflow.yaml").read_text())
     assert saved["workflows"][0]["executors"] == [{"name": "a", "file": "w/a.py"}]
-    run_cell("%%scanflow executor b -w w --param lr=0.1 --param on=true -d a --requirements \"numpy scipy\"\nprint(3)")
+    run_cell('%%scanflow executor b -w w --param lr=0.1 --param on=true -d a --requirements "numpy scipy"\nprint(3)')
     b = App.open(app_dir).find("w").executor("b")
     assert b.parameters == {"lr": 0.1, "on": True} and b.depends_on == ["a"]
     assert b.requirements == ["numpy", "scipy"]
@@ -149,10 +152,13 @@ def test_timeout_from_the_magic(run_cell, app_dir):
 def test_load_ext_is_fast_and_imports_nothing_heavy():
     import subprocess
     import sys
-    code = ("import sys, time; from IPython.core.interactiveshell import InteractiveShell; "
-            "sh = InteractiveShell.instance(); sh.run_line_magic('load_ext', 'scanflow_nb'); "
-            "print(sorted(m for m in ('mlflow', 'tensorflow', 'docker', 'modAL', 'sklearn', 'ipywidgets') "
-            "if m in sys.modules))")
+
+    code = (
+        "import sys, time; from IPython.core.interactiveshell import InteractiveShell; "
+        "sh = InteractiveShell.instance(); sh.run_line_magic('load_ext', 'scanflow_nb'); "
+        "print(sorted(m for m in ('mlflow', 'tensorflow', 'docker', 'modAL', 'sklearn', 'ipywidgets') "
+        "if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -1,4 +1,5 @@
 """The planner against a real MLflow Model Registry (the embedded SQLite store)."""
+
 import pytest
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
@@ -25,6 +26,7 @@ def uri(tmp_path_factory):
 
 def test_promote_only_better_models_then_roll_back(uri):
     from mlflow.tracking import MlflowClient
+
     planner = ModelPlanner(uri, "digits", experiment="plan-test")
     weak, worse, strong = trained(60), trained(25), trained(600)
 
@@ -56,12 +58,16 @@ def test_promote_only_better_models_then_roll_back(uri):
 
     logged = planner.decisions()
     assert [(d["action"], d["version"], d["champion"]) for d in logged] == [
-        ("promote", v1, v1), ("keep", v2, v1), ("promote", v3, v3), ("rollback", v3, v1)]
+        ("promote", v1, v1),
+        ("keep", v2, v1),
+        ("promote", v3, v3),
+        ("rollback", v3, v1),
+    ]
     assert logged[1]["score"] == pytest.approx(kept.score) and logged[1]["promoted"] == 0
     run = client.get_run(better.run_id)
     assert run.data.tags["scanflow.reason"] == better.reason and run.data.params["previous"] == str(v1)
 
-    fresh = ModelPlanner(uri, "digits", experiment="plan-test")       # loads from the registry, not memory
+    fresh = ModelPlanner(uri, "digits", experiment="plan-test")  # loads from the registry, not memory
     assert (fresh.load().predict(HOLD_X) == weak.predict(HOLD_X)).all()
 
 
@@ -69,8 +75,9 @@ def test_min_improvement_and_a_lower_is_better_metric(uri):
     def loss(model, X, y):
         return log_loss(y, model.predict_proba(X), labels=model.classes_)
 
-    planner = ModelPlanner(uri, "digits-loss", metric=loss, greater_is_better=False, min_improvement=0.01,
-                           experiment="plan-test")
+    planner = ModelPlanner(
+        uri, "digits-loss", metric=loss, greater_is_better=False, min_improvement=0.01, experiment="plan-test"
+    )
     planner.decide(planner.register(trained(100)), HOLD_X, HOLD_Y)
     same = planner.decide(planner.register(trained(100)), HOLD_X, HOLD_Y)
     assert same.action == "keep" and same.score == pytest.approx(same.champion_score)
@@ -93,12 +100,14 @@ def test_bad_input(uri):
 
 def test_planner_from_a_workflow_spec(tmp_path):
     from scanflow_nb import App, Planner, Workflow
-    app = App(tmp_path / "app", [Workflow("serve", planner=Planner(model="digits-clf", metric="f1_macro")),
-                                 Workflow("bare")])
+
+    app = App(
+        tmp_path / "app", [Workflow("serve", planner=Planner(model="digits-clf", metric="f1_macro")), Workflow("bare")]
+    )
     planner = ModelPlanner.for_workflow(app, "serve")
     assert planner.model_name == "digits-clf" and planner.metric_name == "f1_macro"
     assert planner.experiment == "serve" and planner.tracking_uri == app.tracking_uri("serve")
     v = planner.register(trained(100))
     assert planner.decide(v, HOLD_X, HOLD_Y).promoted and planner.champion() == v
-    bare = ModelPlanner.for_workflow(app, "bare")       # no Planner declared: the defaults, named after it
+    bare = ModelPlanner.for_workflow(app, "bare")  # no Planner declared: the defaults, named after it
     assert bare.model_name == "bare" and bare.metric_name == "accuracy" and bare.alias == "champion"

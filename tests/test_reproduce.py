@@ -1,4 +1,5 @@
 """The reproduction experiment on real digits, with the KS detector (no TensorFlow: quick)."""
+
 import numpy as np
 import pytest
 
@@ -9,8 +10,7 @@ from scanflow_nb.reproduce import CLEAN, SMALL_CORRUPTIONS, reproduce, small_mod
 
 @pytest.fixture(scope="module")
 def result():
-    return reproduce("digits", corruptions=["rotate", "brightness"], detector="ks", small=True, repeats=2,
-                     echo=None)
+    return reproduce("digits", corruptions=["rotate", "brightness"], detector="ks", small=True, repeats=2, echo=None)
 
 
 def test_clean_batch_is_not_drift_and_keeps_the_clean_accuracy(result):
@@ -18,7 +18,7 @@ def test_clean_batch_is_not_drift_and_keeps_the_clean_accuracy(result):
     assert clean.drift is False and clean.p_value > 0.05
     assert clean.labeled == 0 and clean.active is None and clean.random is None
     assert clean.before == pytest.approx(result.clean_accuracy)
-    assert result.clean_accuracy > 0.9            # logistic regression on 300 clean digits
+    assert result.clean_accuracy > 0.9  # logistic regression on 300 clean digits
 
 
 def test_corrupted_batches_are_detected_hurt_accuracy_and_get_k_labels(result):
@@ -30,7 +30,7 @@ def test_corrupted_batches_are_detected_hurt_accuracy_and_get_k_labels(result):
         assert row.before < result.clean_accuracy - 0.05
         assert 0.0 <= row.active <= 1.0 and 0.0 <= row.random <= 1.0
         assert row.gain == pytest.approx(row.active - row.random)
-    assert result.row("rotate").before < 0.6       # rotating 8x8 digits by ~42 degrees breaks the classifier
+    assert result.row("rotate").before < 0.6  # rotating 8x8 digits by ~42 degrees breaks the classifier
 
 
 def test_labels_of_the_corruption_help_and_cost_little_on_clean_data(result):
@@ -55,8 +55,11 @@ def test_summary_and_tables_say_what_the_rows_say(result):
 def test_rst_table_is_valid_restructuredtext(result):
     from docutils.core import publish_doctree
     from docutils.utils import Reporter
-    tree = publish_doctree(result.table("rst"), settings_overrides={"report_level": Reporter.WARNING_LEVEL,
-                                                                     "halt_level": Reporter.WARNING_LEVEL})
+
+    tree = publish_doctree(
+        result.table("rst"),
+        settings_overrides={"report_level": Reporter.WARNING_LEVEL, "halt_level": Reporter.WARNING_LEVEL},
+    )
     rows = list(tree.findall(lambda node: node.tagname == "row"))
     assert len(rows) == 1 + len(result.rows)
     assert rows[2].astext().split("\n")[0] == "rotate"
@@ -65,17 +68,29 @@ def test_rst_table_is_valid_restructuredtext(result):
 def test_same_seed_same_numbers_and_results_logged_to_mlflow(tmp_path, monkeypatch, result):
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow import MlflowClient
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    again = reproduce("digits", corruptions=["rotate", "brightness"], detector="ks", small=True, repeats=2,
-                      echo=None, tracking_uri=uri, experiment="repro")
-    assert [(r.corruption, r.anomalies, r.before, r.active, r.random) for r in again.rows] == \
-        [(r.corruption, r.anomalies, r.before, r.active, r.random) for r in result.rows]
+    again = reproduce(
+        "digits",
+        corruptions=["rotate", "brightness"],
+        detector="ks",
+        small=True,
+        repeats=2,
+        echo=None,
+        tracking_uri=uri,
+        experiment="repro",
+    )
+    assert [(r.corruption, r.anomalies, r.before, r.active, r.random) for r in again.rows] == [
+        (r.corruption, r.anomalies, r.before, r.active, r.random) for r in result.rows
+    ]
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("repro").experiment_id])
     by_name = {r.info.run_name: r for r in runs}
     assert set(by_name) == {"digits/none", "digits/rotate", "digits/brightness"}
     rotate = by_name["digits/rotate"].data
-    assert rotate.params["k"] == "10" and rotate.params["severity"] == "4" and rotate.params["strategy"] == "uncertainty"
+    assert (
+        rotate.params["k"] == "10" and rotate.params["severity"] == "4" and rotate.params["strategy"] == "uncertainty"
+    )
     assert rotate.metrics["accuracy_active"] == pytest.approx(result.row("rotate").active)
     assert "accuracy_active" not in by_name["digits/none"].data.metrics
 
@@ -91,15 +106,18 @@ def test_small_mode_comes_from_the_environment(monkeypatch):
     assert sum(split_sizes(1797, False, "digits").values()) <= 1797
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"dataset": "cifar"}, "unknown dataset 'cifar'"),
-    ({"corruptions": ["rotate", "smudge"]}, "unknown corruption 'smudge'"),
-    ({"k": 0}, "k must be a whole number"),
-    ({"repeats": 1.5}, "repeats must be a whole number"),
-    ({"severity": 6}, "severity runs from 1 to 5, got 6"),
-    ({"severity": 0}, "severity must be a whole number >= 1"),
-    ({"strategy": "random"}, "strategy must be one of: uncertainty, margin, entropy, batch"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"dataset": "cifar"}, "unknown dataset 'cifar'"),
+        ({"corruptions": ["rotate", "smudge"]}, "unknown corruption 'smudge'"),
+        ({"k": 0}, "k must be a whole number"),
+        ({"repeats": 1.5}, "repeats must be a whole number"),
+        ({"severity": 6}, "severity runs from 1 to 5, got 6"),
+        ({"severity": 0}, "severity must be a whole number >= 1"),
+        ({"strategy": "random"}, "strategy must be one of: uncertainty, margin, entropy, batch"),
+    ],
+)
 def test_bad_settings_give_one_clear_error(kwargs, message):
     with pytest.raises(ValidationError, match=message):
         reproduce(**{"detector": "ks", "small": True, "echo": None, **kwargs})

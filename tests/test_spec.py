@@ -1,4 +1,5 @@
 """The pure model: names, validation, order, plain-data round trip, and the run plan."""
+
 import pytest
 
 from scanflow_nb import Executor, ScanflowError, Tracker, Workflow
@@ -31,11 +32,18 @@ def test_executor_needs_something_to_run():
         Executor("a")
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"retries": -1}, "retries"), ({"timeout": 0}, "timeout"), ({"parameters": {"a b": 1}}, "parameter name"),
-    ({"parameters": {"x": [1]}}, "parameter 'x'"), ({"file": "/etc/passwd"}, "inside the app folder"),
-    ({"inputs": ["../data"]}, "inside the app folder"), ({"env": {"1X": "a"}}, "environment variable"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"retries": -1}, "retries"),
+        ({"timeout": 0}, "timeout"),
+        ({"parameters": {"a b": 1}}, "parameter name"),
+        ({"parameters": {"x": [1]}}, "parameter 'x'"),
+        ({"file": "/etc/passwd"}, "inside the app folder"),
+        ({"inputs": ["../data"]}, "inside the app folder"),
+        ({"env": {"1X": "a"}}, "environment variable"),
+    ],
+)
 def test_bad_executor_fields(kw, match):
     with pytest.raises(ScanflowError, match=match):
         ex("a", **kw)
@@ -72,8 +80,12 @@ def test_order_keeps_declaration_order_and_moves_only_what_dependencies_require(
 
 
 def test_round_trip_through_plain_data():
-    wf = Workflow("main", tracker=Tracker(port=5001), executors=[ex("a", parameters={"n": 3}, retries=2)],
-                  workflows=[Workflow("par", parallel=True, executors=[ex("x", depends_on=[]), ex("y")])])
+    wf = Workflow(
+        "main",
+        tracker=Tracker(port=5001),
+        executors=[ex("a", parameters={"n": 3}, retries=2)],
+        workflows=[Workflow("par", parallel=True, executors=[ex("x", depends_on=[]), ex("y")])],
+    )
     data = wf.to_dict()
     assert data["tracker"] == {"port": 5001}
     assert Workflow.from_dict(data) == wf
@@ -83,20 +95,31 @@ def test_round_trip_through_plain_data():
 
 def test_parameters_become_command_line_arguments():
     assert ex("a", parameters={"lr": 0.1, "deep": True, "name": "x"}).command_args() == [
-        "--lr", "0.1", "--deep", "true", "--name", "x"]
+        "--lr",
+        "0.1",
+        "--deep",
+        "true",
+        "--name",
+        "x",
+    ]
 
 
 def nested():
-    return Workflow("main", executors=[ex("a"), ex("b")], workflows=[
-        Workflow("par", parallel=True, executors=[ex("x"), ex("y"), ex("z", depends_on=["x"])]),
-        Workflow("post", executors=[ex("report")])])
+    return Workflow(
+        "main",
+        executors=[ex("a"), ex("b")],
+        workflows=[
+            Workflow("par", parallel=True, executors=[ex("x"), ex("y"), ex("z", depends_on=["x"])]),
+            Workflow("post", executors=[ex("report")]),
+        ],
+    )
 
 
 def test_plan_sequential_chain_parallel_group_and_nesting():
     deps = {t.key: t.deps for t in plan(nested())}
     assert list(deps) == ["main/a", "main/b", "par/x", "par/y", "par/z", "post/report"]
     assert deps["main/b"] == {"main/a"}
-    assert deps["par/x"] == deps["par/y"] == {"main/b"}      # side by side after b
+    assert deps["par/x"] == deps["par/y"] == {"main/b"}  # side by side after b
     assert deps["par/z"] == {"main/b", "par/x"}
     assert deps["post/report"] == {"par/x", "par/y", "par/z"}  # waits for the whole group
 
@@ -119,6 +142,7 @@ def test_empty_workflow_cannot_be_planned():
 
 def test_special_nodes_validate_their_settings():
     from scanflow_nb import Checker, Improver
+
     with pytest.raises(ScanflowError, match="unknown strategy 'best'"):
         Improver(strategy="best")
     with pytest.raises(ScanflowError, match="alpha must be between 0 and 1"):
@@ -131,8 +155,9 @@ def test_an_empty_child_workflow_does_not_break_the_sequential_chain():
     wf = Workflow("m", executors=[ex("a")], workflows=[Workflow("empty"), Workflow("w2", executors=[ex("b")])])
     deps = {t.key: t.deps for t in plan(wf)}
     assert deps["w2/b"] == {"m/a"}
-    par = Workflow("p", parallel=True, executors=[ex("a"), ex("c", depends_on=["hollow"])],
-                   workflows=[Workflow("hollow")])
+    par = Workflow(
+        "p", parallel=True, executors=[ex("a"), ex("c", depends_on=["hollow"])], workflows=[Workflow("hollow")]
+    )
     assert {t.key: t.deps for t in plan(par)}["p/c"] == set()
 
 
@@ -142,9 +167,9 @@ def test_the_nearest_declared_special_applies():
     leaf = Workflow("leaf", executors=[Executor("a", code="pass")])
     mid = Workflow("mid", checker=Checker(detector="ks"), workflows=[leaf])
     root = Workflow("root", tracker=Tracker(port=5005), checker=Checker(), workflows=[mid])
-    assert root.special("leaf", "checker").detector == "ks"          # mid's, nearer than root's
+    assert root.special("leaf", "checker").detector == "ks"  # mid's, nearer than root's
     assert root.special("root", "checker").detector == "autoencoder"
-    assert root.special("leaf", "tracker").port == 5005              # only root declares one
+    assert root.special("leaf", "tracker").port == 5005  # only root declares one
     assert root.special("leaf", "improver") is None
     mid.improver = Improver(k=3)
     assert root.special("leaf", "improver").k == 3 and root.special("root", "improver") is None

@@ -1,4 +1,5 @@
 """Tracker(port=...) starts a real `mlflow server` over the app's store, and stops it cleanly."""
+
 import os
 import socket
 import time
@@ -18,6 +19,7 @@ def free_port():
 @pytest.mark.server
 def test_run_tracked_by_a_real_mlflow_server(app_dir):
     from mlflow.tracking import MlflowClient
+
     port = free_port()
     app = App(app_dir)
     code = "import mlflow, os; mlflow.log_metric('m', 1.5); print(os.environ['MLFLOW_TRACKING_URI'])"
@@ -34,6 +36,7 @@ def test_run_tracked_by_a_real_mlflow_server(app_dir):
     assert embedded.get_run(result.run_id).info.status == "FINISHED"
 
     from scanflow_nb.track.server import _running
+
     server = next(s for s in _running.values() if s.port == port)
     pgid = server.process.pid
     server.stop()

@@ -1,5 +1,6 @@
 """The tutorials: committed clean and openable in Colab and Binder; each runs top to bottom in small-data mode
 (SCANFLOW_SMALL=1, a real kernel through nbclient) and its outputs say what the tutorial promises."""
+
 from __future__ import annotations
 
 import ast
@@ -18,8 +19,13 @@ WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
 def test_the_five_tutorials_exist():
-    assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_containers.ipynb", "03_drift_checker.ipynb",
-                                           "04_labeling.ipynb", "05_reproduction.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == [
+        "01_quickstart.ipynb",
+        "02_containers.ipynb",
+        "03_drift_checker.ipynb",
+        "04_labeling.ipynb",
+        "05_reproduction.ipynb",
+    ]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -46,8 +52,10 @@ def execute(name: str, folder: Path) -> nbformat.NotebookNode:
     shutil.copy(TUTORIALS / name, folder / name)
     nb = nbformat.read(folder / name, as_version=4)
     env = {**os.environ, "SCANFLOW_SMALL": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(folder)}}).execute(env=env)
-    nbformat.write(nb, folder / name)          # kept for a look when an assertion fails
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(folder)}}).execute(
+        env=env
+    )
+    nbformat.write(nb, folder / name)  # kept for a look when an assertion fails
     return nb
 
 
@@ -87,6 +95,7 @@ def ran(tmp_path_factory):
         if name not in cache:
             cache[name] = execute(name, tmp_path_factory.mktemp(Path(name).stem))
         return cache[name]
+
     return run
 
 
@@ -104,13 +113,15 @@ def test_01_quickstart_runs_the_nested_workflow_and_finds_it_in_mlflow(ran):
     tree = text(nb, "tree")
     assert "└── training  (parallel)" in tree and "forest  [succeeded" in tree and "3/3 done" in tree
     runs = text(nb, "mlflow")
-    assert re.search(r"^    training: FINISHED\n        forest: FINISHED accuracy 0\.\d+\n        logistic: FINISHED",
-                     runs, re.M), runs
+    assert re.search(
+        r"^    training: FINISHED\n        forest: FINISHED accuracy 0\.\d+\n        logistic: FINISHED", runs, re.M
+    ), runs
     assert number(r"training/logistic: accuracy (0\.\d+)", runs) > 0.9
     assert number(r"training/forest: accuracy (0\.\d+)", runs) > 0.9
     assert "{'C': '0.5'}" in runs and "{'trees': '50'}" in runs
-    assert text(nb, "rerun").strip() == str({"main/prepare": "cached", "training/logistic": "cached",
-                                             "training/forest": "cached"})
+    assert text(nb, "rerun").strip() == str(
+        {"main/prepare": "cached", "training/logistic": "cached", "training/forest": "cached"}
+    )
     assert "forest: test accuracy" in text(nb, "logs")
 
 
@@ -118,11 +129,15 @@ def test_01_quickstart_runs_the_nested_workflow_and_finds_it_in_mlflow(ran):
 @pytest.mark.docker
 def test_02_containers_runs_on_docker_and_exports_files_that_name_its_images(ran):
     from docker_support import BASE, engine
+
     from scanflow_nb.containers.base import base_image_exists
+
     engine()
     if not os.environ.get("SCANFLOW_BASE_IMAGE") and not base_image_exists(BASE):
-        pytest.skip(f"needs the local base image {BASE} (`make machine` builds it) or SCANFLOW_BASE_IMAGE: "
-                    "no registry is reachable to pull python:3.11-slim")
+        pytest.skip(
+            f"needs the local base image {BASE} (`make machine` builds it) or SCANFLOW_BASE_IMAGE: "
+            "no registry is reachable to pull python:3.11-slim"
+        )
     nb = ran("02_containers.ipynb")
     statuses = text(nb, "statuses")
     assert "status: succeeded on docker" in statuses
@@ -133,8 +148,11 @@ def test_02_containers_runs_on_docker_and_exports_files_that_name_its_images(ran
     assert [key for key, _ in tags] == ["main/prepare", "training/logistic", "training/forest"]
     assert "COPY code/training/forest.py" in images and "RUN python -m pip install" in images
     exported = text(nb, "export")
-    for kind in ("compose: exports/docker-compose.yml", "stack: exports/docker-stack.yml",
-                 "k8s: exports/kubernetes.yaml"):
+    for kind in (
+        "compose: exports/docker-compose.yml",
+        "stack: exports/docker-stack.yml",
+        "k8s: exports/kubernetes.yaml",
+    ):
         assert kind in exported
     assert "Job/main-training-forest" in exported
     compose = text(nb, "compose")
@@ -143,6 +161,7 @@ def test_02_containers_runs_on_docker_and_exports_files_that_name_its_images(ran
     assert "condition: service_completed_successfully" in compose
     assert re.search(r"docker-compose config: valid|docker-compose is not installed", text(nb, "validate"))
     from scanflow_nb.run.docker import leftovers
+
     app_dir = Path(re.search(r"app (\S+)", text(nb, "declare")).group(1))
     assert leftovers(app_dir) == [], "the run removed its containers and network"
 
@@ -197,8 +216,12 @@ def test_05_reproduction_reports_detection_and_accuracies(ran):
     rows = dict(re.findall(r"^(\w+)\s+(yes|no) \(", table, re.M))
     assert rows == {"none": "no", "rotate": "yes", "stripe": "yes", "shot_noise": "yes", "brightness": "yes"}
     for name in ("rotate", "stripe", "shot_noise", "brightness"):
-        before, active, random = (float(x) for x in re.search(
-            rf"^{name}\s+yes \([^)]*\)\s+\d+\s+10\s+(0\.\d+)\s+(0\.\d+)\s+(0\.\d+)", table, re.M).groups())
+        before, active, random = (
+            float(x)
+            for x in re.search(
+                rf"^{name}\s+yes \([^)]*\)\s+\d+\s+10\s+(0\.\d+)\s+(0\.\d+)\s+(0\.\d+)", table, re.M
+            ).groups()
+        )
         assert before < number(r"clean test accuracy (0\.\d+)", table)
         assert 0 < active <= 1 and 0 < random <= 1
     assert shows(nb, "plot", "image/png") == 1

@@ -7,6 +7,7 @@
 
 TensorFlow, MLflow and scipy are imported only when a detector trains, scores or logs.
 """
+
 from .autoencoder import AutoencoderDetector
 from .base import KINDS, Detector, DetectorInputError, NotFittedError, make_detector
 from .ks import KSDetector
@@ -15,7 +16,22 @@ from .result import DriftResult
 from .tracking import check_runs, load_detector, load_reference, log_batch, log_detector, log_reference
 from .watcher import CheckRecord, Watcher
 
-__all__ = ["AutoencoderDetector", "CheckRecord", "Detector", "DetectorInputError", "DriftResult", "KSDetector",
-           "KINDS", "MMDDetector", "NotFittedError", "Watcher", "check_runs", "load_detector", "load_reference", "log_batch",
-           "log_detector", "log_reference", "make_detector"]
-
+__all__ = [
+    "AutoencoderDetector",
+    "CheckRecord",
+    "Detector",
+    "DetectorInputError",
+    "DriftResult",
+    "KSDetector",
+    "KINDS",
+    "MMDDetector",
+    "NotFittedError",
+    "Watcher",
+    "check_runs",
+    "load_detector",
+    "load_reference",
+    "log_batch",
+    "log_detector",
+    "log_reference",
+    "make_detector",
+]

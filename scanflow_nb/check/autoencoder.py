@@ -12,12 +12,14 @@ The batch p-value is the Bonferroni-corrected minimum over the evidence used, so
 positive rate stays at most `alpha` whatever the dependence between them. Per-sample scores are
 reconstruction errors; the threshold is their (1 - alpha) quantile on the held-out reference.
 """
+
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,17 +43,33 @@ class AutoencoderDetector(Detector):
     kind = "autoencoder"
     min_reference = 20
 
-    def __init__(self, alpha: float = 0.05, seed: int = 0, architecture: str = "auto", code_size: int = 8,
-                 epochs: int = 100, max_seconds: float = 60.0, holdout: float = 0.3,
-                 evidence: Sequence[str] = EVIDENCE, permutations: int = 500, max_reference: int = 300,
-                 max_ks_reference: int = 5000, batch_size: int = 32, learning_rate: float = 1e-3) -> None:
+    def __init__(
+        self,
+        alpha: float = 0.05,
+        seed: int = 0,
+        architecture: str = "auto",
+        code_size: int = 8,
+        epochs: int = 100,
+        max_seconds: float = 60.0,
+        holdout: float = 0.3,
+        evidence: Sequence[str] = EVIDENCE,
+        permutations: int = 500,
+        max_reference: int = 300,
+        max_ks_reference: int = 5000,
+        batch_size: int = 32,
+        learning_rate: float = 1e-3,
+    ) -> None:
         super().__init__(alpha, seed)
         if architecture not in ARCHITECTURES:
-            raise ValidationError(f"AutoencoderDetector: architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+            raise ValidationError(
+                f"AutoencoderDetector: architecture must be one of {ARCHITECTURES}, got {architecture!r}"
+            )
         evidence = (evidence,) if isinstance(evidence, str) else tuple(evidence)
         unknown = [e for e in evidence if e not in EVIDENCE]
         if not evidence or unknown:
-            raise ValidationError(f"AutoencoderDetector: evidence must be a non-empty subset of {EVIDENCE}, got {evidence!r}")
+            raise ValidationError(
+                f"AutoencoderDetector: evidence must be a non-empty subset of {EVIDENCE}, got {evidence!r}"
+            )
         if not 0.05 <= holdout <= 0.8:
             raise ValidationError(f"AutoencoderDetector: holdout must be a fraction from 0.05 to 0.8, got {holdout!r}")
         for name, value in (("code_size", code_size), ("epochs", epochs), ("batch_size", batch_size)):
@@ -61,18 +79,31 @@ class AutoencoderDetector(Detector):
             raise ValidationError(f"AutoencoderDetector: max_seconds must be positive, got {max_seconds!r}")
         self.architecture, self.code_size, self.epochs = architecture, code_size, epochs
         self.max_seconds, self.holdout, self.evidence = float(max_seconds), float(holdout), evidence
-        self.permutations, self.max_reference, self.max_ks_reference = int(permutations), int(max_reference), int(max_ks_reference)
+        self.permutations, self.max_reference, self.max_ks_reference = (
+            int(permutations),
+            int(max_reference),
+            int(max_ks_reference),
+        )
         self.batch_size, self.learning_rate = batch_size, float(learning_rate)
         self.model_ = self.encoder_ = None
         self.training_seconds_ = 0.0
         self.epochs_run_ = 0
 
     def params(self) -> dict[str, Any]:
-        return {**super().params(), "architecture": self.architecture, "code_size": self.code_size,
-                "epochs": self.epochs, "max_seconds": self.max_seconds, "holdout": self.holdout,
-                "evidence": list(self.evidence), "permutations": self.permutations,
-                "max_reference": self.max_reference, "max_ks_reference": self.max_ks_reference,
-                "batch_size": self.batch_size, "learning_rate": self.learning_rate}
+        return {
+            **super().params(),
+            "architecture": self.architecture,
+            "code_size": self.code_size,
+            "epochs": self.epochs,
+            "max_seconds": self.max_seconds,
+            "holdout": self.holdout,
+            "evidence": list(self.evidence),
+            "permutations": self.permutations,
+            "max_reference": self.max_reference,
+            "max_ks_reference": self.max_ks_reference,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+        }
 
     # -- shapes and scaling ---------------------------------------------------------------------
     def _conv(self) -> bool:
@@ -91,9 +122,13 @@ class AutoencoderDetector(Detector):
 
     # -- training ---------------------------------------------------------------------------------
     def _fit(self, X: np.ndarray) -> None:
-        if self.architecture == "conv" and not (len(self.input_shape_) in (2, 3) and self.input_shape_[0] == self.input_shape_[1]):
-            raise ValidationError(f"AutoencoderDetector: architecture='conv' needs square images, got samples "
-                                  f"of shape {self.input_shape_}")
+        if self.architecture == "conv" and not (
+            len(self.input_shape_) in (2, 3) and self.input_shape_[0] == self.input_shape_[1]
+        ):
+            raise ValidationError(
+                f"AutoencoderDetector: architecture='conv' needs square images, got samples "
+                f"of shape {self.input_shape_}"
+            )
         rng = np.random.default_rng(self.seed)
         order = rng.permutation(len(X))
         n_hold = max(10, int(round(self.holdout * len(X))))
@@ -161,8 +196,15 @@ class AutoencoderDetector(Detector):
             model = self._build(Xs.shape[1:])
             model.compile(optimizer=keras.optimizers.Adam(self.learning_rate), loss="mse")
             started = time.monotonic()
-            model.fit(Xs, Xs, epochs=self.epochs, batch_size=self.batch_size, shuffle=True, verbose=0,
-                      callbacks=[TimeBudget()])
+            model.fit(
+                Xs,
+                Xs,
+                epochs=self.epochs,
+                batch_size=self.batch_size,
+                shuffle=True,
+                verbose=0,
+                callbacks=[TimeBudget()],
+            )
             self.training_seconds_ = time.monotonic() - started
         finally:
             np.random.set_state(saved[0])
@@ -179,7 +221,7 @@ class AutoencoderDetector(Detector):
     def _errors_and_codes(self, Xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         errors, codes = [], []
         for start in range(0, len(Xs), 1024):
-            chunk = Xs[start:start + 1024]
+            chunk = Xs[start : start + 1024]
             recon = np.asarray(self.model_(chunk, training=False))
             errors.append(((recon - chunk) ** 2).reshape(len(chunk), -1).mean(axis=1))
             codes.append(np.asarray(self.encoder_(chunk, training=False)))
@@ -198,8 +240,9 @@ class AutoencoderDetector(Detector):
 
             tests["error"] = float(mannwhitneyu(errors, self.ref_errors_, alternative="greater").pvalue)
         if "code" in self.evidence:
-            tests["code"] = mmd_permutation_test(self.ref_codes_, codes, self.code_bandwidth_, self.permutations,
-                                                 np.random.default_rng(self.seed))[1]
+            tests["code"] = mmd_permutation_test(
+                self.ref_codes_, codes, self.code_bandwidth_, self.permutations, np.random.default_rng(self.seed)
+            )[1]
         if "input" in self.evidence:
             tests["input"] = bonferroni(ks_per_feature(self.ref_inputs_, X.reshape(len(X), -1))[1])
         score = float(errors.mean() / max(self.ref_errors_.mean(), 1e-12))
@@ -207,13 +250,24 @@ class AutoencoderDetector(Detector):
 
     # -- persistence ---------------------------------------------------------------------------------
     def _state(self) -> dict[str, np.ndarray]:
-        return {"mean": np.asarray(self.mean_), "scale": np.asarray(self.scale_), "holdout": self.holdout_,
-                "ref_errors": self.ref_errors_, "ref_codes": self.ref_codes_, "ref_inputs": self.ref_inputs_,
-                "code_bandwidth": np.array(self.code_bandwidth_), "threshold": np.array(self.threshold_)}
+        return {
+            "mean": np.asarray(self.mean_),
+            "scale": np.asarray(self.scale_),
+            "holdout": self.holdout_,
+            "ref_errors": self.ref_errors_,
+            "ref_codes": self.ref_codes_,
+            "ref_inputs": self.ref_inputs_,
+            "code_bandwidth": np.array(self.code_bandwidth_),
+            "threshold": np.array(self.threshold_),
+        }
 
     def _restore(self, state: dict[str, np.ndarray]) -> None:
         self.mean_, self.scale_, self.holdout_ = state["mean"], state["scale"], state["holdout"]
-        self.ref_errors_, self.ref_codes_, self.ref_inputs_ = state["ref_errors"], state["ref_codes"], state["ref_inputs"]
+        self.ref_errors_, self.ref_codes_, self.ref_inputs_ = (
+            state["ref_errors"],
+            state["ref_codes"],
+            state["ref_inputs"],
+        )
         self.code_bandwidth_, self.threshold_ = float(state["code_bandwidth"]), float(state["threshold"])
 
     def _save_extra(self, folder: Path) -> None:

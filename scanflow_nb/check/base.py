@@ -4,6 +4,7 @@ Every detector: `fit(X_reference) -> self`, `score(X_batch) -> DriftResult`, `sa
 `Detector.load(path)`. Inputs are numpy arrays of shape (n, ...) - tables, images, anything -
 flattened to (n, features) where a detector needs it. Bad input raises DetectorInputError.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,7 +49,7 @@ class Detector:
         self.input_shape_: tuple[int, ...] | None = None
 
     # -- the contract ------------------------------------------------------------------------
-    def fit(self, X_reference: Any) -> "Detector":
+    def fit(self, X_reference: Any) -> Detector:
         """Learn what normal data looks like from `X_reference` (n, ...). Returns self."""
         X = self._check(X_reference, "reference", fitting=True)
         self.input_shape_ = tuple(X.shape[1:])
@@ -81,14 +82,19 @@ class Detector:
         if arr.ndim == 1:
             arr = arr[:, None]
         if not fitting and tuple(arr.shape[1:]) != self.input_shape_:
-            raise DetectorInputError(f"{name}: the {what} has samples of shape {tuple(arr.shape[1:])}, "
-                                     f"the reference had {self.input_shape_}")
+            raise DetectorInputError(
+                f"{name}: the {what} has samples of shape {tuple(arr.shape[1:])}, the reference had {self.input_shape_}"
+            )
         if not np.isfinite(arr).all():
             bad = np.flatnonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1))
-            raise DetectorInputError(f"{name}: the {what} contains NaN or infinite values "
-                                     f"(samples {', '.join(map(str, bad[:5]))}{'...' if len(bad) > 5 else ''})")
+            raise DetectorInputError(
+                f"{name}: the {what} contains NaN or infinite values "
+                f"(samples {', '.join(map(str, bad[:5]))}{'...' if len(bad) > 5 else ''})"
+            )
         if fitting and len(arr) < self.min_reference:
-            raise DetectorInputError(f"{name}: the reference needs at least {self.min_reference} samples, got {len(arr)}")
+            raise DetectorInputError(
+                f"{name}: the reference needs at least {self.min_reference} samples, got {len(arr)}"
+            )
         return arr
 
     # -- persistence ------------------------------------------------------------------------
@@ -106,7 +112,7 @@ class Detector:
         return folder
 
     @staticmethod
-    def load(path: str | Path) -> "Detector":
+    def load(path: str | Path) -> Detector:
         """A detector saved by `save` (any kind)."""
         folder = Path(path)
         meta_file = folder / "detector.json"
@@ -146,7 +152,6 @@ class Detector:
 
     def _restore(self, state: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
-
 
 
 def detector_class(kind: str) -> type[Detector]:

@@ -1,4 +1,5 @@
 """Per-feature Kolmogorov-Smirnov drift detector: the simple baseline for tables and small images."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -44,12 +45,17 @@ class KSDetector(Detector):
     def _score(self, X: np.ndarray) -> DriftResult:
         flat = as_rows(X)
         stat, p = ks_per_feature(self.reference_, flat)
-        return DriftResult.build(bonferroni(p), stat.max(), self._sample_scores(flat), self.threshold_, self.alpha,
-                                 {"ks": bonferroni(p)})
+        return DriftResult.build(
+            bonferroni(p), stat.max(), self._sample_scores(flat), self.threshold_, self.alpha, {"ks": bonferroni(p)}
+        )
 
     def _state(self) -> dict[str, np.ndarray]:
-        return {"reference": self.reference_, "mean": self.mean_, "scale": self.scale_,
-                "threshold": np.array(self.threshold_)}
+        return {
+            "reference": self.reference_,
+            "mean": self.mean_,
+            "scale": self.scale_,
+            "threshold": np.array(self.threshold_),
+        }
 
     def _restore(self, state: dict[str, np.ndarray]) -> None:
         self.reference_, self.mean_, self.scale_ = state["reference"], state["mean"], state["scale"]

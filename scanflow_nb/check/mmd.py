@@ -1,4 +1,5 @@
 """Maximum mean discrepancy drift detector (permutation test), on raw inputs or autoencoder codes."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,15 @@ class MMDDetector(Detector):
 
     kind = "mmd"
 
-    def __init__(self, alpha: float = 0.05, seed: int = 0, on: str = "raw", permutations: int = 500,
-                 max_reference: int = 300, autoencoder: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        alpha: float = 0.05,
+        seed: int = 0,
+        on: str = "raw",
+        permutations: int = 500,
+        max_reference: int = 300,
+        autoencoder: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(alpha, seed)
         if on not in ("raw", "code"):
             raise ValidationError(f"MMDDetector: on must be 'raw' or 'code', got {on!r}")
@@ -36,8 +44,13 @@ class MMDDetector(Detector):
         self.encoder_ = None
 
     def params(self) -> dict[str, Any]:
-        return {**super().params(), "on": self.on, "permutations": self.permutations,
-                "max_reference": self.max_reference, "autoencoder": self.autoencoder}
+        return {
+            **super().params(),
+            "on": self.on,
+            "permutations": self.permutations,
+            "max_reference": self.max_reference,
+            "autoencoder": self.autoencoder,
+        }
 
     def _features(self, X: np.ndarray) -> np.ndarray:
         return self.encoder_.encode(X) if self.encoder_ is not None else as_rows(X)
@@ -60,18 +73,22 @@ class MMDDetector(Detector):
         from scipy.spatial.distance import cdist
 
         ref = self.reference_
-        kernel = np.exp(-cdist(ref, ref, "sqeuclidean") / (2.0 * self.bandwidth_ ** 2))
+        kernel = np.exp(-cdist(ref, ref, "sqeuclidean") / (2.0 * self.bandwidth_**2))
         return 1.0 - (kernel.sum(axis=1) - 1.0) / max(len(ref) - 1, 1)
 
     def _score(self, X: np.ndarray) -> DriftResult:
         feats = self._features(X)
-        mmd2, p, similarity = mmd_permutation_test(self.reference_, feats, self.bandwidth_, self.permutations,
-                                                   np.random.default_rng(self.seed))
+        mmd2, p, similarity = mmd_permutation_test(
+            self.reference_, feats, self.bandwidth_, self.permutations, np.random.default_rng(self.seed)
+        )
         return DriftResult.build(p, mmd2, 1.0 - similarity, self.threshold_, self.alpha, {f"mmd_{self.on}": p})
 
     def _state(self) -> dict[str, np.ndarray]:
-        return {"reference": self.reference_, "bandwidth": np.array(self.bandwidth_),
-                "threshold": np.array(self.threshold_)}
+        return {
+            "reference": self.reference_,
+            "bandwidth": np.array(self.bandwidth_),
+            "threshold": np.array(self.threshold_),
+        }
 
     def _restore(self, state: dict[str, np.ndarray]) -> None:
         self.reference_ = state["reference"]

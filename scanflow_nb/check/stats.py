@@ -1,4 +1,5 @@
 """Two-sample tests the detectors share (scipy and numpy do the arithmetic)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,8 +15,9 @@ def median_bandwidth(X: np.ndarray, rng: np.random.Generator, sample: int = 500)
     return float(np.median(positive)) if len(positive) else 1.0
 
 
-def mmd_permutation_test(reference: np.ndarray, batch: np.ndarray, bandwidth: float,
-                         permutations: int, rng: np.random.Generator) -> tuple[float, float, np.ndarray]:
+def mmd_permutation_test(
+    reference: np.ndarray, batch: np.ndarray, bandwidth: float, permutations: int, rng: np.random.Generator
+) -> tuple[float, float, np.ndarray]:
     """Gaussian-kernel MMD² between two samples and its permutation p-value.
 
     Returns (mmd2, p_value, similarity) where `similarity` is each batch sample's mean kernel
@@ -25,7 +27,7 @@ def mmd_permutation_test(reference: np.ndarray, batch: np.ndarray, bandwidth: fl
 
     pooled = np.concatenate([reference, batch])
     m, n = len(reference), len(batch)
-    kernel = np.exp(-cdist(pooled, pooled, "sqeuclidean") / (2.0 * bandwidth ** 2))
+    kernel = np.exp(-cdist(pooled, pooled, "sqeuclidean") / (2.0 * bandwidth**2))
     weights = np.concatenate([np.full(m, -1.0 / m), np.full(n, 1.0 / n)])
     shuffled = np.stack([rng.permutation(weights) for _ in range(permutations)], axis=1)
     all_weights = np.concatenate([weights[:, None], shuffled], axis=1)

@@ -7,6 +7,7 @@ reference logged to the workflow's experiment (`log_reference`).
 A fitted detector is kept in `<app>/.scanflow/checker/<workflow>/` together with a fingerprint of
 its kind, alpha and reference data, so a restarted kernel reuses it instead of training again.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -68,8 +69,12 @@ def start_checker(app, workflow: str, every: float | None = None, reference: str
     if running is not None and running.running and running.status()["state"] != "stopping":
         return running
     spec = _checker_spec(app, workflow)
-    watcher = Watcher(app.tracking_uri(workflow), app.experiment_name(workflow),
-                      fitted_detector(app, workflow, reference), every=every or spec.every)
+    watcher = Watcher(
+        app.tracking_uri(workflow),
+        app.experiment_name(workflow),
+        fitted_detector(app, workflow, reference),
+        every=every or spec.every,
+    )
     if running is not None:
         running.stop()
     _WATCHERS[key] = watcher.start()

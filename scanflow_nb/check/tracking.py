@@ -16,6 +16,7 @@ Reference data: a run tagged `scanflow.reference = "true"` with the artifact
 `reference/reference.npy` (`log_reference`); the newest one is the reference of the experiment.
 Detectors: `log_detector` stores a saved detector under the artifact folder `detector/`.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -67,8 +68,14 @@ def _new_or_given_run(client, exp_id: str, run_id: str | None, run_name: str | N
     return client.create_run(exp_id, run_name=run_name, tags=dict(tags or {})).info.run_id, True
 
 
-def log_batch(X: Any, tracking_uri: str, experiment: str, run_id: str | None = None, run_name: str | None = None,
-              tags: dict[str, str] | None = None) -> str:
+def log_batch(
+    X: Any,
+    tracking_uri: str,
+    experiment: str,
+    run_id: str | None = None,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> str:
     """Log the inference batch `X` (n, ...) for checking; returns the batch run id.
 
     With `run_id`, the batch is attached to that existing run (e.g. the inference run itself);
@@ -108,19 +115,30 @@ def load_reference(tracking_uri: str, experiment: str) -> tuple[np.ndarray, str]
     """The newest reference data logged for `experiment` and the id of its run."""
     client = client_for(tracking_uri)
     found = client.get_experiment_by_name(experiment)
-    runs = [] if found is None else client.search_runs(
-        [found.experiment_id], f"tags.`{REFERENCE_TAG}` = 'true'", order_by=["attributes.start_time DESC"], max_results=1)
+    runs = (
+        []
+        if found is None
+        else client.search_runs(
+            [found.experiment_id],
+            f"tags.`{REFERENCE_TAG}` = 'true'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+    )
     if not runs:
-        raise NotFoundError(f"no reference data logged in experiment {experiment!r}: "
-                            "call scanflow_nb.check.log_reference(X, tracking_uri, experiment) first")
+        raise NotFoundError(
+            f"no reference data logged in experiment {experiment!r}: "
+            "call scanflow_nb.check.log_reference(X, tracking_uri, experiment) first"
+        )
     return download_npy(client, runs[0].info.run_id, REFERENCE_ARTIFACT), runs[0].info.run_id
 
 
 def log_detector(detector, tracking_uri: str, experiment: str, run_id: str | None = None) -> str:
     """Save a fitted detector as the artifact folder `detector/` of a run; returns the run id."""
     client = client_for(tracking_uri)
-    run_id, created = _new_or_given_run(client, experiment_id(client, experiment), run_id, f"detector-{detector.kind}",
-                                        None)
+    run_id, created = _new_or_given_run(
+        client, experiment_id(client, experiment), run_id, f"detector-{detector.kind}", None
+    )
     with tempfile.TemporaryDirectory() as tmp:
         detector.save(Path(tmp) / "detector")
         client.log_artifacts(run_id, str(Path(tmp) / "detector"), artifact_path="detector")
@@ -144,8 +162,14 @@ def load_detector(tracking_uri: str, run_id: str):
         return Detector.load(local)
 
 
-def log_check(client, exp_id: str, batch_run_id: str, result: DriftResult | None, error: str | None = None,
-              extra_tags: dict[str, str] | None = None) -> str:
+def log_check(
+    client,
+    exp_id: str,
+    batch_run_id: str,
+    result: DriftResult | None,
+    error: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+) -> str:
     """Log one batch's check result (or why it could not be checked), then mark the batch checked."""
     tags = {CHECK_TAG: "true", BATCH_RUN_TAG: batch_run_id, PARENT_TAG: batch_run_id, **(extra_tags or {})}
     if error is not None:
@@ -170,8 +194,9 @@ def check_runs(tracking_uri: str, experiment: str) -> list:
 def _search_all(client, exp_id: str, filter_string: str) -> list:
     runs, token = [], None
     while True:
-        page = client.search_runs([exp_id], filter_string, order_by=["attributes.start_time ASC"], max_results=1000,
-                                  page_token=token)
+        page = client.search_runs(
+            [exp_id], filter_string, order_by=["attributes.start_time ASC"], max_results=1000, page_token=token
+        )
         runs.extend(page)
         token = page.token
         if not token:

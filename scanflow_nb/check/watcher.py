@@ -13,14 +13,16 @@ One watcher per experiment at a time: two watchers on one experiment could check
 `start()` sets MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false unless it is set: progress bars drawn
 from a background thread would land in whatever notebook cell happens to be running.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ScanflowError, ValidationError
 from . import tracking as tr
@@ -36,10 +38,10 @@ class CheckRecord:
 
     batch_run_id: str
     check_run_id: str
-    result: DriftResult | None      # None when the batch could not be scored
+    result: DriftResult | None  # None when the batch could not be scored
     error: str | None
-    checked_at: float               # time.time() when the result was complete in MLflow
-    delay: float | None             # seconds from the batch being logged to its result being complete
+    checked_at: float  # time.time() when the result was complete in MLflow
+    delay: float | None  # seconds from the batch being logged to its result being complete
 
 
 class Watcher:
@@ -50,9 +52,17 @@ class Watcher:
     `on_error(message)` for outages and failures; a failing callback is logged, never fatal.
     """
 
-    def __init__(self, tracking_uri: str, experiment: str, detector, every: float = 5.0, max_backoff: float = 30.0,
-                 on_result: Callable | None = None, on_drift: Callable | None = None,
-                 on_error: Callable | None = None) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        detector,
+        every: float = 5.0,
+        max_backoff: float = 30.0,
+        on_result: Callable | None = None,
+        on_drift: Callable | None = None,
+        on_error: Callable | None = None,
+    ) -> None:
         if not getattr(detector, "fitted", False):
             raise ValidationError("the watcher needs a fitted detector: call detector.fit(X_reference) first")
         if isinstance(every, bool) or not isinstance(every, (int, float)) or not every > 0:
@@ -88,7 +98,7 @@ class Watcher:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self) -> "Watcher":
+    def start(self) -> Watcher:
         """Start the background thread (no-op if it is running)."""
         if self.running:
             if not self._stop.is_set():
@@ -119,12 +129,20 @@ class Watcher:
         """Plain-data snapshot: state, counts, last poll, last error, outages."""
         with self._lock:
             drifts = sum(1 for r in self.records if r.result is not None and r.result.is_drift)
-            return {"state": self._state if self.running or self._state == "crashed" else "stopped",
-                    "experiment": self.experiment, "tracking_uri": self.tracking_uri, "every": self.every,
-                    "detector": type(self.detector).__name__, "polls": self._polls, "checked": len(self.records),
-                    "drifts": drifts, "failed": sum(1 for r in self.records if r.error),
-                    "last_poll": self._last_poll, "last_error": self.errors[-1] if self.errors else None,
-                    "outages": [dict(o) for o in self.outages]}
+            return {
+                "state": self._state if self.running or self._state == "crashed" else "stopped",
+                "experiment": self.experiment,
+                "tracking_uri": self.tracking_uri,
+                "every": self.every,
+                "detector": type(self.detector).__name__,
+                "polls": self._polls,
+                "checked": len(self.records),
+                "drifts": drifts,
+                "failed": sum(1 for r in self.records if r.error),
+                "last_poll": self._last_poll,
+                "last_error": self.errors[-1] if self.errors else None,
+                "outages": [dict(o) for o in self.outages],
+            }
 
     # -- the work -------------------------------------------------------------------------------
     def poll(self) -> list[CheckRecord]:
@@ -142,8 +160,9 @@ class Watcher:
             self._client = tr.client_for(self.tracking_uri)
         if self._exp_id is None:
             self._exp_id = tr.experiment_id(self._client, self.experiment)
-        pending = tr._search_all(self._client, self._exp_id,
-                                 f"tags.`{tr.BATCH_TAG}` = 'true' and tags.`{tr.CHECKED_TAG}` IS NULL")
+        pending = tr._search_all(
+            self._client, self._exp_id, f"tags.`{tr.BATCH_TAG}` = 'true' and tags.`{tr.CHECKED_TAG}` IS NULL"
+        )
         if self._outage_start is not None:
             self._end_outage()
         new = []
@@ -181,7 +200,9 @@ class Watcher:
         extra = {}
         if self.outages and not self.outages[-1].get("reported") and self.outages[-1].get("end"):
             o = self.outages[-1]
-            extra[tr.OUTAGE_TAG] = f"{o['end'] - o['start']:.1f} s unreachable until {time.ctime(o['end'])}: {o['error']}"
+            extra[tr.OUTAGE_TAG] = (
+                f"{o['end'] - o['start']:.1f} s unreachable until {time.ctime(o['end'])}: {o['error']}"
+            )
         check_id = tr.log_check(client, self._exp_id, batch_id, result, error, extra)
         if extra:
             self.outages[-1]["reported"] = True

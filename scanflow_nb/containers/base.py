@@ -3,14 +3,15 @@
 For air-gapped machines (and this project's tests) where `python:3.11-slim` cannot be pulled.
 The image mirrors that one's habits: `python` and `pip` on PATH, installs allowed (a venv at /opt/venv).
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import ScanflowError
 from .docker_client import client
@@ -47,6 +48,7 @@ def apt_mirror(sources: Path = Path("/etc/apt")) -> str:
 
 def base_image_exists(tag: str = DEFAULT_BASE_TAG) -> bool:
     import docker.errors
+
     try:
         client().images.get(tag)
         return True
@@ -54,8 +56,13 @@ def base_image_exists(tag: str = DEFAULT_BASE_TAG) -> bool:
         return False
 
 
-def build_base_image(tag: str = DEFAULT_BASE_TAG, suite: str = "bookworm", mirror: str | None = None,
-                     force: bool = False, echo: Callable[[str], None] = print) -> str:
+def build_base_image(
+    tag: str = DEFAULT_BASE_TAG,
+    suite: str = "bookworm",
+    mirror: str | None = None,
+    force: bool = False,
+    echo: Callable[[str], None] = print,
+) -> str:
     """Build (or reuse, unless `force`) a Debian `suite` Python image tagged `tag`; return the tag.
 
     Needs root and `debootstrap` on the host, and a reachable Debian mirror (apt's own by default).
@@ -70,8 +77,11 @@ def build_base_image(tag: str = DEFAULT_BASE_TAG, suite: str = "bookworm", mirro
     mirror = mirror or apt_mirror()
     with tempfile.TemporaryDirectory(prefix="scanflow-base-") as tmp:
         rootfs = Path(tmp, "rootfs")
-        _stream(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", suite, str(rootfs), mirror],
-                echo, "debootstrap")
+        _stream(
+            ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", suite, str(rootfs), mirror],
+            echo,
+            "debootstrap",
+        )
         _stream(["chroot", str(rootfs), "python3", "-m", "venv", VENV], echo, "creating the venv")
         shutil.rmtree(rootfs / "var/cache/apt/archives", ignore_errors=True)
         (rootfs / "var/cache/apt/archives/partial").mkdir(parents=True)
@@ -79,8 +89,7 @@ def build_base_image(tag: str = DEFAULT_BASE_TAG, suite: str = "bookworm", mirro
         _stream(["tar", "-C", str(rootfs), "-cf", str(archive), "."], echo, "tar")
         repository, _, version = tag.rpartition(":") if ":" in tag.split("/")[-1] else (tag, "", "latest")
         echo(f"importing {archive.stat().st_size // 2**20} MB as {tag}")
-        client().api.import_image_from_file(str(archive), repository=repository, tag=version,
-                                            changes=list(_CHANGES))
+        client().api.import_image_from_file(str(archive), repository=repository, tag=version, changes=list(_CHANGES))
     echo(f"base image {tag} ready")
     return tag
 

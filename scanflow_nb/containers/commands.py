@@ -1,4 +1,5 @@
 """`scanflow base-image` and `scanflow export` for the command line (cli.py adds them to its parser)."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,12 +7,14 @@ import argparse
 
 def cmd_base_image(args) -> int:
     from .base import build_base_image
+
     print(build_base_image(args.tag, suite=args.suite, mirror=args.mirror, force=args.force))
     return 0
 
 
 def cmd_export(args, load_app) -> int:
     from .export import export
+
     app = load_app(args)
     print(f"wrote {export(app, args.workflow, args.kind, args.output, base_image=args.base_image)}")
     return 0
@@ -20,6 +23,7 @@ def cmd_export(args, load_app) -> int:
 def add_commands(sub: argparse._SubParsersAction, load_app) -> None:
     """Register `base-image` and `export`; `load_app(args)` opens the app the way cli.py does."""
     from .base import DEFAULT_BASE_TAG
+
     base = sub.add_parser("base-image", help="build a Python base image without a registry (debootstrap)")
     base.add_argument("--tag", default=DEFAULT_BASE_TAG)
     base.add_argument("--suite", default="bookworm")

@@ -1,4 +1,5 @@
 """The Docker engine connection, with one clear error when no engine answers."""
+
 from __future__ import annotations
 
 import functools
@@ -6,13 +7,16 @@ import os
 
 from ..errors import BackendUnavailable
 
-HOW_TO_START = ("start one (`sudo dockerd` or `systemctl start docker`; this project's .ci/docker.sh "
-                "installs and starts it) or run with --backend local")
+HOW_TO_START = (
+    "start one (`sudo dockerd` or `systemctl start docker`; this project's .ci/docker.sh "
+    "installs and starts it) or run with --backend local"
+)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached_client(docker_host: str | None):
     import docker
+
     return docker.from_env(timeout=300)
 
 
@@ -21,7 +25,9 @@ def client():
     try:
         import docker  # noqa: F401
     except ImportError:
-        raise BackendUnavailable("the docker back end needs the docker SDK: pip install 'scanflow_nb[docker]'") from None
+        raise BackendUnavailable(
+            "the docker back end needs the docker SDK: pip install 'scanflow_nb[docker]'"
+        ) from None
     try:
         c = _cached_client(os.environ.get("DOCKER_HOST"))
         c.ping()

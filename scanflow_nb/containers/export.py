@@ -10,13 +10,15 @@ Retries and timeouts are part of each executor's command. Executors log to the t
 workflow's experiment, one run per executor (no kernel creates the nested parent runs here).
 A deployment is meant to run once: deploy again after a new export, or with fresh volumes.
 """
+
 from __future__ import annotations
 
 import json
 import shlex
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .. import sources
 from ..errors import RunError, ValidationError
@@ -34,11 +36,13 @@ TRACKER, PORT = "tracker", 5000
 
 def ensure_experiment_script(base_url: str, experiment: str) -> str:
     """Python one-liner: exit 0 once the tracker answers and `experiment` exists (created if missing)."""
-    return ("import json, urllib.request as u, urllib.error as e, urllib.parse as p\n"
-            f"b = {base_url + '/api/2.0/mlflow/experiments/'!r}; n = {experiment!r}\n"
-            "try: u.urlopen(b + 'get-by-name?' + p.urlencode({'experiment_name': n}), timeout=3)\n"
-            "except e.HTTPError: u.urlopen(u.Request(b + 'create', json.dumps({'name': n}).encode(),"
-            " {'Content-Type': 'application/json'}), timeout=3)\n")
+    return (
+        "import json, urllib.request as u, urllib.error as e, urllib.parse as p\n"
+        f"b = {base_url + '/api/2.0/mlflow/experiments/'!r}; n = {experiment!r}\n"
+        "try: u.urlopen(b + 'get-by-name?' + p.urlencode({'experiment_name': n}), timeout=3)\n"
+        "except e.HTTPError: u.urlopen(u.Request(b + 'create', json.dumps({'name': n}).encode(),"
+        " {'Content-Type': 'application/json'}), timeout=3)\n"
+    )
 
 
 def direct_deps(tasks: list[Task]) -> dict[str, list[str]]:
@@ -53,15 +57,21 @@ def direct_deps(tasks: list[Task]) -> dict[str, list[str]]:
                 seen.add(k)
                 todo.extend(deps[k])
         return seen
-    return {k: sorted(d for d in ds if not any(d in ancestors(o) for o in ds if o != d))
-            for k, ds in deps.items()}
+
+    return {k: sorted(d for d in ds if not any(d in ancestors(o) for o in ds if o != d)) for k, ds in deps.items()}
 
 
 class Exporter:
     """Builds the images of a workflow and writes compose, stack or Kubernetes files for it."""
 
-    def __init__(self, app_dir: Path, workflow: Workflow, experiment: str | None = None,
-                 builder: ImageBuilder | None = None, echo: Callable[[str], None] = print):
+    def __init__(
+        self,
+        app_dir: Path,
+        workflow: Workflow,
+        experiment: str | None = None,
+        builder: ImageBuilder | None = None,
+        echo: Callable[[str], None] = print,
+    ):
         self.app_dir, self.workflow = Path(app_dir), workflow
         self.experiment = experiment or workflow.name
         self.builder = builder or ImageBuilder(echo=echo)
@@ -86,11 +96,14 @@ class Exporter:
         if kind not in KINDS:
             raise ValidationError(f"unknown export kind {kind!r}: choose one of {', '.join(KINDS)}")
         self.build_images()
-        if kind == "k8s":   # Kubernetes expands $(VAR) in commands and env; $$ keeps a literal $
+        if kind == "k8s":  # Kubernetes expands $(VAR) in commands and env; $$ keeps a literal $
             docs = _escape(self.kubernetes(), lambda text: text.replace("$(", "$$("))
-        else:               # compose and stack files interpolate $VAR; $$ keeps a literal $
-            docs = _escape([self.compose() if kind == "compose" else self.stack()], lambda text: text.replace("$", "$$"))
+        else:  # compose and stack files interpolate $VAR; $$ keeps a literal $
+            docs = _escape(
+                [self.compose() if kind == "compose" else self.stack()], lambda text: text.replace("$", "$$")
+            )
         import yaml
+
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         path = out / KINDS[kind]
@@ -99,9 +112,16 @@ class Exporter:
 
     # -- shared pieces -------------------------------------------------------------------------
     def _env(self, task: Task, tracker_url: str) -> dict[str, str]:
-        return {**task.executor.env, "MLFLOW_TRACKING_URI": tracker_url, "MLFLOW_EXPERIMENT_NAME": self.experiment,
-                "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": df.CODE_DIR, "PYTHONUNBUFFERED": "1",
-                "SCANFLOW_WORKFLOW": task.workflow, "SCANFLOW_EXECUTOR": task.executor.name}
+        return {
+            **task.executor.env,
+            "MLFLOW_TRACKING_URI": tracker_url,
+            "MLFLOW_EXPERIMENT_NAME": self.experiment,
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "PYTHONPATH": df.CODE_DIR,
+            "PYTHONUNBUFFERED": "1",
+            "SCANFLOW_WORKFLOW": task.workflow,
+            "SCANFLOW_EXECUTOR": task.executor.name,
+        }
 
     def _program(self, task: Task) -> list[str]:
         code = sources.executor_code(self.app_dir, task.workflow, task.executor)
@@ -123,13 +143,17 @@ class Exporter:
         """Shell command: wait for the tracker and the prerequisites' markers, run, leave a marker."""
         done = f"{df.WORKSPACE}/{STATE_DIR}/done/{self.export_id}"
         me = f"{done}/{self.names[task.key]}"
-        lines = [f"mkdir -p {done}",
-                 f"until python -c {shlex.quote(ensure_experiment_script(tracker_url, self.experiment))} "
-                 "2>/dev/null; do sleep 2; done"]
+        lines = [
+            f"mkdir -p {done}",
+            f"until python -c {shlex.quote(ensure_experiment_script(tracker_url, self.experiment))} "
+            "2>/dev/null; do sleep 2; done",
+        ]
         for dep in self.deps[task.key]:
             marker = f"{done}/{self.names[dep]}"
-            lines.append(f"until [ -e {marker}.ok ]; do [ -e {marker}.failed ] && "
-                         f"{{ echo 'upstream {dep} failed'; touch {me}.failed; exit 1; }}; sleep 2; done")
+            lines.append(
+                f"until [ -e {marker}.ok ]; do [ -e {marker}.failed ] && "
+                f"{{ echo 'upstream {dep} failed'; touch {me}.failed; exit 1; }}; sleep 2; done"
+            )
         lines.append(f"if ( {self._attempts(task)} ); then touch {me}.ok; else touch {me}.failed; exit 1; fi")
         return ["sh", "-c", "\n".join(lines)]
 
@@ -139,29 +163,43 @@ class Exporter:
     # -- docker-compose ------------------------------------------------------------------------
     def _tracker_service(self) -> dict[str, Any]:
         check = ensure_experiment_script(f"http://127.0.0.1:{PORT}", self.experiment)
-        return {"image": self.tracker_image, "command": self._tracker_command(TRACKER),
-                "environment": dict(SERVER_ENV),
-                "volumes": ["tracker-data:/data"], "networks": ["scanflow"],
-                "healthcheck": {"test": ["CMD", "python", "-c", check], "interval": "3s", "timeout": "5s",
-                                "retries": 40, "start_period": "5s"},
-                "labels": {LABEL_WORKFLOW: self.workflow.name}}
+        return {
+            "image": self.tracker_image,
+            "command": self._tracker_command(TRACKER),
+            "environment": dict(SERVER_ENV),
+            "volumes": ["tracker-data:/data"],
+            "networks": ["scanflow"],
+            "healthcheck": {
+                "test": ["CMD", "python", "-c", check],
+                "interval": "3s",
+                "timeout": "5s",
+                "retries": 40,
+                "start_period": "5s",
+            },
+            "labels": {LABEL_WORKFLOW: self.workflow.name},
+        }
 
     def compose(self) -> dict[str, Any]:
         services: dict[str, Any] = {TRACKER: self._tracker_service()}
         url = f"http://{TRACKER}:{PORT}"
         for task in self.tasks:
             depends = {TRACKER: {"condition": "service_healthy"}}
-            depends.update({self.names[d]: {"condition": "service_completed_successfully"}
-                            for d in self.deps[task.key]})
+            depends.update(
+                {self.names[d]: {"condition": "service_completed_successfully"} for d in self.deps[task.key]}
+            )
             plain = not (task.executor.retries or task.executor.timeout)
             services[self.names[task.key]] = {
                 "image": self.images[task.key],
                 "command": self._program(task) if plain else ["sh", "-c", self._attempts(task)],
-                "working_dir": df.WORKSPACE, "environment": self._env(task, url),
-                "volumes": [f"workspace:{df.WORKSPACE}"], "networks": ["scanflow"], "depends_on": depends,
-                "restart": "no", "labels": {LABEL_WORKFLOW: task.workflow, "scanflow.key": task.key}}
-        return {"services": services, "networks": {"scanflow": {}},
-                "volumes": {"workspace": {}, "tracker-data": {}}}
+                "working_dir": df.WORKSPACE,
+                "environment": self._env(task, url),
+                "volumes": [f"workspace:{df.WORKSPACE}"],
+                "networks": ["scanflow"],
+                "depends_on": depends,
+                "restart": "no",
+                "labels": {LABEL_WORKFLOW: task.workflow, "scanflow.key": task.key},
+            }
+        return {"services": services, "networks": {"scanflow": {}}, "volumes": {"workspace": {}, "tracker-data": {}}}
 
     # -- docker stack (swarm) ------------------------------------------------------------------
     def stack(self) -> dict[str, Any]:
@@ -171,63 +209,126 @@ class Exporter:
         url = f"http://{TRACKER}:{PORT}"
         for task in self.tasks:
             services[self.names[task.key]] = {
-                "image": self.images[task.key], "command": self._gated(task, url), "working_dir": df.WORKSPACE,
-                "environment": self._env(task, url), "volumes": [f"workspace:{df.WORKSPACE}"],
+                "image": self.images[task.key],
+                "command": self._gated(task, url),
+                "working_dir": df.WORKSPACE,
+                "environment": self._env(task, url),
+                "volumes": [f"workspace:{df.WORKSPACE}"],
                 "networks": ["scanflow"],
                 "deploy": {"restart_policy": {"condition": "none"}, "endpoint_mode": "dnsrr"},
-                "labels": {LABEL_WORKFLOW: task.workflow, "scanflow.key": task.key}}
-        return {"version": "3.8", "services": services,
-                "networks": {"scanflow": {"driver": "overlay", "attachable": True}},
-                "volumes": {"workspace": {}, "tracker-data": {}}}
+                "labels": {LABEL_WORKFLOW: task.workflow, "scanflow.key": task.key},
+            }
+        return {
+            "version": "3.8",
+            "services": services,
+            "networks": {"scanflow": {"driver": "overlay", "attachable": True}},
+            "volumes": {"workspace": {}, "tracker-data": {}},
+        }
 
     # -- Kubernetes ------------------------------------------------------------------------------
     def _labels(self, component: str, **extra: str) -> dict[str, str]:
-        return {"app.kubernetes.io/name": "scanflow", "app.kubernetes.io/part-of": self.prefix,
-                "app.kubernetes.io/component": component, **extra}
+        return {
+            "app.kubernetes.io/name": "scanflow",
+            "app.kubernetes.io/part-of": self.prefix,
+            "app.kubernetes.io/component": component,
+            **extra,
+        }
 
     def _pvc(self, name: str) -> dict[str, Any]:
-        return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                "metadata": {"name": name, "labels": self._labels("storage")},
-                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
+        return {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "labels": self._labels("storage")},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+        }
 
     def kubernetes(self) -> list[dict[str, Any]]:
-        tracker, workspace, data = (f"{self.prefix}-{TRACKER}", f"{self.prefix}-workspace",
-                                    f"{self.prefix}-tracker-data")
+        tracker, workspace, data = (
+            f"{self.prefix}-{TRACKER}",
+            f"{self.prefix}-workspace",
+            f"{self.prefix}-tracker-data",
+        )
         security = {"runAsUser": df.UID, "runAsGroup": df.UID, "fsGroup": df.UID, "runAsNonRoot": True}
         selector = {"app.kubernetes.io/part-of": self.prefix, "app.kubernetes.io/component": TRACKER}
         docs: list[dict[str, Any]] = [self._pvc(workspace), self._pvc(data)]
-        docs.append({"apiVersion": "apps/v1", "kind": "Deployment",
-                     "metadata": {"name": tracker, "labels": self._labels(TRACKER)},
-                     "spec": {"replicas": 1, "selector": {"matchLabels": selector},
-                              "template": {"metadata": {"labels": self._labels(TRACKER)}, "spec": {
-                                  "securityContext": security,
-                                  "containers": [{
-                                      "name": "mlflow", "image": self.tracker_image, "imagePullPolicy": "IfNotPresent",
-                                      "command": self._tracker_command(tracker),
-                                      "env": [{"name": k, "value": v} for k, v in SERVER_ENV.items()],
-                                      "ports": [{"containerPort": PORT, "name": "http"}],
-                                      "readinessProbe": {"tcpSocket": {"port": PORT}, "periodSeconds": 3},
-                                      "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
-                                  "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": data}}]}}}})
-        docs.append({"apiVersion": "v1", "kind": "Service",
-                     "metadata": {"name": tracker, "labels": self._labels(TRACKER)},
-                     "spec": {"selector": selector, "ports": [{"name": "http", "port": PORT, "targetPort": PORT}]}})
+        docs.append(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": tracker, "labels": self._labels(TRACKER)},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": selector},
+                    "template": {
+                        "metadata": {"labels": self._labels(TRACKER)},
+                        "spec": {
+                            "securityContext": security,
+                            "containers": [
+                                {
+                                    "name": "mlflow",
+                                    "image": self.tracker_image,
+                                    "imagePullPolicy": "IfNotPresent",
+                                    "command": self._tracker_command(tracker),
+                                    "env": [{"name": k, "value": v} for k, v in SERVER_ENV.items()],
+                                    "ports": [{"containerPort": PORT, "name": "http"}],
+                                    "readinessProbe": {"tcpSocket": {"port": PORT}, "periodSeconds": 3},
+                                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                                }
+                            ],
+                            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": data}}],
+                        },
+                    },
+                },
+            }
+        )
+        docs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": tracker, "labels": self._labels(TRACKER)},
+                "spec": {"selector": selector, "ports": [{"name": "http", "port": PORT, "targetPort": PORT}]},
+            }
+        )
         url = f"http://{tracker}:{PORT}"
         for task in self.tasks:
             name = k8s_name(self.prefix, self.names[task.key])
             labels = self._labels("executor", **{"scanflow.io/executor": self.names[task.key]})
-            docs.append({"apiVersion": "batch/v1", "kind": "Job",
-                         "metadata": {"name": name, "labels": labels,
-                                      "annotations": {"scanflow.io/key": task.key,
-                                                      "scanflow.io/after": json.dumps(self.deps[task.key])}},
-                         "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": labels}, "spec": {
-                             "restartPolicy": "Never", "securityContext": security,
-                             "containers": [{
-                                 "name": "executor", "image": self.images[task.key], "imagePullPolicy": "IfNotPresent",
-                                 "command": self._gated(task, url), "workingDir": df.WORKSPACE,
-                                 "env": [{"name": k, "value": v} for k, v in self._env(task, url).items()],
-                                 "volumeMounts": [{"name": "workspace", "mountPath": df.WORKSPACE}]}],
-                             "volumes": [{"name": "workspace", "persistentVolumeClaim": {"claimName": workspace}}]}}}})
+            docs.append(
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "metadata": {
+                        "name": name,
+                        "labels": labels,
+                        "annotations": {
+                            "scanflow.io/key": task.key,
+                            "scanflow.io/after": json.dumps(self.deps[task.key]),
+                        },
+                    },
+                    "spec": {
+                        "backoffLimit": 0,
+                        "template": {
+                            "metadata": {"labels": labels},
+                            "spec": {
+                                "restartPolicy": "Never",
+                                "securityContext": security,
+                                "containers": [
+                                    {
+                                        "name": "executor",
+                                        "image": self.images[task.key],
+                                        "imagePullPolicy": "IfNotPresent",
+                                        "command": self._gated(task, url),
+                                        "workingDir": df.WORKSPACE,
+                                        "env": [{"name": k, "value": v} for k, v in self._env(task, url).items()],
+                                        "volumeMounts": [{"name": "workspace", "mountPath": df.WORKSPACE}],
+                                    }
+                                ],
+                                "volumes": [{"name": "workspace", "persistentVolumeClaim": {"claimName": workspace}}],
+                            },
+                        },
+                    },
+                }
+            )
         return docs
 
 
@@ -241,8 +342,14 @@ def _escape(value: Any, fix: Callable[[str], str]) -> Any:
     return value
 
 
-def export(app: Any, workflow: str, kind: str, out_dir: str | Path, base_image: str | None = None,
-           echo: Callable[[str], None] = print) -> Path:
+def export(
+    app: Any,
+    workflow: str,
+    kind: str,
+    out_dir: str | Path,
+    base_image: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> Path:
     """Build `workflow`'s images and write its `kind` ("compose", "stack" or "k8s") file into `out_dir`."""
     wf = app.find(workflow)
     builder = ImageBuilder(base_image, echo=echo)

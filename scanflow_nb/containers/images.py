@@ -4,6 +4,7 @@ A tag is the hash of everything that goes into the image (base image id, Dockerf
 requirements, code): an unchanged executor is found by tag and not rebuilt, and Docker's layer cache
 reuses the dependency layer when only the code changed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -11,9 +12,9 @@ import io
 import os
 import tarfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .. import sources
 from ..errors import NotFoundError, ScanflowError
@@ -41,6 +42,7 @@ def default_base_image() -> str:
 
 def mlflow_version() -> str:
     from importlib.metadata import version
+
     return version("mlflow")
 
 
@@ -49,7 +51,7 @@ class BuildContext:
     """One image's Dockerfile and files; `tag` is derived from their content."""
 
     repository: str
-    dockerfile: str | None = None              # generated Dockerfile text (None: `files` has a Dockerfile)
+    dockerfile: str | None = None  # generated Dockerfile text (None: `files` has a Dockerfile)
     dockerfile_path: str = "Dockerfile"
     files: dict[str, bytes] = field(default_factory=dict)
     base_id: str = ""
@@ -104,13 +106,16 @@ class ImageBuilder:
         if self._pip is None:
             self._pip = host_pip_settings()
             if self._pip.skipped:
-                self.echo(f"note: pip sources on host paths are not reachable inside a build and are left out "
-                          f"({', '.join(self._pip.skipped)}); builds use the other indexes (PyPI by default)")
+                self.echo(
+                    f"note: pip sources on host paths are not reachable inside a build and are left out "
+                    f"({', '.join(self._pip.skipped)}); builds use the other indexes (PyPI by default)"
+                )
         return self._pip
 
     # -- contexts ----------------------------------------------------------------------------
     def _base_id(self) -> str:
         import docker.errors
+
         try:
             return client().images.get(self.base_image).id
         except docker.errors.ImageNotFound:
@@ -142,14 +147,19 @@ class ImageBuilder:
         if code:
             files["code/" + code[0]] = code[1]
             code_files.append(code[0])
-        return BuildContext(repository, df.executor_dockerfile(self.base_image, self.pip, code_files),
-                            files=files, base_id=self._base_id())
+        return BuildContext(
+            repository,
+            df.executor_dockerfile(self.base_image, self.pip, code_files),
+            files=files,
+            base_id=self._base_id(),
+        )
 
     def tracker_context(self) -> BuildContext:
         files = self._pip_files()
         files[df.REQUIREMENTS] = f"mlflow=={mlflow_version()}\n".encode()
-        return BuildContext("scanflow/tracker", df.tracker_dockerfile(self.base_image, self.pip),
-                            files=files, base_id=self._base_id())
+        return BuildContext(
+            "scanflow/tracker", df.tracker_dockerfile(self.base_image, self.pip), files=files, base_id=self._base_id()
+        )
 
     # -- builds ------------------------------------------------------------------------------
     def executor_image(self, app_dir: Path, workflow: str, executor: Executor) -> str:
@@ -164,6 +174,7 @@ class ImageBuilder:
 
     def build(self, ctx: BuildContext, what: str) -> str:
         import docker.errors
+
         tag = ctx.tag
         with self._lock:
             try:
@@ -175,15 +186,29 @@ class ImageBuilder:
             self.echo(f"[build {what}] building {tag} from {self.base_image}")
             tail: list[str] = []
             try:
-                stream = client().api.build(fileobj=ctx.tar(), custom_context=True, dockerfile=ctx.dockerfile_path,
-                                            tag=tag, rm=True, forcerm=True, decode=True,
-                                            labels={"scanflow.image": what})
+                stream = client().api.build(
+                    fileobj=ctx.tar(),
+                    custom_context=True,
+                    dockerfile=ctx.dockerfile_path,
+                    tag=tag,
+                    rm=True,
+                    forcerm=True,
+                    decode=True,
+                    labels={"scanflow.image": what},
+                )
                 for chunk in stream:
                     if "error" in chunk:
-                        hint = (f"; without a registry, build a base image with `scanflow base-image` and set "
-                                f"SCANFLOW_BASE_IMAGE={DEFAULT_BASE_TAG}" if tail[-1:] and " FROM " in tail[-1] else "")
-                        raise ImageBuildError(f"building the image of {what} failed: {chunk['error'].strip()}"
-                                              + (f" (last output: {' | '.join(tail[-3:])})" if tail else "") + hint)
+                        hint = (
+                            f"; without a registry, build a base image with `scanflow base-image` and set "
+                            f"SCANFLOW_BASE_IMAGE={DEFAULT_BASE_TAG}"
+                            if tail[-1:] and " FROM " in tail[-1]
+                            else ""
+                        )
+                        raise ImageBuildError(
+                            f"building the image of {what} failed: {chunk['error'].strip()}"
+                            + (f" (last output: {' | '.join(tail[-3:])})" if tail else "")
+                            + hint
+                        )
                     for line in (chunk.get("stream") or "").splitlines():
                         if line.strip():
                             tail = (tail + [line.strip()])[-10:]
@@ -194,6 +219,7 @@ class ImageBuilder:
 
     def _existing(self, image: str, name: str) -> str:
         import docker.errors
+
         try:
             client().images.get(image)
         except docker.errors.ImageNotFound:
@@ -201,6 +227,8 @@ class ImageBuilder:
                 self.echo(f"[build {name}] pulling {image}")
                 client().images.pull(image)
             except docker.errors.APIError as exc:
-                raise ImageBuildError(f"executor {name!r}: image {image!r} is not on this engine and "
-                                      f"cannot be pulled ({exc.explanation or exc})") from None
+                raise ImageBuildError(
+                    f"executor {name!r}: image {image!r} is not on this engine and "
+                    f"cannot be pulled ({exc.explanation or exc})"
+                ) from None
         return image

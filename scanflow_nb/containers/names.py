@@ -3,12 +3,13 @@
 Workflow and executor names allow upper case and '_' (see spec.NAME_RULE); Docker image names and
 Kubernetes object names do not, so they are converted here, and conversions that collide are refused.
 """
+
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from ..errors import ValidationError
 
@@ -17,8 +18,10 @@ _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 # Docker's reference grammar: [host[:port]/]path[:tag][@digest], path components lower case.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOMAIN = r"(?:localhost|[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)+|[a-zA-Z0-9.-]+:[0-9]+)(?::[0-9]+)?"
-_IMAGE_REF = re.compile(rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*"
-                        r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?")
+_IMAGE_REF = re.compile(
+    rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
+)
 
 
 def app_id(app_dir: str | Path) -> str:
@@ -29,8 +32,10 @@ def app_id(app_dir: str | Path) -> str:
 def check_image_ref(ref: str, what: str = "image") -> str:
     """Return `ref` if Docker accepts it as an image reference, else raise ValidationError."""
     if not isinstance(ref, str) or not _IMAGE_REF.fullmatch(ref):
-        raise ValidationError(f"invalid {what} name {ref!r}: Docker image names are lower case "
-                              "letters, digits and separators (. _ -), with an optional :tag")
+        raise ValidationError(
+            f"invalid {what} name {ref!r}: Docker image names are lower case "
+            "letters, digits and separators (. _ -), with an optional :tag"
+        )
     return ref
 
 
@@ -43,7 +48,7 @@ def shorten(name: str, limit: int = 63) -> str:
     """`name` cut to `limit` characters, kept unique by a hash of the whole name."""
     if len(name) <= limit:
         return name
-    return name[:limit - 9].rstrip("-") + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return name[: limit - 9].rstrip("-") + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
 
 
 def k8s_name(*parts: str) -> str:
@@ -52,8 +57,7 @@ def k8s_name(*parts: str) -> str:
     name = re.sub(r"-+", "-", name).strip("-")
     name = shorten(name)
     if not _DNS_LABEL.fullmatch(name):
-        raise ValidationError(f"cannot make a Kubernetes name from {'-'.join(parts)!r}: "
-                              "use letters, digits and '-'")
+        raise ValidationError(f"cannot make a Kubernetes name from {'-'.join(parts)!r}: use letters, digits and '-'")
     return name
 
 
@@ -64,8 +68,10 @@ def unique_names(keys: Iterable[str], convert) -> dict[str, str]:
     for key in keys:
         name = convert(key)
         if name in seen:
-            raise ValidationError(f"{seen[name]!r} and {key!r} both become {name!r} in Docker/Kubernetes "
-                                  "names (lower case, '_' as '-'): rename one")
+            raise ValidationError(
+                f"{seen[name]!r} and {key!r} both become {name!r} in Docker/Kubernetes "
+                "names (lower case, '_' as '-'): rename one"
+            )
         seen[name] = key
         out[key] = name
     return out

@@ -8,6 +8,7 @@ context as a pip.conf and a CA bundle file.
 Local `file://` indexes and find-links folders are host paths a build cannot see: they are left out,
 and `PipSettings.skipped` says which, so the build log can tell the user.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,8 +49,13 @@ class PipSettings:
 def _pip_config() -> dict[str, str]:
     """`pip config list` as {key without scope: value}; later scopes (user, site, env) win."""
     try:
-        out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True,
-                             text=True, timeout=60, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}).stdout
+        out = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "list"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
     values: dict[str, str] = {}
@@ -78,8 +84,14 @@ def host_pip_settings(environ: dict[str, str] | None = None) -> PipSettings:
     index = reachable(shlex.split(get("index-url") or ""))
     extras = reachable(shlex.split(get("extra-index-url") or ""))
     skipped.extend(shlex.split(get("find-links") or ""))
-    cert = next((c for c in (get("cert"), env.get("SSL_CERT_FILE"), env.get("REQUESTS_CA_BUNDLE"))
-                 if c and Path(c).is_file()), None)
-    return PipSettings(index_url=index[0] if index else None, extra_index_urls=tuple(extras),
-                       trusted_hosts=tuple(shlex.split(get("trusted-host") or "")),
-                       cert=Path(cert) if cert else None, skipped=tuple(skipped))
+    cert = next(
+        (c for c in (get("cert"), env.get("SSL_CERT_FILE"), env.get("REQUESTS_CA_BUNDLE")) if c and Path(c).is_file()),
+        None,
+    )
+    return PipSettings(
+        index_url=index[0] if index else None,
+        extra_index_urls=tuple(extras),
+        trusted_hosts=tuple(shlex.split(get("trusted-host") or "")),
+        cert=Path(cert) if cert else None,
+        skipped=tuple(skipped),
+    )

@@ -4,6 +4,7 @@
 `load_fashion_mnist()` download through Keras and raise a ScanflowError when offline.
 `corrupt(images, name, severity, seed)` applies one of the 15 corruptions in `CORRUPTIONS`.
 """
+
 from .corruptions import CORRUPTIONS, corrupt
 from .loaders import load_digits, load_fashion_mnist, load_mnist
 

@@ -4,9 +4,10 @@ Each works on square grey images of any side length in [0, 1]: spatial amounts (
 length, stripe width...) are given for 28x28 images and scaled to the actual side, never below
 one pixel. `severity` runs from 1 (mild) to 5 (strong). The same `seed` gives the same output.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -105,7 +106,7 @@ def stripe(img, sev, rng: Rng):
     width = _px((2, 3, 4, 5, 6)[sev - 1], side)
     start = int(rng.integers(side // 4, max(side // 4 + 1, 3 * side // 4 - width + 1)))
     out = img.copy()
-    out[:, start:start + width] = 1.0 - out[:, start:start + width]
+    out[:, start : start + width] = 1.0 - out[:, start : start + width]
     return out
 
 
@@ -163,8 +164,25 @@ def canny_edges(img, sev, rng: Rng):
 
 
 _FUNCTIONS: dict[str, Callable[[np.ndarray, int, Rng], np.ndarray]] = {
-    f.__name__: f for f in (shot_noise, impulse_noise, glass_blur, motion_blur, shear, scale, rotate, brightness,
-                            translate, stripe, fog, spatter, dotted_line, zigzag, canny_edges)}
+    f.__name__: f
+    for f in (
+        shot_noise,
+        impulse_noise,
+        glass_blur,
+        motion_blur,
+        shear,
+        scale,
+        rotate,
+        brightness,
+        translate,
+        stripe,
+        fog,
+        spatter,
+        dotted_line,
+        zigzag,
+        canny_edges,
+    )
+}
 CORRUPTIONS: tuple[str, ...] = tuple(_FUNCTIONS)
 
 

@@ -1,4 +1,5 @@
 """Loaders returning square grey images scaled to [0, 1] (float32, shape (n, side, side)) and labels."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,7 +33,8 @@ def _keras(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     except Exception as exc:  # network errors come in many types (URLError, OSError, ...)
         raise DatasetUnavailable(
             f"could not load {name} through Keras (it is downloaded on first use; offline?): "
-            f"{type(exc).__name__}: {exc}") from None
+            f"{type(exc).__name__}: {exc}"
+        ) from None
     images, labels = (x_train, y_train) if split == "train" else (x_test, y_test)
     return (images / 255.0).astype(np.float32), labels.astype(np.int64)
 

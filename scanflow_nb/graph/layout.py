@@ -5,9 +5,11 @@ no sequence edges, so dot lays its children side by side. Sequential order is dr
 edges, `depends_on` as solid black ones. Tracker, checker, improver and planner are small nodes
 at the top of their workflow's cluster. Node colours and labels follow the executor states.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import graphviz
 
@@ -15,10 +17,22 @@ from .. import events as ev
 from ..spec import Executor, Workflow
 from .status import ExecutorStatus, as_statuses
 
-FILL = {ev.PENDING: "#ffffff", ev.RUNNING: "#fff3a8", ev.CACHED: "#d7e3f4", ev.SUCCEEDED: "#b7e4b0",
-        ev.FAILED: "#f4a6a0", ev.SKIPPED: "#eeeeee"}
-BORDER = {ev.PENDING: "#888888", ev.RUNNING: "#c9a400", ev.CACHED: "#5b7fb3", ev.SUCCEEDED: "#3a8f2f",
-          ev.FAILED: "#b8322a", ev.SKIPPED: "#aaaaaa"}
+FILL = {
+    ev.PENDING: "#ffffff",
+    ev.RUNNING: "#fff3a8",
+    ev.CACHED: "#d7e3f4",
+    ev.SUCCEEDED: "#b7e4b0",
+    ev.FAILED: "#f4a6a0",
+    ev.SKIPPED: "#eeeeee",
+}
+BORDER = {
+    ev.PENDING: "#888888",
+    ev.RUNNING: "#c9a400",
+    ev.CACHED: "#5b7fb3",
+    ev.SUCCEEDED: "#3a8f2f",
+    ev.FAILED: "#b8322a",
+    ev.SKIPPED: "#aaaaaa",
+}
 CLUSTER_FILL = ("#f7f9fc", "#ffffff")
 SPECIAL_SHAPES = {"tracker": "cylinder", "checker": "hexagon", "improver": "house", "planner": "component"}
 FONT = "Helvetica"
@@ -29,11 +43,25 @@ def to_digraph(workflow: Workflow, states: Mapping[str, Any] | None = None) -> g
     statuses = as_statuses(states)
     graph = graphviz.Digraph(
         name=workflow.name,
-        graph_attr={"rankdir": "TB", "compound": "true", "nodesep": "0.25", "ranksep": "0.35",
-                    "fontname": FONT, "fontsize": "11", "tooltip": workflow.name},
-        node_attr={"shape": "box", "style": "rounded,filled", "fontname": FONT, "fontsize": "10",
-                   "margin": "0.12,0.04", "height": "0.3"},
-        edge_attr={"arrowsize": "0.6", "color": "#333333"})
+        graph_attr={
+            "rankdir": "TB",
+            "compound": "true",
+            "nodesep": "0.25",
+            "ranksep": "0.35",
+            "fontname": FONT,
+            "fontsize": "11",
+            "tooltip": workflow.name,
+        },
+        node_attr={
+            "shape": "box",
+            "style": "rounded,filled",
+            "fontname": FONT,
+            "fontsize": "10",
+            "margin": "0.12,0.04",
+            "height": "0.3",
+        },
+        edge_attr={"arrowsize": "0.6", "color": "#333333"},
+    )
     edges: list[tuple[str, str, dict[str, str]]] = []
     _add_workflow(graph, workflow, statuses, edges, depth=0)
     for tail, head, attrs in edges:
@@ -47,13 +75,19 @@ def node_id(workflow: Workflow, child: Executor | Workflow | str) -> str:
     return f"{workflow.name}/{name}" if isinstance(child, Executor) else f"{workflow.name}#{name}"
 
 
-def _add_workflow(parent: graphviz.Digraph, wf: Workflow, statuses: dict[str, ExecutorStatus],
-                  edges: list, depth: int) -> None:
+def _add_workflow(
+    parent: graphviz.Digraph, wf: Workflow, statuses: dict[str, ExecutorStatus], edges: list, depth: int
+) -> None:
     with parent.subgraph(name=f"cluster_{wf.name}") as cluster:
-        cluster.attr(label=wf.name + ("  (parallel)" if wf.parallel else ""), labeljust="l",
-                     style="rounded,dashed,filled" if wf.parallel else "rounded,filled",
-                     fillcolor=CLUSTER_FILL[depth % 2], color="#7a8699", id=f"cluster-{wf.name}",
-                     **{"class": "sf-workflow" + (" sf-parallel" if wf.parallel else "")})
+        cluster.attr(
+            label=wf.name + ("  (parallel)" if wf.parallel else ""),
+            labeljust="l",
+            style="rounded,dashed,filled" if wf.parallel else "rounded,filled",
+            fillcolor=CLUSTER_FILL[depth % 2],
+            color="#7a8699",
+            id=f"cluster-{wf.name}",
+            **{"class": "sf-workflow" + (" sf-parallel" if wf.parallel else "")},
+        )
         _add_specials(cluster, wf, edges)
         for ex in wf.executors:
             _add_executor(cluster, wf, ex, statuses.get(f"{wf.name}/{ex.name}", ExecutorStatus()))
@@ -62,19 +96,31 @@ def _add_workflow(parent: graphviz.Digraph, wf: Workflow, statuses: dict[str, Ex
         for child in wf.workflows:
             _add_workflow(cluster, child, statuses, edges, depth + 1)
         if not wf.children():
-            cluster.node(node_id(wf, "empty"), "no executors yet", shape="plaintext", style="",
-                         fontcolor="#888888", **{"class": "sf-empty"})
+            cluster.node(
+                node_id(wf, "empty"),
+                "no executors yet",
+                shape="plaintext",
+                style="",
+                fontcolor="#888888",
+                **{"class": "sf-empty"},
+            )
     _add_order_edges(wf, edges)
 
 
 def _add_executor(cluster: graphviz.Digraph, wf: Workflow, ex: Executor, status: ExecutorStatus) -> None:
     key = f"{wf.name}/{ex.name}"
     tooltip = ", ".join(f"{k}={v}" for k, v in ex.parameters.items()) or "no parameters"
-    cluster.node(key, f"{ex.name}\n{status.describe()}", fillcolor=FILL[status.state],
-                 color=BORDER[status.state], penwidth="2" if status.state == ev.RUNNING else "1",
-                 style="rounded,filled,dashed" if status.state == ev.SKIPPED else "rounded,filled",
-                 tooltip=f"{key}: {tooltip}", id=f"sf-{key}",
-                 **{"class": f"sf-executor sf-{status.state}"})
+    cluster.node(
+        key,
+        f"{ex.name}\n{status.describe()}",
+        fillcolor=FILL[status.state],
+        color=BORDER[status.state],
+        penwidth="2" if status.state == ev.RUNNING else "1",
+        style="rounded,filled,dashed" if status.state == ev.SKIPPED else "rounded,filled",
+        tooltip=f"{key}: {tooltip}",
+        id=f"sf-{key}",
+        **{"class": f"sf-executor sf-{status.state}"},
+    )
 
 
 def _keep_side_by_side_in_order(cluster: graphviz.Digraph, wf: Workflow) -> None:
@@ -105,9 +151,17 @@ def _add_specials(cluster: graphviz.Digraph, wf: Workflow, edges: list) -> None:
     with cluster.subgraph(name=f"{wf.name}#specials") as row:
         row.attr(rank="same")
         for kind in present:
-            row.node(node_id(wf, kind), _special_label(kind, getattr(wf, kind)), shape=SPECIAL_SHAPES[kind],
-                     style="filled", fillcolor="#e8e4f3", color="#6b5ca5", fontsize="9", margin="0.04,0.02",
-                     **{"class": f"sf-special sf-{kind}"})
+            row.node(
+                node_id(wf, kind),
+                _special_label(kind, getattr(wf, kind)),
+                shape=SPECIAL_SHAPES[kind],
+                style="filled",
+                fillcolor="#e8e4f3",
+                color="#6b5ca5",
+                fontsize="9",
+                margin="0.04,0.02",
+                **{"class": f"sf-special sf-{kind}"},
+            )
     head = _first_node(wf, first=True)
     for kind in present:  # invisible edges keep the special nodes above the workflow's steps
         edges.append((node_id(wf, kind), head, {"style": "invis"}))
@@ -123,12 +177,16 @@ def _add_order_edges(wf: Workflow, edges: list) -> None:
     order = wf.order()
     for before, after in zip(order, order[1:]):
         if before not in getattr(children[after], "depends_on", []):
-            edges.append(_edge(wf, children[before], children[after],
-                               {"color": "#9aa3ad", "style": "dashed", "arrowhead": "vee"}))
+            edges.append(
+                _edge(
+                    wf, children[before], children[after], {"color": "#9aa3ad", "style": "dashed", "arrowhead": "vee"}
+                )
+            )
 
 
-def _edge(wf: Workflow, tail: Executor | Workflow, head: Executor | Workflow,
-          attrs: dict[str, str]) -> tuple[str, str, dict[str, str]]:
+def _edge(
+    wf: Workflow, tail: Executor | Workflow, head: Executor | Workflow, attrs: dict[str, str]
+) -> tuple[str, str, dict[str, str]]:
     tail_id, ltail = _exit(wf, tail)
     head_id, lhead = _entry(wf, head)
     return tail_id, head_id, {**attrs, **ltail, **lhead}

@@ -1,11 +1,13 @@
 """Rendering a workflow graph with graphviz's `dot`: SVG text for displays, and files."""
+
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import graphviz
 
@@ -15,8 +17,10 @@ from ..spec import Workflow
 from .layout import to_digraph
 
 FORMATS = {".svg": "svg", ".png": "png", ".gv": None, ".dot": None}
-INSTALL_HINT = ("install graphviz (Debian/Ubuntu: apt-get install graphviz; macOS: brew install graphviz; "
-                "conda: conda install graphviz)")
+INSTALL_HINT = (
+    "install graphviz (Debian/Ubuntu: apt-get install graphviz; macOS: brew install graphviz; "
+    "conda: conda install graphviz)"
+)
 
 
 class GraphvizMissing(ScanflowError):
@@ -33,8 +37,9 @@ def render(graph: graphviz.Digraph, fmt: str, what: str) -> bytes:
     try:
         return graph.pipe(format=fmt)
     except graphviz.ExecutableNotFound:
-        raise GraphvizMissing(f"cannot draw {what}: graphviz's `dot` program is not installed; "
-                              f"{INSTALL_HINT}") from None
+        raise GraphvizMissing(
+            f"cannot draw {what}: graphviz's `dot` program is not installed; {INSTALL_HINT}"
+        ) from None
     except (graphviz.CalledProcessError, subprocess.CalledProcessError) as exc:
         detail = (exc.stderr or b"").decode(errors="replace").strip().splitlines()
         raise ScanflowError(f"graphviz failed to draw {what}: {detail[-1] if detail else exc}") from None
@@ -43,7 +48,7 @@ def render(graph: graphviz.Digraph, fmt: str, what: str) -> bytes:
 def render_svg(workflow: Workflow, states: Mapping[str, Any] | None = None) -> str:
     """The workflow graph as an inline <svg> element (no XML prolog), ready for HTML."""
     svg = render(to_digraph(workflow, states), "svg", f"workflow {workflow.name!r}").decode("utf-8")
-    return svg[svg.index("<svg"):]
+    return svg[svg.index("<svg") :]
 
 
 def save_graph(workflow: Workflow, path: str | os.PathLike, states: Mapping[str, Any] | None = None) -> Path:
@@ -54,8 +59,7 @@ def save_graph(workflow: Workflow, path: str | os.PathLike, states: Mapping[str,
     target = Path(path).expanduser()
     suffix = target.suffix.lower()
     if suffix not in FORMATS:
-        raise ValidationError(f"cannot save a graph as {target.name!r}: use a name ending in "
-                              f"{', '.join(FORMATS)}")
+        raise ValidationError(f"cannot save a graph as {target.name!r}: use a name ending in {', '.join(FORMATS)}")
     graph = to_digraph(workflow, states)
     fmt = FORMATS[suffix]
     data = graph.source.encode("utf-8") if fmt is None else render(graph, fmt, str(target))

@@ -3,12 +3,14 @@
 Pure bookkeeping: no widgets, no rendering. `RunProgress` is safe to feed from one thread
 while another reads snapshots (the graph widget renders on a timer thread).
 """
+
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 from .. import events as ev
 from ..spec import Workflow
@@ -64,6 +66,7 @@ def as_status(value: Any) -> ExecutorStatus:
     if value in STATES:
         return ExecutorStatus(state=value)
     from ..errors import ValidationError
+
     raise ValidationError(f"unknown executor state {value!r}: use one of {', '.join(STATES)}")
 
 
@@ -130,13 +133,25 @@ class RunProgress:
                 return False
             old = self._statuses.get(event.key, ExecutorStatus())
             if event.kind in (ev.STARTED, ev.RETRYING):
-                new = replace(old, state=ev.RUNNING, attempt=event.attempt, started=event.time,
-                              duration=None, run_id=event.run_id or old.run_id,
-                              error=event.error if event.kind == ev.RETRYING else None)
+                new = replace(
+                    old,
+                    state=ev.RUNNING,
+                    attempt=event.attempt,
+                    started=event.time,
+                    duration=None,
+                    run_id=event.run_id or old.run_id,
+                    error=event.error if event.kind == ev.RETRYING else None,
+                )
             elif event.kind in STATES:
-                new = replace(old, state=event.kind, duration=event.duration, attempt=event.attempt,
-                              exit_code=event.exit_code, error=event.error,
-                              run_id=event.run_id or old.run_id)
+                new = replace(
+                    old,
+                    state=event.kind,
+                    duration=event.duration,
+                    attempt=event.attempt,
+                    exit_code=event.exit_code,
+                    error=event.error,
+                    run_id=event.run_id or old.run_id,
+                )
             else:
                 return False
             self._statuses[event.key] = new
@@ -148,8 +163,13 @@ class RunProgress:
             self.run_id = getattr(result, "run_id", None)
             for key, res in getattr(result, "executors", {}).items():
                 self._statuses[key] = ExecutorStatus(
-                    state=res.status, duration=res.duration, attempt=res.attempts or 1,
-                    run_id=res.run_id, exit_code=res.exit_code, error=res.error)
+                    state=res.status,
+                    duration=res.duration,
+                    attempt=res.attempts or 1,
+                    run_id=res.run_id,
+                    exit_code=res.exit_code,
+                    error=res.error,
+                )
             self.started = getattr(result, "started", None)
             duration = getattr(result, "duration", None)
             self.finished = (self.started or 0.0) + (duration or 0.0)
@@ -172,6 +192,11 @@ class RunProgress:
         failed = tuple(key for key, state in zip(self.keys, states) if state == ev.FAILED)
         end = finished if finished is not None else (now or time.time())
         return Summary(
-            total=len(self.keys), done=sum(counts[s] for s in ev.FINAL_STATES), running=counts[ev.RUNNING],
-            failed=failed, counts=counts, elapsed=None if started is None else end - started,
-            finished=finished is not None)
+            total=len(self.keys),
+            done=sum(counts[s] for s in ev.FINAL_STATES),
+            running=counts[ev.RUNNING],
+            failed=failed,
+            counts=counts,
+            elapsed=None if started is None else end - started,
+            finished=finished is not None,
+        )

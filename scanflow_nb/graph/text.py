@@ -1,7 +1,9 @@
 """The plain-text tree of a workflow: the fallback where graphviz's `dot` is missing."""
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..spec import Executor, Workflow
 from .layout import _special_label

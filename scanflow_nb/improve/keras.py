@@ -1,4 +1,5 @@
 """A thin scikit-learn face for Keras models, so an ActiveLearner can drive them like any classifier."""
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
@@ -18,6 +19,7 @@ class KerasClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y):
         import keras
+
         keras.utils.set_random_seed(self.seed)
         self.classes_, codes = np.unique(np.asarray(y), return_inverse=True)
         self.model_ = self.build(len(self.classes_))

@@ -1,4 +1,5 @@
 """Active learning over a pool of candidates: query the most informative ones, learn their labels, retrain."""
+
 import threading
 
 import numpy as np
@@ -21,8 +22,10 @@ def _samples(X, what: str) -> np.ndarray:
     if X.ndim < 2:
         raise ValidationError(f"{what} must have one row per sample (2 or more dimensions), got shape {X.shape}")
     if not np.issubdtype(X.dtype, np.number) and X.dtype != bool:
-        raise ValidationError(f"{what} must hold numeric features, got dtype {X.dtype}; "
-                              "to show text in the labeling panel pass it as samples= there")
+        raise ValidationError(
+            f"{what} must hold numeric features, got dtype {X.dtype}; "
+            "to show text in the labeling panel pass it as samples= there"
+        )
     if not np.all(np.isfinite(X)):
         raise ValidationError(f"{what} contains NaN or infinite values")
     return X
@@ -42,8 +45,16 @@ class ActiveLearner:
     Thread-safe: `retrain` fits a copy of the estimator while the previous model keeps answering queries.
     """
 
-    def __init__(self, estimator, strategy: str = "uncertainty", X_labeled=None, y_labeled=None, X_pool=None,
-                 classes=None, seed: int = 0):
+    def __init__(
+        self,
+        estimator,
+        strategy: str = "uncertainty",
+        X_labeled=None,
+        y_labeled=None,
+        X_pool=None,
+        classes=None,
+        seed: int = 0,
+    ):
         self.estimator = estimator
         self.strategy = strategy
         self._rng = np.random.default_rng(seed)
@@ -117,6 +128,7 @@ class ActiveLearner:
     def fingerprint(self) -> str:
         """A digest of every candidate and class, to tell whether stored labels belong to this pool."""
         import hashlib
+
         digest = hashlib.sha256(repr((self._candidates.shape, str(self._candidates.dtype), self.classes)).encode())
         digest.update(np.ascontiguousarray(self._candidates).tobytes())
         return digest.hexdigest()[:16]
@@ -162,12 +174,13 @@ class ActiveLearner:
 
     # ---- teaching
     def teach(self, positions, labels, retrain: bool = True) -> None:
-        """Label the samples at these pool positions: they leave the pool, join the labeled set, and the model retrains."""
+        """Label the samples at these pool positions: they leave the pool, join the labeled set, the model retrains."""
         positions = np.atleast_1d(np.asarray(positions))
         with self._lock:
             if positions.dtype.kind not in "iu" or np.any(positions < 0) or np.any(positions >= len(self._pool_ids)):
-                raise ValidationError(f"positions must be whole numbers in 0..{len(self._pool_ids) - 1}, "
-                                      f"got {positions.tolist()}")
+                raise ValidationError(
+                    f"positions must be whole numbers in 0..{len(self._pool_ids) - 1}, got {positions.tolist()}"
+                )
             ids = self._pool_ids[positions]
             self.teach_ids(ids, labels, retrain=False)
         if retrain:
@@ -207,6 +220,7 @@ class ActiveLearner:
         """Fit a fresh copy of the estimator on every label so far, then swap it in."""
         from modAL.models import ActiveLearner
         from sklearn.base import clone
+
         with self._retrain_lock:
             with self._lock:
                 ids = list(self._taught)
@@ -215,13 +229,15 @@ class ActiveLearner:
             if len(set(y)) < 2:
                 learner = None
             else:
-                learner = ActiveLearner(clone(self.estimator), self._strategy,
-                                        X_training=_flat(X), y_training=np.asarray(y))
+                learner = ActiveLearner(
+                    clone(self.estimator), self._strategy, X_training=_flat(X), y_training=np.asarray(y)
+                )
             with self._lock:
                 self._learner, self.n_trained = learner, len(y)
 
     def retrain_in_background(self, on_done) -> threading.Thread:
         """Start `retrain` in a daemon thread; `on_done(error)` gets None or the exception it raised."""
+
         def work():
             try:
                 self.retrain()
@@ -229,6 +245,7 @@ class ActiveLearner:
                 on_done(exc)
             else:
                 on_done(None)
+
         thread = threading.Thread(target=work, name="scanflow-retrain", daemon=True)
         thread.start()
         return thread
@@ -269,8 +286,9 @@ class ActiveLearner:
 
     def _check_features(self, X: np.ndarray, what: str, shape) -> None:
         if int(np.prod(X.shape[1:])) != int(np.prod(shape)):
-            raise ValidationError(f"{what} has {int(np.prod(X.shape[1:]))} features per sample but the learner "
-                                  f"uses {int(np.prod(shape))}")
+            raise ValidationError(
+                f"{what} has {int(np.prod(X.shape[1:]))} features per sample but the learner uses {int(np.prod(shape))}"
+            )
 
     def _check_labels(self, labels) -> None:
         bad = [v for v in labels if v not in self.classes]
@@ -278,5 +296,7 @@ class ActiveLearner:
             raise ValidationError(f"label {bad[0]!r} is not one of the classes {self.classes}")
 
     def __repr__(self) -> str:
-        return (f"ActiveLearner({type(self.estimator).__name__}, strategy={self.strategy!r}, "
-                f"labeled={self.n_labeled}, pool={self.pool_size})")
+        return (
+            f"ActiveLearner({type(self.estimator).__name__}, strategy={self.strategy!r}, "
+            f"labeled={self.n_labeled}, pool={self.pool_size})"
+        )

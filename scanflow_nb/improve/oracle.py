@@ -1,4 +1,5 @@
 """Oracle mode: labels from ground truth, for simulations, experiments and tests."""
+
 import numpy as np
 
 from ..errors import ValidationError
@@ -22,6 +23,7 @@ def learning_curve(improver, oracle, X_test, y_test, budget: int, step: int = 1)
 
     Returns [(labels so far, score)], starting with the model before any query (no score: NaN).
     """
+
     def score():
         return improver.score(X_test, y_test) if improver.model is not None else float("nan")
 

@@ -3,6 +3,7 @@
 Every action is written to the label store before the next sample is shown; reopening the same
 session replays it. Nothing here draws: `scanflow_nb.widgets.labeling.LabelingPanel` shows a session.
 """
+
 import threading
 import time
 
@@ -31,9 +32,21 @@ class LabelingSession:
     on_finish      called with the session after the final retrain (e.g. to let a planner decide)
     """
 
-    def __init__(self, improver, store=None, session: str = "default", retrain_every: int = 10,
-                 budget: int | None = None, X_test=None, y_test=None, tracking_uri: str | None = None,
-                 experiment: str = "labeling", on_finish=None, parent_run_id: str | None = None, among=None):
+    def __init__(
+        self,
+        improver,
+        store=None,
+        session: str = "default",
+        retrain_every: int = 10,
+        budget: int | None = None,
+        X_test=None,
+        y_test=None,
+        tracking_uri: str | None = None,
+        experiment: str = "labeling",
+        on_finish=None,
+        parent_run_id: str | None = None,
+        among=None,
+    ):
         if not isinstance(retrain_every, int) or retrain_every < 1:
             raise ValidationError(f"retrain_every must be a whole number >= 1, got {retrain_every!r}")
         if (X_test is None) != (y_test is None):
@@ -52,7 +65,7 @@ class LabelingSession:
         self.skipped: set[int] = set()
         self.scores: list[tuple[int, float]] = []
         self.errors: list[str] = []
-        self.message: tuple[str, bool] = ("", False)      # (text, is_error)
+        self.message: tuple[str, bool] = ("", False)  # (text, is_error)
         self._listeners: list = []
         self.finished = False
         self.run_id: str | None = None
@@ -231,9 +244,11 @@ class LabelingSession:
             self._record_score()
             if self.tracking_uri:
                 from .tracking import log_label_session
+
                 metrics = {"score": self.scores[-1][1]} if self.scores else {}
-                self.run_id = log_label_session(self.tracking_uri, self.experiment, self.store, self.name,
-                                                metrics, self.parent_run_id)
+                self.run_id = log_label_session(
+                    self.tracking_uri, self.experiment, self.store, self.name, metrics, self.parent_run_id
+                )
             if self.on_finish is not None:
                 self.on_finish(self)
         except Exception as exc:  # shown in the panel and kept in .errors

@@ -1,4 +1,5 @@
 """Labels persisted the moment they are given: a small SQLite file, one row per action, replayable after a crash."""
+
 import json
 import sqlite3
 import threading
@@ -10,6 +11,7 @@ from ..errors import ScanflowError, ValidationError
 
 class LabelStoreError(ScanflowError):
     """The label store file cannot be read or written (disk full, read-only, not a label store...)."""
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -34,7 +36,7 @@ class LabelStore:
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")   # WAL: every commit survives a killed process
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: every commit survives a killed process
             self._db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise LabelStoreError(f"cannot use {self.path} as a label store: {exc}") from None
@@ -46,26 +48,33 @@ class LabelStore:
         with self._lock:
             row = self._db.execute("SELECT fingerprint, classes FROM sessions WHERE name=?", (name,)).fetchone()
             if row is None:
-                self._db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?)",
-                                 (name, fingerprint, json.dumps(list(classes)), time.time()))
+                self._db.execute(
+                    "INSERT INTO sessions VALUES (?, ?, ?, ?)",
+                    (name, fingerprint, json.dumps(list(classes)), time.time()),
+                )
             elif row[0] != fingerprint or json.loads(row[1]) != list(classes):
-                raise ValidationError(f"label session {name!r} in {self.path} was made for another pool or other "
-                                      "classes: open it with the same pool, or choose a new session name")
+                raise ValidationError(
+                    f"label session {name!r} in {self.path} was made for another pool or other "
+                    "classes: open it with the same pool, or choose a new session name"
+                )
 
     def add(self, session: str, sample: int, label=None, kind: str = "label") -> None:
         """Persist one action now (committed before returning)."""
         try:
             with self._lock:
-                self._db.execute("INSERT INTO actions (session, sample, kind, label, at) VALUES (?, ?, ?, ?, ?)",
-                                 (session, int(sample), kind, json.dumps(label), time.time()))
+                self._db.execute(
+                    "INSERT INTO actions (session, sample, kind, label, at) VALUES (?, ?, ?, ?, ?)",
+                    (session, int(sample), kind, json.dumps(label), time.time()),
+                )
         except (sqlite3.Error, TypeError) as exc:
             raise LabelStoreError(f"cannot store the label of sample {sample} in {self.path}: {exc}") from None
 
     def undo(self, session: str) -> tuple[int, str, object]:
         """Delete the latest action of the session and return it as (sample, kind, label)."""
         with self._lock:
-            row = self._db.execute("SELECT seq, sample, kind, label FROM actions WHERE session=? "
-                                   "ORDER BY seq DESC LIMIT 1", (session,)).fetchone()
+            row = self._db.execute(
+                "SELECT seq, sample, kind, label FROM actions WHERE session=? ORDER BY seq DESC LIMIT 1", (session,)
+            ).fetchone()
             if row is None:
                 raise ValidationError(f"nothing to undo in label session {session!r}")
             self._db.execute("DELETE FROM actions WHERE seq=?", (row[0],))
@@ -74,8 +83,9 @@ class LabelStore:
     def actions(self, session: str) -> list[tuple[int, str, object]]:
         """Every action of the session, oldest first, as (sample, kind, label)."""
         with self._lock:
-            rows = self._db.execute("SELECT sample, kind, label FROM actions WHERE session=? ORDER BY seq",
-                                    (session,)).fetchall()
+            rows = self._db.execute(
+                "SELECT sample, kind, label FROM actions WHERE session=? ORDER BY seq", (session,)
+            ).fetchall()
         return [(sample, kind, json.loads(label)) for sample, kind, label in rows]
 
     def labels(self, session: str) -> dict[int, object]:
@@ -89,10 +99,12 @@ class LabelStore:
     def export_csv(self, session: str, path) -> Path:
         """Write the session's actions to a CSV file (what is logged to MLflow at the end of a session)."""
         import csv
+
         path = Path(path)
         with self._lock:
-            rows = self._db.execute("SELECT seq, sample, kind, label, at FROM actions WHERE session=? ORDER BY seq",
-                                    (session,)).fetchall()
+            rows = self._db.execute(
+                "SELECT seq, sample, kind, label, at FROM actions WHERE session=? ORDER BY seq", (session,)
+            ).fetchall()
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["seq", "sample", "kind", "label", "at"])

@@ -3,6 +3,7 @@
 Each subcommand lives in a small module that registers itself in `registry.SUBCOMMANDS`; this
 module only holds the current app and dispatches. Errors a user can cause are one-line UsageErrors.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """`%scanflow checker start|stop|status WORKFLOW`: the background drift checker of a workflow."""
+
 from __future__ import annotations
 
 from IPython.core.magic_arguments import argument, magic_arguments
@@ -10,11 +11,20 @@ from .registry import subcommand
 @magic_arguments()
 @argument("action", choices=["start", "stop", "status"])
 @argument("workflow", help="the workflow whose inference batches are checked")
-@argument("--every", type=float, default=None, metavar="SECONDS",
-          help="seconds between polls of the tracker (default: the workflow's Checker spec, 5)")
-@argument("--reference", default=None, metavar="PATH",
-          help=".npy file of reference data (in the app folder); default: the newest reference "
-               "logged to the workflow's experiment with scanflow_nb.check.log_reference")
+@argument(
+    "--every",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="seconds between polls of the tracker (default: the workflow's Checker spec, 5)",
+)
+@argument(
+    "--reference",
+    default=None,
+    metavar="PATH",
+    help=".npy file of reference data (in the app folder); default: the newest reference "
+    "logged to the workflow's experiment with scanflow_nb.check.log_reference",
+)
 def checker(ctx, args):
     """Start, stop or inspect the background drift checker of a workflow.
 
@@ -26,16 +36,21 @@ def checker(ctx, args):
     app = ctx.app
     if args.action == "start":
         watcher = supervise.start_checker(app, args.workflow, every=args.every, reference=args.reference)
-        print(f"checker of {args.workflow!r} watching experiment {watcher.experiment!r} at {watcher.tracking_uri} "
-              f"every {watcher.every:g} s with {watcher.detector!r}")
+        print(
+            f"checker of {args.workflow!r} watching experiment {watcher.experiment!r} at {watcher.tracking_uri} "
+            f"every {watcher.every:g} s with {watcher.detector!r}"
+        )
         from ..widgets.drift import DriftMonitor
+
         return DriftMonitor(watcher)
     if args.action == "stop":
         ended = supervise.stop_checker(app, args.workflow)
         print(f"checker of {args.workflow!r} " + ("stopped" if ended else "stopping after its current batch"))
         return None
     status = supervise.get_checker(app, args.workflow).status()
-    print(f"checker of {args.workflow!r}: {status['state']}, {status['checked']} batches checked, "
-          f"{status['drifts']} drifted, {status['failed']} unreadable, {len(status['outages'])} tracker outages"
-          + (f"; last error: {status['last_error']}" if status["last_error"] else ""))
+    print(
+        f"checker of {args.workflow!r}: {status['state']}, {status['checked']} batches checked, "
+        f"{status['drifts']} drifted, {status['failed']} unreadable, {len(status['outages'])} tracker outages"
+        + (f"; last error: {status['last_error']}" if status["last_error"] else "")
+    )
     return None

@@ -1,4 +1,5 @@
 """Core subcommands: app, workflow, executor, run, status, logs, save, load."""
+
 from __future__ import annotations
 
 import yaml
@@ -10,6 +11,7 @@ from .registry import subcommand
 
 def _display(obj) -> None:
     from IPython.display import display
+
     display(obj)
 
 
@@ -40,6 +42,7 @@ def _flat(groups) -> list[str]:
 def app(ctx, args):
     """Open the app folder that holds executor files, scanflow.yaml and run state."""
     from ..app import App
+
     if args.path is None:
         return ctx.app
     opened = App.open(args.path)
@@ -54,12 +57,19 @@ def app(ctx, args):
 @argument("name", help="workflow name (letters, digits, - and _)")
 @argument("--parallel", action="store_true", help="run the children concurrently instead of one after another")
 @argument("--parent", metavar="WORKFLOW", help="nest this workflow inside WORKFLOW")
-@argument("--tracker", nargs="?", type=int, const=0, default=None, metavar="PORT",
-          help="track runs with a real `mlflow server` on PORT (0 or no value: a free port); "
-               "default: the embedded store")
+@argument(
+    "--tracker",
+    nargs="?",
+    type=int,
+    const=0,
+    default=None,
+    metavar="PORT",
+    help="track runs with a real `mlflow server` on PORT (0 or no value: a free port); default: the embedded store",
+)
 def workflow(ctx, args):
     """Declare a workflow (or change one declared before), at the top level or inside --parent."""
     from ..spec import Tracker
+
     tracker = Tracker(port=args.tracker) if args.tracker is not None else None
     wf, created = ctx.app.declare_workflow(args.name, parallel=args.parallel, parent=args.parent, tracker=tracker)
     where = f" inside {args.parent!r}" if args.parent else ""
@@ -73,10 +83,15 @@ def workflow(ctx, args):
 @argument("--workflow", "-w", required=True, metavar="WORKFLOW", help="the workflow this executor belongs to")
 @argument("--requirements", metavar='"PKG PKG"', help="pip requirements, space separated")
 @argument("-r", dest="requirements_file", metavar="FILE", help="a requirements file in the app folder")
-@argument("--param", "-p", action="append", metavar="KEY=VALUE",
-          help="a parameter passed as --KEY VALUE (repeatable)")
-@argument("--depends-on", "-d", nargs="+", action="append", metavar="NAME",
-          help="sibling executors or workflows that must finish first")
+@argument("--param", "-p", action="append", metavar="KEY=VALUE", help="a parameter passed as --KEY VALUE (repeatable)")
+@argument(
+    "--depends-on",
+    "-d",
+    nargs="+",
+    action="append",
+    metavar="NAME",
+    help="sibling executors or workflows that must finish first",
+)
 @argument("--input", action="append", metavar="PATH", help="an input file (part of the cache key; repeatable)")
 @argument("--output", action="append", metavar="PATH", help="an output file (repeatable)")
 @argument("--env", action="append", metavar="KEY=VALUE", help="an environment variable (repeatable)")
@@ -93,10 +108,18 @@ def executor(ctx, args, cell):
     requirements = args.requirements.split() if args.requirements else args.requirements_file
     app = ctx.app
     outcome = app.declare_executor(
-        args.workflow, args.name, cell, requirements=requirements,
-        parameters=_key_values(args.param, "--param", typed=True), env=_key_values(args.env, "--env", typed=False),
-        depends_on=_flat(args.depends_on), inputs=args.input or [], outputs=args.output or [],
-        retries=args.retries, timeout=args.timeout)
+        args.workflow,
+        args.name,
+        cell,
+        requirements=requirements,
+        parameters=_key_values(args.param, "--param", typed=True),
+        env=_key_values(args.env, "--env", typed=False),
+        depends_on=_flat(args.depends_on),
+        inputs=args.input or [],
+        outputs=args.output or [],
+        retries=args.retries,
+        timeout=args.timeout,
+    )
     print(f"{outcome.capitalize()} {args.workflow}/{args.name}.py and declared executor {args.workflow}/{args.name}")
     if args.run:
         return app.run(args.workflow, only=f"{args.workflow}/{args.name}", force=True)
@@ -114,8 +137,11 @@ def executor(ctx, args, cell):
 @argument("--isolated", action="store_true", help="local: run executors with requirements in their own venv")
 @argument("--quiet", "-q", action="store_true", help="do not stream executor output")
 @argument("--no-graph", action="store_true", help="do not show the live graph widget")
-@argument("--background", action="store_true",
-          help="return at once with a handle (.result(), .cancel()); the graph widget follows the run")
+@argument(
+    "--background",
+    action="store_true",
+    help="return at once with a handle (.result(), .cancel()); the graph widget follows the run",
+)
 def run(ctx, args):
     """Run a workflow; output streams live and the result lists each executor and its MLflow run."""
     app = ctx.app
@@ -124,9 +150,18 @@ def run(ctx, args):
     if not args.no_graph and _in_kernel(ctx.shell):
         listeners.append(_live_graph(app, args.workflow))
     try:
-        return app.run(args.workflow, args.backend, backend_options=options, force=args.force, only=args.only, from_=args.from_,
-                       max_workers=args.max_workers, listeners=listeners,
-                       echo=not (args.quiet or args.background), background=args.background)
+        return app.run(
+            args.workflow,
+            args.backend,
+            backend_options=options,
+            force=args.force,
+            only=args.only,
+            from_=args.from_,
+            max_workers=args.max_workers,
+            listeners=listeners,
+            echo=not (args.quiet or args.background),
+            background=args.background,
+        )
     except KeyboardInterrupt:
         print(f"interrupted: the running executors of {args.workflow!r} were stopped")
         return app.status(args.workflow)[app.find(args.workflow).name]
@@ -139,6 +174,7 @@ def _in_kernel(shell) -> bool:
 def _live_graph(app, workflow: str):
     """Display the live graph widget and return its event listener."""
     from ..widgets.graph import GraphWidget
+
     widget = GraphWidget(app.find(workflow), app=app)
     _display(widget)
     return widget.on_event
@@ -164,7 +200,7 @@ def logs(ctx, args):
     """Print the log of an executor's last run."""
     text = ctx.app.logs(args.executor)
     lines = text.splitlines()
-    print("\n".join(lines[-args.tail:] if args.tail else lines))
+    print("\n".join(lines[-args.tail :] if args.tail else lines))
 
 
 @subcommand("save")
@@ -181,6 +217,7 @@ def save(ctx, args):
 def load(ctx, args):
     """Load workflows from a YAML file and make its folder the current app."""
     from ..app import App
+
     ctx.current_app = App.load(args.file)
     names = ", ".join(wf.name for wf in ctx.current_app.workflows) or "no workflows"
     print(f"loaded {names} from {args.file}")

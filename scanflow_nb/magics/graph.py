@@ -1,4 +1,5 @@
 """`%scanflow graph`: the workflow graph widget, a text tree, or a saved SVG/PNG."""
+
 from __future__ import annotations
 
 from IPython.core.magic_arguments import argument, magic_arguments
@@ -18,6 +19,7 @@ def graph(ctx, args):
     Select an executor in the widget to see its parameters, image, MLflow run and log tail.
     """
     from ..graph import RunProgress, save_graph, text_tree
+
     app = ctx.app
     workflow = app.find(args.workflow or _only_workflow(app))
     result = _last_result(app, workflow.name)
@@ -31,6 +33,7 @@ def graph(ctx, args):
         print(_summary_line(workflow, progress, result))
         return None
     from ..widgets.graph import GraphWidget
+
     widget = GraphWidget(workflow, app=app)
     if result is not None:
         widget.load_result(result)

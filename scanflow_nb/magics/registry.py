@@ -3,12 +3,13 @@
 A subcommand module registers its functions with `@subcommand(name)`; the dispatcher parses the
 rest of the line with the function's own parser, so `%scanflow?` and errors come from one place.
 """
+
 from __future__ import annotations
 
 import shlex
-
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from IPython.core.error import UsageError
 
@@ -32,10 +33,12 @@ SUBCOMMANDS: dict[str, Subcommand] = {}
 
 def subcommand(name: str, cell: bool = False):
     """Register a magic_arguments-decorated `func(ctx, args, cell=None)` as `%scanflow NAME`."""
+
     def register(func):
         func.parser.prog = f"%%scanflow {name}" if cell else f"%scanflow {name}"
         SUBCOMMANDS[name] = Subcommand(name, func, cell)
         return func
+
     return register
 
 
@@ -71,8 +74,10 @@ def dispatch(ctx: Any, line: str, cell: str | None) -> Any:
 
 def full_help() -> str:
     """Help for every registered subcommand, for `%scanflow?`."""
-    parts = ["Declare, run and supervise ML workflows from notebook cells.\n",
-             "Subcommands (each one calls the public Python API):\n"]
+    parts = [
+        "Declare, run and supervise ML workflows from notebook cells.\n",
+        "Subcommands (each one calls the public Python API):\n",
+    ]
     for name in sorted(SUBCOMMANDS):
         parts.append(SUBCOMMANDS[name].help() + "\n")
     return "\n".join(parts)

@@ -4,8 +4,8 @@ Everything goes through MlflowClient with explicit ids (no fluent state), so a b
 Aliases carry the state: `champion` serves, `challenger` is the latest candidate. Each promotion tags the new
 champion with the version it replaced, which is what `rollback` follows. Every decision is an MLflow run.
 """
+
 import tempfile
-import time
 from dataclasses import dataclass
 
 from ..errors import TrackerError, ValidationError
@@ -17,6 +17,7 @@ REPLACED = "scanflow.replaced"
 def _requirements() -> list[str]:
     """The model's pip requirements, pinned to what runs here (saves MLflow's slow inference of them)."""
     from importlib.metadata import version
+
     return [f"{name}=={version(name)}" for name in ("scikit-learn", "cloudpickle", "numpy")]
 
 
@@ -46,9 +47,17 @@ class ModelPlanner:
     A challenger replaces the champion only if it beats it by more than `min_improvement`.
     """
 
-    def __init__(self, tracking_uri: str, model_name: str, metric="accuracy", greater_is_better: bool = True,
-                 alias: str = "champion", challenger_alias: str = "challenger", min_improvement: float = 0.0,
-                 experiment: str = "planner"):
+    def __init__(
+        self,
+        tracking_uri: str,
+        model_name: str,
+        metric="accuracy",
+        greater_is_better: bool = True,
+        alias: str = "champion",
+        challenger_alias: str = "challenger",
+        min_improvement: float = 0.0,
+        experiment: str = "planner",
+    ):
         if not model_name or not isinstance(model_name, str):
             raise ValidationError(f"the planner needs a registered model name, got {model_name!r}")
         if alias == challenger_alias:
@@ -68,8 +77,13 @@ class ModelPlanner:
         from ..spec import Planner
 
         spec = app.special(workflow, "planner") or Planner()
-        settings = {"metric": spec.metric, "alias": spec.alias, "greater_is_better": spec.greater_is_better,
-                    "experiment": app.experiment_name(workflow), **options}
+        settings = {
+            "metric": spec.metric,
+            "alias": spec.alias,
+            "greater_is_better": spec.greater_is_better,
+            "experiment": app.experiment_name(workflow),
+            **options,
+        }
         return cls(app.tracking_uri(workflow), model_name or spec.model or workflow, **settings)
 
     @staticmethod
@@ -77,9 +91,12 @@ class ModelPlanner:
         if callable(metric):
             return metric
         from sklearn.metrics import get_scorer, get_scorer_names
+
         if metric not in get_scorer_names():
-            raise ValidationError(f"unknown metric {metric!r}: use a scikit-learn scorer name such as accuracy, "
-                                  "f1_macro or neg_log_loss, or a function (model, X, y) -> float")
+            raise ValidationError(
+                f"unknown metric {metric!r}: use a scikit-learn scorer name such as accuracy, "
+                "f1_macro or neg_log_loss, or a function (model, X, y) -> float"
+            )
         return get_scorer(metric)
 
     @property
@@ -87,17 +104,20 @@ class ModelPlanner:
         return get_client(self.tracking_uri)
 
     # ---- registering
-    def register(self, model, description: str = "", parent_run_id: str | None = None,
-                 metrics: dict | None = None) -> int:
+    def register(
+        self, model, description: str = "", parent_run_id: str | None = None, metrics: dict | None = None
+    ) -> int:
         """Log `model` in its own run, register it as a new version, point the challenger alias at it."""
         import mlflow.sklearn
         from mlflow.exceptions import MlflowException
+
         client = self.client
         run_id = self._start_run("register", {"scanflow.kind": "model"}, parent_run_id)
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                mlflow.sklearn.save_model(model, f"{tmp}/model", serialization_format="cloudpickle",
-                                          pip_requirements=_requirements())
+                mlflow.sklearn.save_model(
+                    model, f"{tmp}/model", serialization_format="cloudpickle", pip_requirements=_requirements()
+                )
                 client.log_artifacts(run_id, f"{tmp}/model", "model")
             for name, value in (metrics or {}).items():
                 client.log_metric(run_id, name, float(value))
@@ -107,8 +127,9 @@ class ModelPlanner:
                 if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
                     raise
             source = f"{client.get_run(run_id).info.artifact_uri}/model"
-            version = int(client.create_model_version(self.model_name, source, run_id=run_id,
-                                                      description=description).version)
+            version = int(
+                client.create_model_version(self.model_name, source, run_id=run_id, description=description).version
+            )
             client.set_registered_model_alias(self.model_name, self.challenger_alias, str(version))
             client.set_tag(run_id, "scanflow.model_version", str(version))
         except MlflowException as exc:
@@ -135,10 +156,12 @@ class ModelPlanner:
         if version not in self._models:
             import mlflow.artifacts
             import mlflow.sklearn
+
             uri = self.client.get_model_version_download_uri(self.model_name, str(version))
             with tempfile.TemporaryDirectory() as tmp:
-                path = mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=self.tracking_uri,
-                                                           dst_path=tmp)
+                path = mlflow.artifacts.download_artifacts(
+                    artifact_uri=uri, tracking_uri=self.tracking_uri, dst_path=tmp
+                )
                 self._models[version] = mlflow.sklearn.load_model(path)
         return self._models[version]
 
@@ -162,12 +185,15 @@ class ModelPlanner:
             gain = (score - best) if self.greater_is_better else (best - score)
             action = "promote" if gain > self.min_improvement else "keep"
             verdict = "better" if action == "promote" else "not better"
-            reason = (f"v{version} {self.metric_name} {score:.4f} vs {self.alias} v{current} {best:.4f}: "
-                      f"{verdict} (needs more than {self.min_improvement:+.4f})")
+            reason = (
+                f"v{version} {self.metric_name} {score:.4f} vs {self.alias} v{current} {best:.4f}: "
+                f"{verdict} (needs more than {self.min_improvement:+.4f})"
+            )
         if action == "promote":
             self._move_champion(version, current)
-        return self._log(action, version, version if action == "promote" else current, current, score, best,
-                         reason, parent_run_id)
+        return self._log(
+            action, version, version if action == "promote" else current, current, score, best, reason, parent_run_id
+        )
 
     def rollback(self, reason: str = "rolled back by hand", parent_run_id: str | None = None) -> Decision:
         """Point the champion alias back at the version the current champion replaced."""
@@ -176,13 +202,15 @@ class ModelPlanner:
             raise ValidationError(f"model {self.model_name!r} has no {self.alias}: nothing to roll back")
         tags = self.client.get_model_version(self.model_name, str(current)).tags
         if REPLACED not in tags:
-            raise ValidationError(f"{self.alias} v{current} of {self.model_name!r} replaced no earlier version: "
-                                  "nothing to roll back to")
+            raise ValidationError(
+                f"{self.alias} v{current} of {self.model_name!r} replaced no earlier version: nothing to roll back to"
+            )
         previous = int(tags[REPLACED])
         self.client.set_registered_model_alias(self.model_name, self.alias, str(previous))
         self.client.set_model_version_tag(self.model_name, str(current), "scanflow.rolled_back", "true")
-        return self._log("rollback", current, previous, current, None, None,
-                         f"v{current} -> v{previous}: {reason}", parent_run_id)
+        return self._log(
+            "rollback", current, previous, current, None, None, f"v{current} -> v{previous}: {reason}", parent_run_id
+        )
 
     def decisions(self) -> list[dict]:
         """Every decision logged for this model, oldest first: action, version, champion, reason, scores."""
@@ -190,12 +218,23 @@ class ModelPlanner:
         found = client.get_experiment_by_name(self.experiment)
         if found is None:
             return []
-        runs = client.search_runs([found.experiment_id],
-                                  f"tags.`scanflow.kind` = 'decision' and tags.`scanflow.model` = '{self.model_name}'",
-                                  order_by=["attributes.start_time ASC"], max_results=1000)
-        return [{"action": r.data.tags["scanflow.decision"], "version": int(r.data.params["version"]),
-                 "champion": int(r.data.params["champion"]), "reason": r.data.tags["scanflow.reason"],
-                 **r.data.metrics, "run_id": r.info.run_id} for r in runs]
+        runs = client.search_runs(
+            [found.experiment_id],
+            f"tags.`scanflow.kind` = 'decision' and tags.`scanflow.model` = '{self.model_name}'",
+            order_by=["attributes.start_time ASC"],
+            max_results=1000,
+        )
+        return [
+            {
+                "action": r.data.tags["scanflow.decision"],
+                "version": int(r.data.params["version"]),
+                "champion": int(r.data.params["champion"]),
+                "reason": r.data.tags["scanflow.reason"],
+                **r.data.metrics,
+                "run_id": r.info.run_id,
+            }
+            for r in runs
+        ]
 
     # ---- helpers
     def _move_champion(self, version: int, current: int | None) -> None:
@@ -210,10 +249,20 @@ class ModelPlanner:
         client = self.client
         run_id = self._start_run(f"{action} v{version}", {"scanflow.kind": "decision"}, parent_run_id)
         metrics = {"score": score, "champion_score": best, "promoted": float(champion != previous)}
-        params = {"version": version, "champion": champion, "previous": previous, "metric": self.metric_name,
-                  "min_improvement": self.min_improvement}
-        log_values(client, run_id, params, metrics,
-                   {"scanflow.decision": action, "scanflow.reason": reason, "mlflow.note.content": reason})
+        params = {
+            "version": version,
+            "champion": champion,
+            "previous": previous,
+            "metric": self.metric_name,
+            "min_improvement": self.min_improvement,
+        }
+        log_values(
+            client,
+            run_id,
+            params,
+            metrics,
+            {"scanflow.decision": action, "scanflow.reason": reason, "mlflow.note.content": reason},
+        )
         client.set_terminated(run_id, "FINISHED")
         client.set_model_version_tag(self.model_name, str(version), "scanflow.decision", action)
         client.set_model_version_tag(self.model_name, str(version), "scanflow.reason", reason)
@@ -224,11 +273,13 @@ class ModelPlanner:
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         client = self.client
-        return client.create_run(experiment_id(client, self.experiment), run_name=f"planner: {name}",
-                                 tags=tags).info.run_id
+        return client.create_run(
+            experiment_id(client, self.experiment), run_name=f"planner: {name}", tags=tags
+        ).info.run_id
 
     def _alias_version(self, alias: str) -> int | None:
         from mlflow.exceptions import MlflowException
+
         try:
             return int(self.client.get_model_version_by_alias(self.model_name, alias).version)
         except MlflowException:
@@ -236,6 +287,7 @@ class ModelPlanner:
 
     def _check_version(self, version: int) -> None:
         from mlflow.exceptions import MlflowException
+
         try:
             self.client.get_model_version(self.model_name, str(version))
         except MlflowException:

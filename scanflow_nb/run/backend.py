@@ -4,12 +4,14 @@ The engine does everything back ends have in common: order, parallelism, retries
 caching, MLflow runs, logs and events. A back end only prepares its world, starts one attempt
 of one executor, and cleans up.
 """
+
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 from ..errors import RunError
 from ..spec import Executor
@@ -26,14 +28,14 @@ BACKENDS = {
 class Launch:
     """Everything needed to start one attempt of one executor."""
 
-    key: str                  # "workflow/executor", unique in the app
-    workflow: str             # the workflow that declares the executor
+    key: str  # "workflow/executor", unique in the app
+    workflow: str  # the workflow that declares the executor
     executor: Executor
-    app_dir: Path             # absolute app folder; the executor's working directory
-    script: Path | None       # absolute path of the Python file to run; None: the image's own command
-    args: list[str]           # command-line arguments (`--key value`)
-    env: dict[str, str]       # extra environment, MLflow variables included
-    attempt: int              # 1 for the first try
+    app_dir: Path  # absolute app folder; the executor's working directory
+    script: Path | None  # absolute path of the Python file to run; None: the image's own command
+    args: list[str]  # command-line arguments (`--key value`)
+    env: dict[str, str]  # extra environment, MLflow variables included
+    attempt: int  # 1 for the first try
 
 
 @dataclass
@@ -58,8 +60,8 @@ class Handle(Protocol):
 
 
 class Backend(Protocol):
-    name: str                 # recorded with every run and part of cache keys
-    runs_images: bool         # can run an executor that has only an image (no Python file or code)
+    name: str  # recorded with every run and part of cache keys
+    runs_images: bool  # can run an executor that has only an image (no Python file or code)
 
     def open(self, app_dir: Path, workflow: str, tracking: Tracking) -> Tracking:
         """Prepare the world for a run (images, networks, tracker); return the tracking to use."""
@@ -71,7 +73,7 @@ class Backend(Protocol):
         """Remove whatever `open` and `launch` created. Called on success, failure and interrupt."""
 
 
-def resolve_backend(backend: "str | Backend", **options: Any) -> "Backend":
+def resolve_backend(backend: str | Backend, **options: Any) -> Backend:
     """A back end from its registered name and `options` (e.g. local's `isolated=True`), or an instance as is."""
     if not isinstance(backend, str):
         if options:

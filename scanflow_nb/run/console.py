@@ -1,4 +1,5 @@
 """The console listener: live output and state changes printed into the notebook cell or terminal."""
+
 from __future__ import annotations
 
 import sys

@@ -9,15 +9,16 @@ folder (files they write belong to that user; when the app folder belongs to roo
 Everything created carries the labels `scanflow.app` (a hash of the app folder) and `scanflow.run`;
 `close()` removes exactly the objects of its run, and `remove_leftovers()` those of an app.
 """
+
 from __future__ import annotations
 
 import atexit
 import threading
-import weakref
 import time
 import uuid
+import weakref
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from ..containers.docker_client import client
 from ..containers.images import ImageBuilder
@@ -29,8 +30,11 @@ from ..track.store import artifact_root, embedded_uri
 from .backend import Launch, Tracking
 
 TRACKER_ALIAS, TRACKER_PORT = "tracker", 5000
-HEALTH_PROBE = ["python", "-c", "import urllib.request as u; "
-                f"u.urlopen('http://127.0.0.1:{TRACKER_PORT}/health', timeout=2)"]
+HEALTH_PROBE = [
+    "python",
+    "-c",
+    f"import urllib.request as u; u.urlopen('http://127.0.0.1:{TRACKER_PORT}/health', timeout=2)",
+]
 
 
 TRACKER_ENV = {**SERVER_ENV, "HOME": "/tmp"}
@@ -54,6 +58,7 @@ class ContainerHandle:
 
     def wait(self, timeout: float | None) -> int:
         import requests
+
         try:
             return int(self.container.wait(timeout=timeout)["StatusCode"])
         except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
@@ -61,6 +66,7 @@ class ContainerHandle:
 
     def kill(self) -> None:
         import docker.errors
+
         try:
             self.container.kill()
         except docker.errors.APIError:  # already gone or not running any more
@@ -99,7 +105,7 @@ def store_location(app_dir: Path, tracking: Tracking) -> tuple[str, str]:
 
 
 _store_lock = threading.Lock()
-_open_backends: "weakref.WeakSet[DockerBackend]" = weakref.WeakSet()
+_open_backends: weakref.WeakSet[DockerBackend] = weakref.WeakSet()
 
 
 @atexit.register
@@ -116,6 +122,7 @@ def prepare_store(store_uri: str) -> None:
     """Create or upgrade the SQLite store here, once, before any tracker container opens it:
     trackers of concurrent runs would otherwise run the same schema migrations at the same time."""
     from ..track.store import get_client
+
     with _store_lock:
         get_client(store_uri).search_experiments(max_results=1)
 
@@ -131,8 +138,13 @@ class DockerBackend:
     runs_images = True
     network_driver = "bridge"
 
-    def __init__(self, base_image: str | None = None, echo: Callable[[str], None] = print,
-                 tracker_timeout: float = 120.0, builder: ImageBuilder | None = None):
+    def __init__(
+        self,
+        base_image: str | None = None,
+        echo: Callable[[str], None] = print,
+        tracker_timeout: float = 120.0,
+        builder: ImageBuilder | None = None,
+    ):
         self.builder = builder or ImageBuilder(base_image, echo=echo)
         self.tracker_timeout = tracker_timeout
         self._lock = threading.Lock()
@@ -150,14 +162,15 @@ class DockerBackend:
     # -- Backend protocol -------------------------------------------------------------------------
     def open(self, app_dir: Path, workflow: str, tracking: Tracking) -> Tracking:
         self.docker = client()
-        self.app_dir, self.workflow = Path(app_dir).absolute(), workflow   # the path the engine uses
+        self.app_dir, self.workflow = Path(app_dir).absolute(), workflow  # the path the engine uses
         self.app, self.run_token = app_id(self.app_dir), uuid.uuid4().hex[:10]
         self.user = app_owner(self.app_dir)
         self._open = True
         _open_backends.add(self)
         tracker_image = self.builder.tracker_image()
-        self.network = self.docker.networks.create(self.object_name("net"), driver=self.network_driver,
-                                                   labels=self.labels(), **self.network_options())
+        self.network = self.docker.networks.create(
+            self.object_name("net"), driver=self.network_driver, labels=self.labels(), **self.network_options()
+        )
         store, artifacts = store_location(self.app_dir, tracking)
         Path(artifacts).mkdir(parents=True, exist_ok=True)
         prepare_store(store)
@@ -166,8 +179,9 @@ class DockerBackend:
 
     def launch(self, launch: Launch) -> ContainerHandle:
         image = self.builder.executor_image(launch.app_dir, launch.workflow, launch.executor)
-        command = (["python", "-P", str(launch.script), *launch.args] if launch.script is not None
-                   else launch.args or None)
+        command = (
+            ["python", "-P", str(launch.script), *launch.args] if launch.script is not None else launch.args or None
+        )
         env = {**launch.env, "PYTHONPATH": str(self.app_dir), "HOME": "/tmp"}
         with self._lock:
             if not self._open:
@@ -190,11 +204,20 @@ class DockerBackend:
 
     def start_tracker(self, image: str, command: list[str]) -> None:
         import docker.errors
+
         try:
             container = self.docker.containers.run(
-                image, command, detach=True, name=self.object_name("tracker"), labels=self.labels(),
-                network=self.network.name, volumes=self.workspace_mount(), user=self.user, environment=TRACKER_ENV,
-                networking_config={self.network.name: self.docker.api.create_endpoint_config(aliases=[TRACKER_ALIAS])})
+                image,
+                command,
+                detach=True,
+                name=self.object_name("tracker"),
+                labels=self.labels(),
+                network=self.network.name,
+                volumes=self.workspace_mount(),
+                user=self.user,
+                environment=TRACKER_ENV,
+                networking_config={self.network.name: self.docker.api.create_endpoint_config(aliases=[TRACKER_ALIAS])},
+            )
         except docker.errors.APIError as exc:
             raise TrackerError(f"the tracker container failed to start: {exc.explanation or exc}") from None
 
@@ -214,12 +237,21 @@ class DockerBackend:
 
     def start_executor(self, launch: Launch, image: str, command, env: dict[str, str]) -> ContainerHandle:
         import docker.errors
+
         name = self.object_name(launch.workflow, launch.executor.name, str(launch.attempt))
         try:
             container = self.docker.containers.run(
-                image, command, detach=True, name=name, labels=self.labels(**{LABEL_KEY: launch.key}),
-                network=self.network.name, volumes=self.workspace_mount(), working_dir=str(self.app_dir),
-                user=self.user, environment=env)
+                image,
+                command,
+                detach=True,
+                name=name,
+                labels=self.labels(**{LABEL_KEY: launch.key}),
+                network=self.network.name,
+                volumes=self.workspace_mount(),
+                working_dir=str(self.app_dir),
+                user=self.user,
+                environment=env,
+            )
         except docker.errors.APIError as exc:
             raise RunError(f"cannot start a container for {launch.key}: {exc.explanation or exc}") from None
         return ContainerHandle(container)
@@ -254,6 +286,7 @@ def _remove(docker_client, filters: dict, settle: float = 30.0) -> int:
     """Remove the matching objects, then wait until the engine no longer lists them (swarm removes
     services and overlay networks asynchronously)."""
     import docker.errors
+
     removed = 0
     deadline = time.monotonic() + settle
     while True:
@@ -262,8 +295,10 @@ def _remove(docker_client, filters: dict, settle: float = 30.0) -> int:
             return removed
         if time.monotonic() > deadline:
             names = ", ".join(obj.name for obj in remaining)
-            raise RunError(f"could not remove Docker objects {names}: remove them with `docker rm -f`, "
-                           "`docker service rm` or `docker network rm`")
+            raise RunError(
+                f"could not remove Docker objects {names}: remove them with `docker rm -f`, "
+                "`docker service rm` or `docker network rm`"
+            )
         for obj in remaining:
             try:
                 obj.remove(force=True) if hasattr(obj, "kill") else obj.remove()

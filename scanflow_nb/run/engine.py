@@ -6,6 +6,7 @@ writes the MLflow run tree, keeps a log per executor and sends events to listene
 only start attempts (`Backend.launch`). Worker threads never touch MLflow or listeners: they post
 messages to a queue that the run's own thread drains, so listeners run on one thread, in order.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,15 +14,16 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
+from .. import events as ev
 from ..errors import NotFoundError, RunError, ScanflowError
 from ..files import digest
 from ..schedule import Task, cache_key, plan, select
 from ..track.runs import RunTree
-from .. import events as ev
 from .backend import Backend, Launch, Tracking, resolve_backend
 from .console import ConsoleListener
 from .result import ExecutorResult, RunResult
@@ -29,12 +31,24 @@ from .workspace import Workspace
 
 log = logging.getLogger(__name__)
 
+
 class Run:
     """One run of one workflow. Use `App.run`; this class is its engine."""
 
-    def __init__(self, app: Any, workflow: str, backend: str | Backend = "local", *, force: bool = False,
-                 only: str | None = None, from_: str | None = None, max_workers: int | None = None,
-                 listeners: Iterable[ev.Listener] = (), echo: bool = True, backend_options: dict | None = None):
+    def __init__(
+        self,
+        app: Any,
+        workflow: str,
+        backend: str | Backend = "local",
+        *,
+        force: bool = False,
+        only: str | None = None,
+        from_: str | None = None,
+        max_workers: int | None = None,
+        listeners: Iterable[ev.Listener] = (),
+        echo: bool = True,
+        backend_options: dict | None = None,
+    ):
         self.app = app
         self.root = app.find(workflow)
         self.tasks = plan(self.root)
@@ -86,13 +100,26 @@ class Run:
         except BaseException as exc:
             self._stop_everything()
             self._close_open_runs()
-            self._emit(ev.RunEvent(ev.RUN_FINISHED, self.root.name, duration=time.time() - started,
-                                   error=f"{type(exc).__name__}: {exc}"))
+            self._emit(
+                ev.RunEvent(
+                    ev.RUN_FINISHED,
+                    self.root.name,
+                    duration=time.time() - started,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+            )
             raise
         finally:
             self.backend.close()
-        self._emit(ev.RunEvent(ev.RUN_FINISHED, self.root.name, run_id=result.run_id,
-                               duration=result.duration, error=None if result.ok else result.status))
+        self._emit(
+            ev.RunEvent(
+                ev.RUN_FINISHED,
+                self.root.name,
+                run_id=result.run_id,
+                duration=result.duration,
+                error=None if result.ok else result.status,
+            )
+        )
         if interrupted is not None:
             raise interrupted
         return result
@@ -115,17 +142,20 @@ class Run:
 
     def _open_tracking(self, tracking: Tracking) -> None:
         from ..track import experiment_id, get_client
+
         self.tracking = tracking
         client = get_client(tracking.uri)
         experiment = self.app.experiment_name(self.root.name)
         self.experiment, self.experiment_id = experiment, experiment_id(client, experiment)
-        self.tree = RunTree(client, self.experiment_id, {"scanflow.app": str(self.app.path),
-                                                         "scanflow.backend": self.backend.name})
+        self.tree = RunTree(
+            client, self.experiment_id, {"scanflow.app": str(self.app.path), "scanflow.backend": self.backend.name}
+        )
         for wf in self.root.walk():
             parent = self.root.parent_of(wf.name) if wf is not self.root else None
             tags = {"scanflow.workflow": wf.name, "scanflow.parallel": str(wf.parallel).lower()}
             self.workflow_runs[wf.name] = self.tree.start(
-                wf.name, "workflow", self.workflow_runs.get(parent.name) if parent else None, tags)
+                wf.name, "workflow", self.workflow_runs.get(parent.name) if parent else None, tags
+            )
 
     # -- the loop ------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -156,9 +186,9 @@ class Run:
             if blocked is not None:
                 self._record(task, ev.SKIPPED, error=f"upstream {blocked} {self.states[blocked]}")
                 continue
-            if running < self.max_workers and all(self.states[d] in (ev.SUCCEEDED, ev.CACHED) for d in waits):
-                if self._start(task):
-                    running += 1
+            ready = running < self.max_workers and all(self.states[d] in (ev.SUCCEEDED, ev.CACHED) for d in waits)
+            if ready and self._start(task):
+                running += 1
 
     def _start(self, task: Task) -> bool:
         """Start a task, or record it as cached. Returns True if an attempt is now running."""
@@ -173,31 +203,47 @@ class Run:
         previous = self._cache.get(task.key)
         outputs_there = all((self.app.path / p).exists() for p in ex.outputs)
         if not self.force and previous and previous["digest"] == key and outputs_there:
-            run_id = self.tree.start(ex.name, "executor", parent, {**tags, "scanflow.cached_from": previous["run_id"]},
-                                     ex.parameters)
+            run_id = self.tree.start(
+                ex.name, "executor", parent, {**tags, "scanflow.cached_from": previous["run_id"]}, ex.parameters
+            )
             self.tree.finish(run_id, ev.CACHED)
             self._record(task, ev.CACHED, run_id=run_id, duration=0.0)
             return False
         run_id = self.tree.start(ex.name, "executor", parent, tags, ex.parameters)
         self.states[task.key] = ev.RUNNING
         self._started[task.key] = time.time()
-        self.results[task.key] = ExecutorResult(task.key, task.workflow, ex.name, ev.RUNNING, run_id=run_id,
-                                                log_path=str(self.workspace.log_path(task.key)))
-        launch = Launch(task.key, task.workflow, ex, self.app.path, script, ex.command_args(),
-                        self._executor_env(task, run_id), attempt=1)
-        worker = threading.Thread(target=self._attempts, args=(task, launch), daemon=True,
-                                  name=f"scanflow-{task.key}")
+        self.results[task.key] = ExecutorResult(
+            task.key, task.workflow, ex.name, ev.RUNNING, run_id=run_id, log_path=str(self.workspace.log_path(task.key))
+        )
+        launch = Launch(
+            task.key,
+            task.workflow,
+            ex,
+            self.app.path,
+            script,
+            ex.command_args(),
+            self._executor_env(task, run_id),
+            attempt=1,
+        )
+        worker = threading.Thread(target=self._attempts, args=(task, launch), daemon=True, name=f"scanflow-{task.key}")
         self._workers.append(worker)
         self._emit(ev.RunEvent(ev.STARTED, self.root.name, task.key, run_id=run_id))
         worker.start()
         return True
 
     def _executor_env(self, task: Task, run_id: str) -> dict[str, str]:
-        return {**task.executor.env, "PYTHONUNBUFFERED": "1",
-                "MLFLOW_TRACKING_URI": self.tracking.executor_uri, "MLFLOW_RUN_ID": run_id,
-                "MLFLOW_EXPERIMENT_ID": self.experiment_id, "MLFLOW_DISABLE_TELEMETRY": "true",
-                "SCANFLOW_APP_DIR": str(self.app.path), "SCANFLOW_WORKFLOW": task.workflow,
-                "SCANFLOW_EXECUTOR": task.executor.name, "SCANFLOW_RUN_ID": self.workflow_runs[self.root.name]}
+        return {
+            **task.executor.env,
+            "PYTHONUNBUFFERED": "1",
+            "MLFLOW_TRACKING_URI": self.tracking.executor_uri,
+            "MLFLOW_RUN_ID": run_id,
+            "MLFLOW_EXPERIMENT_ID": self.experiment_id,
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "SCANFLOW_APP_DIR": str(self.app.path),
+            "SCANFLOW_WORKFLOW": task.workflow,
+            "SCANFLOW_EXECUTOR": task.executor.name,
+            "SCANFLOW_RUN_ID": self.workflow_runs[self.root.name],
+        }
 
     # -- worker threads: attempts of one executor ----------------------------------------------
     def _attempts(self, task: Task, launch: Launch) -> None:
@@ -273,20 +319,36 @@ class Run:
             metrics = {"duration_s": duration, "attempts": attempts}
             if code is not None:
                 metrics["exit_code"] = code
-            self.tree.finish(result.run_id, state, metrics, {"scanflow.error": error} if error else None,
-                             [self.workspace.log_path(key), self._scripts[key] or Path()])
+            self.tree.finish(
+                result.run_id,
+                state,
+                metrics,
+                {"scanflow.error": error} if error else None,
+                [self.workspace.log_path(key), self._scripts[key] or Path()],
+            )
             if state == ev.SUCCEEDED:
                 self.workspace.remember(key, self._digests[key], result.run_id)
-            self._record(task, state, attempts=attempts, exit_code=code, duration=duration,
-                         run_id=result.run_id, error=error)
+            self._record(
+                task, state, attempts=attempts, exit_code=code, duration=duration, run_id=result.run_id, error=error
+            )
 
     def _record(self, task: Task, state: str, **fields: Any) -> None:
         self.states[task.key] = state
         fields.setdefault("log_path", str(self.workspace.log_path(task.key)) if state not in (ev.SKIPPED,) else None)
         self.results[task.key] = ExecutorResult(task.key, task.workflow, task.executor.name, state, **fields)
         r = self.results[task.key]
-        self._emit(ev.RunEvent(state, self.root.name, task.key, attempt=r.attempts, duration=r.duration,
-                               exit_code=r.exit_code, error=r.error, run_id=r.run_id))
+        self._emit(
+            ev.RunEvent(
+                state,
+                self.root.name,
+                task.key,
+                attempt=r.attempts,
+                duration=r.duration,
+                exit_code=r.exit_code,
+                error=r.error,
+                run_id=r.run_id,
+            )
+        )
 
     def _emit(self, event: ev.RunEvent) -> None:
         for listener in self.listeners:
@@ -331,15 +393,24 @@ class Run:
                 self._record(task, ev.SKIPPED, error="interrupted")
         for wf in self.root.walk():
             mine = [self.states[t.key] for t in self.tasks if wf.name in t.lineage]
-            state = (ev.FAILED if ev.FAILED in mine else
-                     ev.SKIPPED if all(s == ev.SKIPPED for s in mine) else ev.SUCCEEDED)
+            state = (
+                ev.FAILED if ev.FAILED in mine else ev.SKIPPED if all(s == ev.SKIPPED for s in mine) else ev.SUCCEEDED
+            )
             if wf is self.root and interrupted:
                 state = "interrupted"
             self.tree.finish(self.workflow_runs[wf.name], state)
         status = "interrupted" if interrupted else ev.FAILED if ev.FAILED in self.states.values() else ev.SUCCEEDED
-        result = RunResult(self.root.name, status, self.backend.name, self.workflow_runs[self.root.name],
-                           tracking.uri, self.experiment, started, time.time() - started,
-                           {t.key: self.results[t.key] for t in self.tasks})
+        result = RunResult(
+            self.root.name,
+            status,
+            self.backend.name,
+            self.workflow_runs[self.root.name],
+            tracking.uri,
+            self.experiment,
+            started,
+            time.time() - started,
+            {t.key: self.results[t.key] for t in self.tasks},
+        )
         self.workspace.save_result(result)
         return result
 

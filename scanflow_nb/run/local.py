@@ -4,14 +4,15 @@ Each attempt gets its own process group so a timeout or an interrupt stops it an
 started. With `isolated=True`, executors that declare requirements run in a virtual environment
 built once per requirements digest and reused.
 """
+
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .backend import Launch, Tracking
 from .venvs import venv_python
@@ -70,9 +71,17 @@ class LocalBackend:
         pythonpath = os.pathsep.join(filter(None, [str(launch.app_dir), os.environ.get("PYTHONPATH")]))
         env = {**os.environ, **launch.env, "PYTHONPATH": pythonpath}
         process = subprocess.Popen(
-            [python, "-P", str(launch.script), *launch.args], cwd=launch.app_dir, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            text=True, errors="replace", bufsize=1, start_new_session=True)
+            [python, "-P", str(launch.script), *launch.args],
+            cwd=launch.app_dir,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            start_new_session=True,
+        )
         return LocalProcess(process)
 
     def close(self) -> None:

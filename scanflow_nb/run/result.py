@@ -1,4 +1,5 @@
 """What a run returns: the overall status, each executor's outcome and the MLflow run ids."""
+
 from __future__ import annotations
 
 import html
@@ -25,7 +26,7 @@ class ExecutorResult:
 @dataclass
 class RunResult:
     workflow: str
-    status: str                                  # succeeded | failed | interrupted
+    status: str  # succeeded | failed | interrupted
     backend: str
     run_id: str | None
     tracking_uri: str
@@ -46,7 +47,7 @@ class RunResult:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunResult":
+    def from_dict(cls, data: dict[str, Any]) -> RunResult:
         data = dict(data)
         data["executors"] = {k: ExecutorResult(**v) for k, v in data.get("executors", {}).items()}
         return cls(**data)
@@ -75,8 +76,11 @@ class RunResult:
             f"<tr><td>{html.escape(k)}</td><td style='color:{colour.get(r.status, '#000')}'>{r.status}</td>"
             f"<td>{'' if r.duration is None else f'{r.duration:.2f} s'}</td><td>{r.attempts}</td>"
             f"<td><code>{r.run_id or ''}</code></td><td>{html.escape(r.error or '')}</td></tr>"
-            for k, r in self.executors.items())
-        return (f"<b>{html.escape(self.workflow)}</b>: {self.status} in {self.duration:.1f} s ({self.backend})"
-                "<table><tr><th>executor</th><th>status</th><th>time</th><th>attempts</th><th>MLflow run</th>"
-                f"<th>error</th></tr>{cells}</table>MLflow experiment <code>{html.escape(self.experiment)}</code>, "
-                f"run <code>{self.run_id}</code> at <code>{html.escape(self.tracking_uri)}</code>")
+            for k, r in self.executors.items()
+        )
+        return (
+            f"<b>{html.escape(self.workflow)}</b>: {self.status} in {self.duration:.1f} s ({self.backend})"
+            "<table><tr><th>executor</th><th>status</th><th>time</th><th>attempts</th><th>MLflow run</th>"
+            f"<th>error</th></tr>{cells}</table>MLflow experiment <code>{html.escape(self.experiment)}</code>, "
+            f"run <code>{self.run_id}</code> at <code>{html.escape(self.tracking_uri)}</code>"
+        )

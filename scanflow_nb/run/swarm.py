@@ -5,10 +5,11 @@ reachable as `tracker`), on an overlay network. Tested on a single-node swarm: o
 app folder must exist at the same path on every node (a shared file system) and the images must be
 in a registry the nodes can pull from.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..containers.names import LABEL_KEY
 from ..errors import BackendUnavailable, RunError
@@ -32,6 +33,7 @@ class ServiceHandle:
     def _container(self, timeout: float = 120.0):
         """The task's container on this node, once the task has one (None if it ended without one)."""
         import docker.errors
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             task = _task(self.service)
@@ -48,6 +50,7 @@ class ServiceHandle:
 
     def lines(self) -> Iterator[str]:
         import docker.errors
+
         container = self._container()
         if container is None:
             task = _task(self.service) or {}
@@ -67,12 +70,13 @@ class ServiceHandle:
 
     def wait(self, timeout: float | None) -> int:
         import docker.errors
+
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
                 task = _task(self.service)
             except docker.errors.NotFound:
-                return 137                      # the service was removed: killed
+                return 137  # the service was removed: killed
             if task and task["Status"]["State"] in ENDED:
                 return int(task["Status"].get("ContainerStatus", {}).get("ExitCode", 125))
             if deadline is not None and time.monotonic() > deadline:
@@ -81,6 +85,7 @@ class ServiceHandle:
 
     def kill(self) -> None:
         import docker.errors
+
         try:
             self.service.remove()
         except docker.errors.APIError:
@@ -95,9 +100,12 @@ class SwarmBackend(DockerBackend):
 
     def open(self, app_dir, workflow: str, tracking: Tracking) -> Tracking:
         from ..containers.docker_client import client
+
         if client().info().get("Swarm", {}).get("LocalNodeState") != "active":
-            raise BackendUnavailable("this Docker engine is not in a swarm: run `docker swarm init "
-                                     "--advertise-addr 127.0.0.1` (a single-node swarm), or use --backend docker")
+            raise BackendUnavailable(
+                "this Docker engine is not in a swarm: run `docker swarm init "
+                "--advertise-addr 127.0.0.1` (a single-node swarm), or use --backend docker"
+            )
         return super().open(app_dir, workflow, tracking)
 
     def network_options(self) -> dict:
@@ -105,18 +113,29 @@ class SwarmBackend(DockerBackend):
 
     def _service(self, image: str, command, name: str, labels: dict, env: dict, aliases=None, workdir=None):
         import docker.types as dt
+
         # dnsrr: the alias resolves to the task itself; the virtual-IP load balancer is not needed
         # for one replica, and is unreliable where the engine runs nested in another container.
         return self.docker.services.create(
-            image, command=command, name=name, labels=labels, container_labels=labels, env=env,
+            image,
+            command=command,
+            name=name,
+            labels=labels,
+            container_labels=labels,
+            env=env,
             networks=[dt.NetworkAttachmentConfig(self.network.name, aliases=aliases)],
             mounts=[dt.Mount(target=str(self.app_dir), source=str(self.app_dir), type="bind")],
-            user=self.user, workdir=workdir, restart_policy=dt.RestartPolicy(condition="none"),
-            mode=dt.ServiceMode("replicated", replicas=1), endpoint_spec=dt.EndpointSpec(mode="dnsrr"))
+            user=self.user,
+            workdir=workdir,
+            restart_policy=dt.RestartPolicy(condition="none"),
+            mode=dt.ServiceMode("replicated", replicas=1),
+            endpoint_spec=dt.EndpointSpec(mode="dnsrr"),
+        )
 
     def start_tracker(self, image: str, command: list[str]) -> None:
-        service = self._service(image, command, self.object_name("tracker"), self.labels(), TRACKER_ENV,
-                                aliases=[TRACKER_ALIAS])
+        service = self._service(
+            image, command, self.object_name("tracker"), self.labels(), TRACKER_ENV, aliases=[TRACKER_ALIAS]
+        )
         handle = ServiceHandle(self.docker, service)
 
         def probe() -> bool:
@@ -136,10 +155,12 @@ class SwarmBackend(DockerBackend):
 
     def start_executor(self, launch: Launch, image: str, command, env: dict[str, str]) -> ServiceHandle:
         import docker.errors
+
         name = self.object_name(launch.workflow, launch.executor.name, str(launch.attempt))
         try:
-            service = self._service(image, command, name, self.labels(**{LABEL_KEY: launch.key}), env,
-                                    workdir=str(self.app_dir))
+            service = self._service(
+                image, command, name, self.labels(**{LABEL_KEY: launch.key}), env, workdir=str(self.app_dir)
+            )
         except docker.errors.APIError as exc:
             raise RunError(f"cannot create a swarm service for {launch.key}: {exc.explanation or exc}") from None
         return ServiceHandle(self.docker, service)

@@ -1,4 +1,5 @@
 """Virtual environments for executors' requirements: one per requirements digest, built once, reused."""
+
 from __future__ import annotations
 
 import hashlib
@@ -31,15 +32,25 @@ def venv_python(app_dir: Path, executor: Executor) -> str:
         tmp = root.with_name(key + ".building")
         subprocess.run(["rm", "-rf", str(tmp)], check=True)
         try:
-            subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(tmp)],
-                           check=True, capture_output=True, text=True)
+            subprocess.run(
+                [sys.executable, "-m", "venv", "--system-site-packages", str(tmp)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
             (tmp / "requirements.txt").write_text(requirements)
-            subprocess.run([str(tmp / "bin" / "python"), "-m", "pip", "install", "-q", "-r",
-                            str(tmp / "requirements.txt")], check=True, capture_output=True, text=True)
+            subprocess.run(
+                [str(tmp / "bin" / "python"), "-m", "pip", "install", "-q", "-r", str(tmp / "requirements.txt")],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
         except subprocess.CalledProcessError as exc:
             subprocess.run(["rm", "-rf", str(tmp)], check=False)
             detail = (exc.stderr or exc.stdout or "").strip().splitlines()[-3:]
-            raise RunError(f"executor {executor.name!r}: installing its requirements failed: {' '.join(detail)}") from None
+            raise RunError(
+                f"executor {executor.name!r}: installing its requirements failed: {' '.join(detail)}"
+            ) from None
         tmp.rename(root)
         (root / ".complete").write_text(requirements)
         return str(python)

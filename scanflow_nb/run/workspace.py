@@ -1,4 +1,5 @@
 """Where a run keeps its files in the app folder: scripts, logs, the cache and the last results."""
+
 from __future__ import annotations
 
 import json

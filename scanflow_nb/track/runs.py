@@ -3,25 +3,36 @@
 Uses MlflowClient with explicit run ids (no fluent, thread-local active run), so it works the
 same from the kernel's main thread and from a background run.
 """
+
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 from ..events import CACHED, FAILED, SKIPPED, SUCCEEDED
 from .store import log_values
 
-MLFLOW_STATUS = {SUCCEEDED: "FINISHED", CACHED: "FINISHED", FAILED: "FAILED", SKIPPED: "KILLED",
-                 "interrupted": "KILLED"}
+MLFLOW_STATUS = {
+    SUCCEEDED: "FINISHED",
+    CACHED: "FINISHED",
+    FAILED: "FAILED",
+    SKIPPED: "KILLED",
+    "interrupted": "KILLED",
+}
 
 
 class RunTree:
     def __init__(self, client, experiment_id: str, common_tags: dict[str, str]):
         self.client, self.experiment_id, self.common_tags = client, experiment_id, common_tags
 
-    def start(self, name: str, kind: str, parent_id: str | None, tags: dict[str, str] | None = None,
-              params: dict[str, Any] | None = None) -> str:
+    def start(
+        self,
+        name: str,
+        kind: str,
+        parent_id: str | None,
+        tags: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> str:
         """Create a running run named `name`; `kind` is "workflow" or "executor"."""
         all_tags = {**self.common_tags, "scanflow.kind": kind, **(tags or {})}
         if parent_id:
@@ -31,8 +42,14 @@ class RunTree:
             log_values(self.client, run.info.run_id, params=params)
         return run.info.run_id
 
-    def finish(self, run_id: str, state: str, metrics: dict[str, float] | None = None,
-               tags: dict[str, str] | None = None, artifacts: list[Path] = ()) -> None:
+    def finish(
+        self,
+        run_id: str,
+        state: str,
+        metrics: dict[str, float] | None = None,
+        tags: dict[str, str] | None = None,
+        artifacts: list[Path] = (),
+    ) -> None:
         """Record the outcome of a run and close it with the matching MLflow status."""
         log_values(self.client, run_id, metrics=metrics, tags={"scanflow.status": state, **(tags or {})})
         for path in artifacts:

@@ -1,7 +1,9 @@
 """A real `mlflow server` on 127.0.0.1 over the app's store: lean settings, own process group."""
+
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import socket
@@ -13,21 +15,39 @@ from pathlib import Path
 
 from ..errors import TrackerError
 
-_running: dict[tuple[str, int], "TrackerServer"] = {}
+_running: dict[tuple[str, int], TrackerServer] = {}
 
 # Lean: no job runner (its queue consumers cost about 2.5 GB), no telemetry.
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
-def server_command(store_uri: str, artifacts: str | Path, host: str, port: int, allowed: tuple[str, ...] = (),
-                   program: tuple[str, ...] = ("mlflow",)) -> list[str]:
+def server_command(
+    store_uri: str,
+    artifacts: str | Path,
+    host: str,
+    port: int,
+    allowed: tuple[str, ...] = (),
+    program: tuple[str, ...] = ("mlflow",),
+) -> list[str]:
     """The `mlflow server` command every tracker uses: the kernel's, a container's, an export's.
 
     One worker. `allowed`: host names clients use besides localhost (e.g. a container alias); the
     server answers 403 to any other Host header.
     """
-    cmd = [*program, "server", "--host", host, "--port", str(port), "--workers", "1",
-           "--backend-store-uri", store_uri, "--artifacts-destination", str(artifacts)]
+    cmd = [
+        *program,
+        "server",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        store_uri,
+        "--artifacts-destination",
+        str(artifacts),
+    ]
     if allowed:
         hosts = [*allowed, "localhost", "127.0.0.1"]
         cmd += ["--allowed-hosts", ",".join(form for name in hosts for form in (name, f"{name}:*"))]
@@ -43,8 +63,9 @@ def _free_port(host: str) -> int:
 class TrackerServer:
     """`mlflow server` with one worker and no job runner, stopped with its whole process group."""
 
-    def __init__(self, store_uri: str, artifacts: Path, port: int = 0, host: str = "127.0.0.1",
-                 log_file: Path | None = None):
+    def __init__(
+        self, store_uri: str, artifacts: Path, port: int = 0, host: str = "127.0.0.1", log_file: Path | None = None
+    ):
         self.store_uri, self.artifacts, self.host = store_uri, Path(artifacts), host
         self.port = port or _free_port(host)
         self.log_file = log_file
@@ -61,20 +82,17 @@ class TrackerServer:
         except OSError:
             return False
 
-    def start(self, timeout: float = 90.0) -> "TrackerServer":
+    def start(self, timeout: float = 90.0) -> TrackerServer:
         with socket.socket() as sock:
             if sock.connect_ex((self.host, self.port)) == 0:
                 raise TrackerError(f"port {self.port} on {self.host} is already in use: choose another tracker port")
         self.artifacts.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **SERVER_ENV}
-        cmd = server_command(self.store_uri, self.artifacts, self.host, self.port, program=(sys.executable, "-m", "mlflow"))
-        log = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        try:
-            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)
-        finally:
-            if self.log_file:
-                log.close()
+        cmd = server_command(
+            self.store_uri, self.artifacts, self.host, self.port, program=(sys.executable, "-m", "mlflow")
+        )
+        with open(self.log_file, "ab") if self.log_file else contextlib.nullcontext(subprocess.DEVNULL) as log:
+            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.monotonic() + timeout
         while not self.alive():
             if self.process.poll() is not None:

@@ -1,10 +1,11 @@
 """The embedded store: SQLite plus an artifact folder inside the app's state folder."""
+
 from __future__ import annotations
 
 import logging
 import os
 import threading
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from ..errors import NotFoundError, TrackerError
@@ -21,7 +22,7 @@ def artifact_root(state_dir: Path) -> Path:
     return default_artifact_root(embedded_uri(state_dir))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _client(uri: str):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # the run summary already says where runs are; MLflow would add two lines per closed run
@@ -29,6 +30,7 @@ def _client(uri: str):
     for noisy in ("mlflow.store.db.utils", "alembic"):  # table creation chatter, not news for a user
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
+
     return MlflowClient(tracking_uri=uri)
 
 
@@ -41,8 +43,14 @@ def get_client(uri: str):
             raise TrackerError(f"cannot open the MLflow store at {uri}: {exc}") from None
 
 
-def log_values(client, run_id: str, params: dict | None = None, metrics: dict | None = None,
-               tags: dict | None = None, step: int = 0) -> None:
+def log_values(
+    client,
+    run_id: str,
+    params: dict | None = None,
+    metrics: dict | None = None,
+    tags: dict | None = None,
+    step: int = 0,
+) -> None:
     """Log plain dicts to run `run_id` in one call: params and tags as strings, metrics as floats at one time.
 
     Values that are None are left out; the one place that turns dicts into MLflow entities.
@@ -56,13 +64,14 @@ def log_values(client, run_id: str, params: dict | None = None, metrics: dict | 
         run_id,
         metrics=[Metric(k, float(v), now, step) for k, v in (metrics or {}).items() if v is not None],
         params=[Param(k, str(v)) for k, v in (params or {}).items() if v is not None],
-        tags=[RunTag(k, str(v)) for k, v in (tags or {}).items() if v is not None])
+        tags=[RunTag(k, str(v)) for k, v in (tags or {}).items() if v is not None],
+    )
 
 
 def default_artifact_root(tracking_uri: str) -> Path | None:
     """Where a SQLite store's artifacts go: beside the database, never the current folder."""
     if tracking_uri.startswith("sqlite:///"):
-        return Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts"
+        return Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts"
     return None
 
 
@@ -82,7 +91,7 @@ def experiment_id(client, name: str, create: bool = True) -> str:
     try:
         return client.create_experiment(name, artifact_location=(root / name).as_uri() if root else None)
     except Exception as exc:
-        raced = _existing(client, name)      # another thread or process created it meanwhile
+        raced = _existing(client, name)  # another thread or process created it meanwhile
         if raced is not None:
             return raced
         raise TrackerError(f"cannot create MLflow experiment {name!r} at {client.tracking_uri}: {exc}") from None

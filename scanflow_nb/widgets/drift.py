@@ -5,6 +5,7 @@ Image's bytes, HTML strings), never `with output:`. The plot is drawn with matpl
 object API (no pyplot state) on the Agg canvas, one figure at a time (matplotlib's text
 layout is not thread-safe).
 """
+
 from __future__ import annotations
 
 import html
@@ -13,8 +14,10 @@ import threading
 
 import ipywidgets as W
 
-_ALERT = ("<div style='background:#c62828;color:white;padding:6px 10px;border-radius:4px;font-weight:bold'>"
-          "DRIFT: {text}</div>")
+_ALERT = (
+    "<div style='background:#c62828;color:white;padding:6px 10px;border-radius:4px;font-weight:bold'>"
+    "DRIFT: {text}</div>"
+)
 _DRAWING = threading.Lock()
 _OK = "<div style='background:#2e7d32;color:white;padding:6px 10px;border-radius:4px'>{text}</div>"
 
@@ -40,12 +43,18 @@ class DriftMonitor(W.VBox):
 
     def _append(self, record) -> None:
         result = record.result
-        point = {"batch": record.batch_run_id, "check": record.check_run_id, "error": record.error,
-                 "score": result.score if result else None, "p_value": result.p_value if result else None,
-                 "drift": bool(result and result.is_drift), "alpha": result.alpha if result else None}
+        point = {
+            "batch": record.batch_run_id,
+            "check": record.check_run_id,
+            "error": record.error,
+            "score": result.score if result else None,
+            "p_value": result.p_value if result else None,
+            "drift": bool(result and result.is_drift),
+            "alpha": result.alpha if result else None,
+        }
         with self._lock:
             self.points.append(point)
-            del self.points[:-self.max_points]
+            del self.points[: -self.max_points]
 
     def add(self, record) -> None:
         """Add one checked batch (a watcher CheckRecord) and redraw."""
@@ -62,11 +71,16 @@ class DriftMonitor(W.VBox):
         drifts = [p for p in points if p["drift"]]
         if points and points[-1]["drift"]:
             last = points[-1]
-            self.alert.value = _ALERT.format(text=html.escape(
-                f"batch run {last['batch']} (p = {last['p_value']:.2g}); {len(drifts)} of {len(points)} batches drifted"))
+            text = (
+                f"batch run {last['batch']} (p = {last['p_value']:.2g}); {len(drifts)} of {len(points)} batches drifted"
+            )
+            self.alert.value = _ALERT.format(text=html.escape(text))
         else:
-            self.alert.value = _OK.format(text=html.escape(
-                f"{len(points)} batches checked, {len(drifts)} drifted" if points else "no batch checked yet"))
+            self.alert.value = _OK.format(
+                text=html.escape(
+                    f"{len(points)} batches checked, {len(drifts)} drifted" if points else "no batch checked yet"
+                )
+            )
         self.info.value = ""
         with _DRAWING:
             png = self.figure_png(points)

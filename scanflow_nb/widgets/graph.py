@@ -5,6 +5,7 @@ redraw; redraws are coalesced on a short timer thread, so a burst of log lines n
 `dot`, and the run's thread is never held up by drawing. The final event redraws at once.
 While a run goes on, a ticker refreshes the elapsed time in the summary (without redrawing).
 """
+
 from __future__ import annotations
 
 import html
@@ -17,15 +18,15 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from .. import events as ev
 from ..errors import ScanflowError
 from ..graph import RunProgress, Summary, dot_available, render_svg, text_tree
 from ..graph.render import INSTALL_HINT
-from .. import events as ev
 from ..spec import Workflow
 
 log = logging.getLogger(__name__)
 NO_SELECTION = "(select an executor)"
-MAX_SILENCE = 3600.0   # stop ticking when a "running" run has sent no event for this long
+MAX_SILENCE = 3600.0  # stop ticking when a "running" run has sent no event for this long
 
 
 class GraphWidget(widgets.VBox):
@@ -35,16 +36,23 @@ class GraphWidget(widgets.VBox):
     (`widget.load_result(result)`). Without graphviz's `dot` it shows a plain-text tree.
     """
 
-    def __init__(self, workflow: Workflow, app: Any = None, *, refresh_interval: float = 0.3,
-                 tick_interval: float = 1.0, log_tail: int = 30):
+    def __init__(
+        self,
+        workflow: Workflow,
+        app: Any = None,
+        *,
+        refresh_interval: float = 0.3,
+        tick_interval: float = 1.0,
+        log_tail: int = 30,
+    ):
         if not isinstance(workflow, Workflow):
             raise ScanflowError(f"GraphWidget needs a Workflow, got {type(workflow).__name__}")
         self.workflow, self.app = workflow, app
         self.progress = RunProgress(workflow)
         self.refresh_interval, self.tick_interval, self.log_tail = refresh_interval, tick_interval, log_tail
         self.tracking_uri: str | None = None
-        self.renders = 0                      # how many times the graph was drawn
-        self.errors: list[str] = []           # drawing failures, also shown in the widget
+        self.renders = 0  # how many times the graph was drawn
+        self.errors: list[str] = []  # drawing failures, also shown in the widget
         self._lines: dict[str, deque[str]] = {key: deque(maxlen=log_tail) for key in self.progress.keys}
         self._timer: threading.Timer | None = None
         self._ticker: threading.Timer | None = None
@@ -52,26 +60,41 @@ class GraphWidget(widgets.VBox):
         self._closed = False
         self._graph_dirty = False
         self._schedule_lock = threading.Lock()
-        self._draw_lock = threading.RLock()     # re-entered when _draw selects a failed executor
+        self._draw_lock = threading.RLock()  # re-entered when _draw selects a failed executor
         self._lines_lock = threading.Lock()
         self._svg: str | None = None
 
-        self.bar = widgets.IntProgress(min=0, max=max(1, len(self.progress.keys)), value=0,
-                                       layout=widgets.Layout(width="160px"))
+        self.bar = widgets.IntProgress(
+            min=0, max=max(1, len(self.progress.keys)), value=0, layout=widgets.Layout(width="160px")
+        )
         self.summary = widgets.HTML()
         self.message = widgets.HTML()
         self.graph = widgets.HTML(layout=widgets.Layout(overflow="auto", max_height="640px"))
-        self.selector = widgets.Dropdown(options=[NO_SELECTION, *self.progress.keys], value=NO_SELECTION,
-                                         description="executor", layout=widgets.Layout(width="max-content"))
+        self.selector = widgets.Dropdown(
+            options=[NO_SELECTION, *self.progress.keys],
+            value=NO_SELECTION,
+            description="executor",
+            layout=widgets.Layout(width="max-content"),
+        )
         self.details = widgets.HTML()
         self.log_view = widgets.HTML()
-        super().__init__([widgets.HBox([self.bar, self.summary]), self.message, self.graph,
-                          self.selector, self.details, self.log_view])
+        super().__init__(
+            [
+                widgets.HBox([self.bar, self.summary]),
+                self.message,
+                self.graph,
+                self.selector,
+                self.details,
+                self.log_view,
+            ]
+        )
         self.add_class("scanflow-graph")
         self.selector.observe(self._on_select, names="value")
         if not self.progress.keys:
-            self.message.value = _note(f"workflow {workflow.name!r} has no executors yet: add one with "
-                                       f"%%scanflow executor NAME --workflow {workflow.name}")
+            self.message.value = _note(
+                f"workflow {workflow.name!r} has no executors yet: add one with "
+                f"%%scanflow executor NAME --workflow {workflow.name}"
+            )
         self.flush()
 
     # -- feeding it ------------------------------------------------------------------------------
@@ -113,10 +136,18 @@ class GraphWidget(widgets.VBox):
     def close(self) -> None:
         """Stop the timers, then close the widget and its children."""
         self._closed = True
-        if hasattr(self, "log_view"):          # fully built (close also runs from __del__)
+        if hasattr(self, "log_view"):  # fully built (close also runs from __del__)
             self._cancel_timers()
-            for child in (self.bar, self.summary, self.message, self.graph, self.selector, self.details,
-                          self.log_view, self.children[0]):
+            for child in (
+                self.bar,
+                self.summary,
+                self.message,
+                self.graph,
+                self.selector,
+                self.details,
+                self.log_view,
+                self.children[0],
+            ):
                 child.close()
         super().close()
 
@@ -185,7 +216,7 @@ class GraphWidget(widgets.VBox):
         if graph:
             self._draw_graph()
         if summary.failed and self.selector.value == NO_SELECTION and summary.finished:
-            self.selector.value = summary.failed[0]      # a failed run opens on its first failure
+            self.selector.value = summary.failed[0]  # a failed run opens on its first failure
         else:
             self._show_selection()
 
@@ -196,8 +227,9 @@ class GraphWidget(widgets.VBox):
             self.graph.value = f"<div class='scanflow-graph-svg'>{self._svg}</div>"
         else:
             self._svg = ""
-            self.message.value = _note(f"graphviz's `dot` program is not installed, so the graph is shown "
-                                       f"as text; {INSTALL_HINT}")
+            self.message.value = _note(
+                f"graphviz's `dot` program is not installed, so the graph is shown as text; {INSTALL_HINT}"
+            )
             self.graph.value = f"<pre class='scanflow-graph-text'>{html.escape(text_tree(self.workflow, states))}</pre>"
         self.renders += 1
 
@@ -221,12 +253,17 @@ class GraphWidget(widgets.VBox):
             reqs = executor.requirements if isinstance(executor.requirements, str) else " ".join(executor.requirements)
             rows.append(("requirements", html.escape(reqs)))
         rows.append(("MLflow run", self._run_link(status.run_id)))
-        self.details.value = ("<table class='scanflow-details'>" + "".join(
-            f"<tr><th style='text-align:left;padding-right:1em'>{k}</th><td>{v}</td></tr>" for k, v in rows)
-            + "</table>")
+        self.details.value = (
+            "<table class='scanflow-details'>"
+            + "".join(f"<tr><th style='text-align:left;padding-right:1em'>{k}</th><td>{v}</td></tr>" for k, v in rows)
+            + "</table>"
+        )
         tail = self._log_tail(key)
-        self.log_view.value = (f"<pre class='scanflow-log' style='max-height:240px;overflow:auto'>"
-                               f"{html.escape(tail)}</pre>" if tail else "<i>no output yet</i>")
+        self.log_view.value = (
+            f"<pre class='scanflow-log' style='max-height:240px;overflow:auto'>{html.escape(tail)}</pre>"
+            if tail
+            else "<i>no output yet</i>"
+        )
 
     def _log_tail(self, key: str) -> str:
         with self._lines_lock:
@@ -236,7 +273,7 @@ class GraphWidget(widgets.VBox):
             if path.is_file():
                 with open(path, "rb") as f:
                     f.seek(max(0, path.stat().st_size - 64_000))
-                    lines = f.read().decode("utf-8", errors="replace").splitlines()[-self.log_tail:]
+                    lines = f.read().decode("utf-8", errors="replace").splitlines()[-self.log_tail :]
         return "\n".join(lines)
 
     def _run_link(self, run_id: str | None) -> str:
@@ -262,13 +299,14 @@ class GraphWidget(widgets.VBox):
             tracker = self.workflow.tracker
         if tracker is None or tracker.embedded:
             from ..track.store import embedded_uri
+
             return embedded_uri(self.app.state_dir)
         return f"http://{tracker.host}:{tracker.port}" if tracker.port else None
 
     # -- static renderings -------------------------------------------------------------------------
     def _repr_mimebundle_(self, **kwargs: Any) -> dict:
         data = super()._repr_mimebundle_(**kwargs)
-        data["text/plain"] = self._text()     # terminals and text exports get the tree
+        data["text/plain"] = self._text()  # terminals and text exports get the tree
         return data
 
     def _text(self) -> str:

@@ -4,6 +4,7 @@ The session (`scanflow_nb.improve.session.LabelingSession`) holds the state and 
 draws it and turns clicks and keys into its methods. `label`, `skip`, `undo`, `accept_guess`, `press` and
 `finish` are plain methods, so scripts and tests drive the panel exactly as clicks and key presses do.
 """
+
 import html
 import io
 import threading
@@ -18,6 +19,7 @@ KEYS = "keys (mouse over the panel): a digit labels · Enter accepts the guess �
 def image_png(array, size: int = 160) -> bytes:
     """PNG bytes of a grey (H, W) or colour (H, W, 3|4) array, scaled up without smoothing."""
     from PIL import Image
+
     a = np.asarray(array, dtype=float)
     lo, hi = float(a.min(initial=0.0)), float(a.max(initial=0.0))
     if lo >= 0 and hi <= 1:
@@ -47,9 +49,11 @@ def sample_html(sample, feature_names=None) -> str:
         values = np.ravel(sample)
         names = feature_names if feature_names is not None else [f"x{i}" for i in range(len(values))]
         pairs = list(zip(names, values))
-    rows = "".join(f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(str(k))}</th>"
-                   f"<td>{html.escape(f'{v:.4g}' if isinstance(v, (float, np.floating)) else str(v))}</td></tr>"
-                   for k, v in pairs)
+    rows = "".join(
+        f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(str(k))}</th>"
+        f"<td>{html.escape(f'{v:.4g}' if isinstance(v, (float, np.floating)) else str(v))}</td></tr>"
+        for k, v in pairs
+    )
     return f"<table>{rows}</table>"
 
 
@@ -71,8 +75,22 @@ class LabelingPanel:
     """
 
     # session state readable on the panel too
-    STATE = ("current", "n_labels", "scores", "errors", "finished", "retraining", "run_id", "skipped", "improver",
-             "budget", "store", "retrain_every", "tracking_uri", "experiment")
+    STATE = (
+        "current",
+        "n_labels",
+        "scores",
+        "errors",
+        "finished",
+        "retraining",
+        "run_id",
+        "skipped",
+        "improver",
+        "budget",
+        "store",
+        "retrain_every",
+        "tracking_uri",
+        "experiment",
+    )
 
     def __init__(self, improver, samples=None, feature_names=None, **session_options):
         from ..improve import LabelingSession
@@ -119,6 +137,7 @@ class LabelingPanel:
     # ---- the widgets
     def _build(self) -> None:
         import ipywidgets as w
+
         session = self.session
         self._view = w.Box(layout=w.Layout(min_height="170px", align_items="center"))
         self._image = w.Image(format="png")
@@ -126,8 +145,11 @@ class LabelingPanel:
         self._guess_html = w.HTML()
         self._buttons = []
         for key, cls in ((k, c) for c in session.improver.classes for k in [self._key_of(c)]):
-            button = w.Button(description=str(cls), tooltip=f"label as {cls}" + (f" (key {key})" if key else ""),
-                              layout=w.Layout(width="auto", min_width="3em"))
+            button = w.Button(
+                description=str(cls),
+                tooltip=f"label as {cls}" + (f" (key {key})" if key else ""),
+                layout=w.Layout(width="auto", min_width="3em"),
+            )
             button.add_class(f"scanflow-class-{cls}")
             button.on_click(lambda _, cls=cls: self._from_ui(self.label, cls))
             self._buttons.append(button)
@@ -140,15 +162,21 @@ class LabelingPanel:
         self._progress = w.IntProgress(min=0, max=max(1, session.budget), description="labels")
         self._counts = w.HTML()
         self._status = w.HTML()
-        self.widget = w.VBox([
-            w.HTML(f"<b>Labeling</b> · session <code>{html.escape(session.name)}</code> · "
-                   f"strategy {html.escape(session.improver.strategy)}"),
-            w.HBox([self._view, self._guess_html], layout=w.Layout(align_items="center", grid_gap="1em")),
-            w.HBox(self._buttons, layout=w.Layout(flex_flow="row wrap")),
-            w.HBox([self._skip_button, self._undo_button, self._finish_button]),
-            w.HBox([self._progress, self._counts]),
-            self._status, w.HTML(f"<small>{KEYS}</small>")],
-            layout=w.Layout(border="1px solid #ccc", padding="8px", width="fit-content"))
+        self.widget = w.VBox(
+            [
+                w.HTML(
+                    f"<b>Labeling</b> · session <code>{html.escape(session.name)}</code> · "
+                    f"strategy {html.escape(session.improver.strategy)}"
+                ),
+                w.HBox([self._view, self._guess_html], layout=w.Layout(align_items="center", grid_gap="1em")),
+                w.HBox(self._buttons, layout=w.Layout(flex_flow="row wrap")),
+                w.HBox([self._skip_button, self._undo_button, self._finish_button]),
+                w.HBox([self._progress, self._counts]),
+                self._status,
+                w.HTML(f"<small>{KEYS}</small>"),
+            ],
+            layout=w.Layout(border="1px solid #ccc", padding="8px", width="fit-content"),
+        )
         self.widget.add_class("scanflow-labeling")
         try:
             from ipyevents import Event
@@ -182,8 +210,10 @@ class LabelingPanel:
         self._progress.max = max(1, session.budget, session.n_labels)
         self._progress.value = session.n_labels
         left = session.improver.pool_size - len(session.skipped)
-        self._counts.value = (f"&nbsp;{session.n_labels} / {session.budget} labeled · {len(session.skipped)} skipped · "
-                              f"{max(0, left)} in the pool")
+        self._counts.value = (
+            f"&nbsp;{session.n_labels} / {session.budget} labeled · {len(session.skipped)} skipped · "
+            f"{max(0, left)} in the pool"
+        )
         if session.message[0]:
             self._show_status(*session.message)
         if sample is None:
@@ -199,8 +229,9 @@ class LabelingPanel:
             self._text.value = sample_html(shown, self.feature_names)
             self._view.children = [self._text]
         guess = session.guess(sample)
-        self._guess_html.value = (f"model guess: <b>{html.escape(str(guess[0]))}</b> ({guess[1]:.0%})"
-                                  if guess else "<i>no model yet</i>")
+        self._guess_html.value = (
+            f"model guess: <b>{html.escape(str(guess[0]))}</b> ({guess[1]:.0%})" if guess else "<i>no model yet</i>"
+        )
 
     def _shown(self, sample: int):
         if self.samples is None:
@@ -211,4 +242,5 @@ class LabelingPanel:
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
+
         display(self.widget)
