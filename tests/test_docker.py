@@ -181,8 +181,16 @@ def test_twenty_runs_with_failures_leave_no_container_or_network_behind(tmp_path
     assert count() == before
 
 
-def test_notebook_magics_run_a_cell_executor_on_docker(run_cell, app_dir, base_image):
-    """%%scanflow executor then %scanflow run --backend docker: build output and logs stream into the cell."""
+def test_notebook_magics_run_a_cell_executor_on_docker(run_cell, app_dir, base_image, monkeypatch):
+    """%%scanflow executor then %scanflow run --backend docker: build output and logs stream into the cell.
+
+    No SCANFLOW_BASE_IMAGE, as after `make machine`: the run finds the local base image and says so once.
+    """
+    from scanflow_nb.containers import images
+    from scanflow_nb.containers.base import base_image_exists
+
+    monkeypatch.delenv("SCANFLOW_BASE_IMAGE")
+    monkeypatch.setattr(images, "_announced", set())
     assert run_cell(f"%scanflow app {app_dir}")[0].success
     assert run_cell("%scanflow workflow nb")[0].success
     cell = "import mlflow\nmlflow.log_metric('from_cell', 7)\nprint('hello from a container')"
@@ -190,6 +198,8 @@ def test_notebook_magics_run_a_cell_executor_on_docker(run_cell, app_dir, base_i
     result, out, _ = run_cell("%scanflow run nb --backend docker --no-graph")
     assert result.success and result.result.ok, out
     assert "[build nb/hello]" in out and "[nb/hello] hello from a container" in out
+    if base_image == images.DEFAULT_BASE_TAG and not base_image_exists(images.DEFAULT_BASE):
+        assert out.count(f"base image: {base_image}, built on this machine") == 1, out
     from mlflow import MlflowClient
 
     run = MlflowClient(result.result.tracking_uri).get_run(result.result.executors["nb/hello"].run_id)

@@ -21,7 +21,7 @@ from ..errors import NotFoundError, ScanflowError
 from ..files import STATE_DIR
 from ..spec import Executor
 from . import dockerfile as df
-from .base import DEFAULT_BASE_TAG
+from .base import DEFAULT_BASE_TAG, base_image_exists
 from .docker_client import client
 from .names import check_image_ref, image_repository
 from .pipconf import PipSettings, host_pip_settings
@@ -35,9 +35,30 @@ class ImageBuildError(ScanflowError):
     """An image could not be built (the message ends with the build's last output lines)."""
 
 
-def default_base_image() -> str:
-    """The base image of generated Dockerfiles: $SCANFLOW_BASE_IMAGE, else python:3.11-slim."""
-    return check_image_ref(os.environ.get("SCANFLOW_BASE_IMAGE") or DEFAULT_BASE, "base image")
+_announced: set[str] = set()
+
+
+def default_base_image(echo: Echo = print) -> str:
+    """The base image of generated Dockerfiles.
+
+    $SCANFLOW_BASE_IMAGE when set; else python:3.11-slim when this engine has it; else the base image
+    built locally without a registry (`scanflow base-image`, `make machine`), announced once per kernel;
+    else python:3.11-slim, pulled by the build (whose error says how to build a local one).
+    """
+    chosen = os.environ.get("SCANFLOW_BASE_IMAGE")
+    if chosen:
+        return check_image_ref(chosen, "base image")
+    for candidate in (DEFAULT_BASE, DEFAULT_BASE_TAG):
+        if not base_image_exists(candidate):
+            continue
+        if candidate == DEFAULT_BASE_TAG and candidate not in _announced:
+            _announced.add(candidate)
+            echo(
+                f"base image: {DEFAULT_BASE_TAG}, built on this machine ({DEFAULT_BASE} is not on this engine; "
+                "set SCANFLOW_BASE_IMAGE to choose another)"
+            )
+        return candidate
+    return DEFAULT_BASE
 
 
 def mlflow_version() -> str:
@@ -96,10 +117,17 @@ class ImageBuilder:
     """Builds (or finds by tag) the images of executors and of the tracker, streaming build output."""
 
     def __init__(self, base_image: str | None = None, pip: PipSettings | None = None, echo: Echo = print):
-        self.base_image = check_image_ref(base_image, "base image") if base_image else default_base_image()
+        self._base_image = check_image_ref(base_image, "base image") if base_image else None
         self._pip = pip
         self.echo = echo
         self._lock = threading.Lock()
+
+    @property
+    def base_image(self) -> str:
+        """The base of generated Dockerfiles: as given, else `default_base_image()` (asked once, on first use)."""
+        if self._base_image is None:
+            self._base_image = default_base_image(self.echo)
+        return self._base_image
 
     @property
     def pip(self) -> PipSettings:
@@ -199,8 +227,8 @@ class ImageBuilder:
                 for chunk in stream:
                     if "error" in chunk:
                         hint = (
-                            f"; without a registry, build a base image with `scanflow base-image` and set "
-                            f"SCANFLOW_BASE_IMAGE={DEFAULT_BASE_TAG}"
+                            f"; without a registry, build the local base image with `scanflow base-image` "
+                            f"(or `make machine`): docker runs then use {DEFAULT_BASE_TAG} by themselves"
                             if tail[-1:] and " FROM " in tail[-1]
                             else ""
                         )

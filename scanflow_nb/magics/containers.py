@@ -18,7 +18,9 @@ from .registry import subcommand
 @argument("workflow", help="the workflow to export")
 @argument("-o", "--output", metavar="DIR", default=None, help="folder to write into (default: <app>/export/<kind>)")
 @argument(
-    "--base-image", metavar="IMAGE", help="base of generated images (default: $SCANFLOW_BASE_IMAGE or python:3.11-slim)"
+    "--base-image",
+    metavar="IMAGE",
+    help="base of generated images (default: $SCANFLOW_BASE_IMAGE, else python:3.11-slim, else the local base image)",
 )
 def export(ctx, args):
     """Build the workflow's images and write a file that runs it on another engine."""
@@ -39,13 +41,17 @@ def export(ctx, args):
 def base_image(ctx, args):
     """Build a Python base image from Debian packages (debootstrap + docker import), without any registry.
 
-    The image becomes this session's base for generated Dockerfiles (SCANFLOW_BASE_IMAGE).
+    Docker runs find the default tag by themselves when python:3.11-slim is not on the engine; another
+    --tag becomes this session's base (SCANFLOW_BASE_IMAGE).
     """
     from ..containers.base import DEFAULT_BASE_TAG, build_base_image
 
     tag = build_base_image(args.tag or DEFAULT_BASE_TAG, suite=args.suite, mirror=args.mirror, force=args.force)
-    os.environ["SCANFLOW_BASE_IMAGE"] = tag
-    print(f"SCANFLOW_BASE_IMAGE={tag} for this session; set it in your environment to keep it")
+    if tag == DEFAULT_BASE_TAG:
+        print(f"{tag} is ready: docker runs use it when python:3.11-slim is not on this engine")
+    else:
+        os.environ["SCANFLOW_BASE_IMAGE"] = tag
+        print(f"SCANFLOW_BASE_IMAGE={tag} for this session; set it in your environment to keep it")
 
 
 @subcommand("cleanup")

@@ -130,7 +130,7 @@ def prepare_store(store_uri: str) -> None:
 class DockerBackend:
     """Run executors as containers on one Docker engine.
 
-    `base_image`: base of generated Dockerfiles ($SCANFLOW_BASE_IMAGE, else python:3.11-slim).
+    `base_image`: base of generated Dockerfiles (default: `containers.images.default_base_image()`).
     `echo`: where image build output goes (the notebook by default).
     """
 
