@@ -1,12 +1,15 @@
 """Fixtures for container tests: a reachable engine, the registry-free base image, leftover audits.
 
 Tests that need Docker are skipped with the reason when no engine answers (run .ci/docker.sh to
-install and start one); they are never silently passed.
+install and start one); they are never silently passed. Every image the session builds carries the
+session's label (SCANFLOW_LABELS) and is removed when the session ends; images built before it (the
+base and tracker images of `make machine`, a user's own) are never touched.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 
 import pytest
 
@@ -15,6 +18,34 @@ from scanflow_nb.containers.base import DEFAULT_BASE_TAG
 from scanflow_nb.errors import BackendUnavailable
 
 BASE = os.environ.get("SCANFLOW_TEST_BASE_IMAGE", DEFAULT_BASE_TAG)
+SESSION_LABEL = f"scanflow.test-session={uuid.uuid4().hex[:12]}"
+
+
+def pytest_configure(config):
+    """Label what this session builds (tutorial kernels and subprocesses inherit the variable)."""
+    labels = os.environ.get("SCANFLOW_LABELS")
+    os.environ["SCANFLOW_LABELS"] = f"{labels},{SESSION_LABEL}" if labels else SESSION_LABEL
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the images this session built, but a tracker image (the next session reuses it)."""
+    try:
+        from scanflow_nb.containers.docker_client import client
+
+        images = client().images.list(filters={"label": SESSION_LABEL})
+    except Exception:  # no engine or no docker SDK: nothing was built
+        return
+    removed = 0
+    for image in images:
+        if image.labels.get("scanflow.image") == "tracker":
+            continue
+        try:
+            client().images.remove(image.id)
+            removed += 1
+        except Exception:  # in use, or gone already
+            pass
+    if removed:
+        print(f"\nremoved {removed} image(s) this test session built")
 
 
 def engine():

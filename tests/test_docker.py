@@ -193,7 +193,8 @@ def test_notebook_magics_run_a_cell_executor_on_docker(run_cell, app_dir, base_i
     monkeypatch.setattr(images, "_announced", set())
     assert run_cell(f"%scanflow app {app_dir}")[0].success
     assert run_cell("%scanflow workflow nb")[0].success
-    cell = "import mlflow\nmlflow.log_metric('from_cell', 7)\nprint('hello from a container')"
+    fresh = f"# {time.time_ns()}: new code, so this app builds its own image\n"
+    cell = fresh + "import mlflow\nmlflow.log_metric('from_cell', 7)\nprint('hello from a container')"
     assert run_cell(f"%%scanflow executor hello --workflow nb\n{cell}")[0].success
     result, out, _ = run_cell("%scanflow run nb --backend docker --no-graph")
     assert result.success and result.result.ok, out
@@ -205,3 +206,15 @@ def test_notebook_magics_run_a_cell_executor_on_docker(run_cell, app_dir, base_i
     run = MlflowClient(result.result.tracking_uri).get_run(result.result.executors["nb/hello"].run_id)
     assert run.data.metrics["from_cell"] == 7 and run.data.tags["scanflow.backend"] == "docker"
     assert leftovers(app_dir) == []
+
+    import docker
+    from docker_support import SESSION_LABEL
+
+    from scanflow_nb.containers.names import LABEL_APP, app_id
+
+    engine = docker.from_env()
+    built = engine.images.list(filters={"label": f"{LABEL_APP}={app_id(app_dir.resolve())}"})
+    assert built and all(SESSION_LABEL.split("=")[0] in image.labels for image in built)
+    result, out, _ = run_cell("%scanflow cleanup --images")
+    assert result.success and f"removed {len(built)} Docker object(s)" in out, out
+    assert engine.images.list(filters={"label": f"{LABEL_APP}={app_id(app_dir.resolve())}"}) == []

@@ -23,7 +23,7 @@ from ..spec import Executor
 from . import dockerfile as df
 from .base import DEFAULT_BASE_TAG, base_image_exists
 from .docker_client import client
-from .names import check_image_ref, image_repository
+from .names import LABEL_APP, LABEL_IMAGE, app_id, check_image_ref, extra_labels, image_repository
 from .pipconf import PipSettings, host_pip_settings
 
 DEFAULT_BASE = "python:3.11-slim"
@@ -195,12 +195,13 @@ class ImageBuilder:
         ctx = self.executor_context(app_dir, workflow, executor)
         if ctx is None:
             return self._existing(executor.image, executor.name)
-        return self.build(ctx, f"{workflow}/{executor.name}")
+        return self.build(ctx, f"{workflow}/{executor.name}", {LABEL_APP: app_id(app_dir)})
 
     def tracker_image(self) -> str:
         return self.build(self.tracker_context(), "tracker")
 
-    def build(self, ctx: BuildContext, what: str) -> str:
+    def build(self, ctx: BuildContext, what: str, labels: dict[str, str] | None = None) -> str:
+        """The image of `ctx`, built unless its tag exists; labelled with what it is for and `labels`."""
         import docker.errors
 
         tag = ctx.tag
@@ -222,7 +223,7 @@ class ImageBuilder:
                     rm=True,
                     forcerm=True,
                     decode=True,
-                    labels={"scanflow.image": what},
+                    labels={LABEL_IMAGE: what, **extra_labels(), **(labels or {})},
                 )
                 for chunk in stream:
                     if "error" in chunk:

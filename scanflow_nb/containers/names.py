@@ -14,6 +14,7 @@ from pathlib import Path
 from ..errors import ValidationError
 
 LABEL_APP, LABEL_RUN, LABEL_KEY, LABEL_WORKFLOW = "scanflow.app", "scanflow.run", "scanflow.key", "scanflow.workflow"
+LABEL_IMAGE = "scanflow.image"  # on every image scanflow builds: what it is for ("wf/executor", "tracker")
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 # Docker's reference grammar: [host[:port]/]path[:tag][@digest], path components lower case.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -27,6 +28,20 @@ _IMAGE_REF = re.compile(
 def app_id(app_dir: str | Path) -> str:
     """A short stable id of an app folder, used in labels and names."""
     return hashlib.sha256(str(Path(app_dir).resolve()).encode()).hexdigest()[:12]
+
+
+def extra_labels() -> dict[str, str]:
+    """Labels from $SCANFLOW_LABELS ("key=value,key=value"), put on everything scanflow creates in Docker,
+    e.g. to find and remove what one CI job made."""
+    import os
+
+    labels: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in os.environ.get("SCANFLOW_LABELS", "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValidationError(f"SCANFLOW_LABELS: expected key=value items separated by commas, got {item!r}")
+        labels[key.strip()] = value.strip()
+    return labels
 
 
 def check_image_ref(ref: str, what: str = "image") -> str:

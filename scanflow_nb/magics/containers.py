@@ -56,8 +56,14 @@ def base_image(ctx, args):
 
 @subcommand("cleanup")
 @magic_arguments()
+@argument("--images", action="store_true", help="also remove the executor images built for this app")
 def cleanup(ctx, args):
-    """Remove the containers, services and networks that runs of this app left (e.g. after a crash)."""
+    """Remove the containers, services and networks that runs of this app left (e.g. after a crash).
+
+    Only objects labelled with this app are touched; with --images, its executor images that no
+    container uses (they are rebuilt when needed).
+    """
     from ..run.docker import remove_leftovers
 
-    print(f"removed {remove_leftovers(ctx.app.path)} Docker object(s) of app {ctx.app.path}")
+    removed = remove_leftovers(ctx.app.path, images=args.images)
+    print(f"removed {removed} Docker object(s) of app {ctx.app.path}")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..containers.docker_client import client
 from ..containers.images import ImageBuilder
-from ..containers.names import LABEL_APP, LABEL_KEY, LABEL_RUN, LABEL_WORKFLOW, app_id, shorten
+from ..containers.names import LABEL_APP, LABEL_KEY, LABEL_RUN, LABEL_WORKFLOW, app_id, extra_labels, shorten
 from ..errors import RunError, TrackerError
 from ..files import state_dir
 from ..track.server import SERVER_ENV, server_command
@@ -153,7 +153,13 @@ class DockerBackend:
 
     # -- naming and labels ------------------------------------------------------------------------
     def labels(self, **extra: str) -> dict[str, str]:
-        return {LABEL_APP: self.app, LABEL_RUN: self.run_token, LABEL_WORKFLOW: self.workflow, **extra}
+        return {
+            **extra_labels(),
+            LABEL_APP: self.app,
+            LABEL_RUN: self.run_token,
+            LABEL_WORKFLOW: self.workflow,
+            **extra,
+        }
 
     def object_name(self, *parts: str) -> str:
         """`scanflow-<run>-<parts>`, at most 63 characters (swarm service names), shortened with a hash."""
@@ -262,9 +268,26 @@ def remove_run(docker_client, run_token: str) -> None:
     _remove(docker_client, {"label": f"{LABEL_RUN}={run_token}"})
 
 
-def remove_leftovers(app_dir: str | Path) -> int:
-    """Remove every container, service and network any run of this app left behind; return how many."""
-    return _remove(client(), {"label": f"{LABEL_APP}={app_id(Path(app_dir).resolve())}"})
+def remove_leftovers(app_dir: str | Path, images: bool = False) -> int:
+    """Remove every container, service and network any run of this app left behind (with `images`, also
+    the executor images built for it that no container uses); return how many."""
+    label = f"{LABEL_APP}={app_id(Path(app_dir).resolve())}"
+    removed = _remove(client(), {"label": label})
+    return removed + (remove_images({"label": label}) if images else 0)
+
+
+def remove_images(filters: dict) -> int:
+    """Remove the images matching `filters` that no container uses; return how many."""
+    import docker.errors
+
+    removed = 0
+    for image in client().images.list(filters=filters):
+        try:
+            client().images.remove(image.id, force=False, noprune=False)
+            removed += 1
+        except docker.errors.APIError:  # in use by a container, or gone already
+            pass
+    return removed
 
 
 def leftovers(app_dir: str | Path | None = None) -> list[str]:
