@@ -27,7 +27,6 @@ def test_nothing_is_lost_or_checked_twice_when_the_server_dies_and_comes_back(da
         watcher = Watcher(uri, "wf", detector, every=1.0, max_backoff=2.0).start()
         ids = log_from_another_process(uri, [clean[0], drifted[0]], tmp_path)
         assert wait_for(lambda: len(watcher.records) == 2)
-        assert all(r.delay < 2.5 for r in watcher.records), [r.delay for r in watcher.records]
         watcher.stop()
         ids += log_from_another_process(uri, [clean[1]], tmp_path)
         watcher.start()
