@@ -1,20 +1,23 @@
-"""End-to-end notebook tests: a real JupyterLab driven by headless Chromium through Playwright.
+"""End-to-end notebook tests: a real JupyterLab 4 or Jupyter Notebook 7 driven by headless Chromium (Playwright).
 
-Import the fixtures into a test module and mark it::
+The fixtures reach every test module (tests/conftest.py loads this module as a plugin); mark the module::
 
-    from browser_support import lab, open_notebook, page, run_cell  # noqa: F401
+    from browser_support import open_notebook, run_cell
     pytestmark = pytest.mark.browser
 
     def test_something(lab, page):
         open_notebook(page, lab, "demo.ipynb")
         cell = run_cell(page, "print(6 * 7)")
-        assert "42" in cell.inner_text()
+        expect(cell).to_contain_text("42")
 
-`lab` starts JupyterLab on a free port in a temporary root folder (a token, no browser, the news and
-update pop-ups switched off through temporary user settings), `page` is a Chromium page at a
-desktop size. Both stop completely at the end. Everything missing (the `chromium` binary,
-jupyterlab, playwright) makes the tests skip with a reason that says what to install. Chromium is
-Debian's (`apt-get install chromium`), never a `playwright install` download.
+`lab` starts the front end named by the `front_end` fixture (parametrized: "lab" for JupyterLab,
+"notebook" for Notebook 7; both serve the same notebook UI components) on a free port in a temporary
+root folder (a token, no browser, the news and update pop-ups switched off through temporary user
+settings); `page` is a Chromium page at a desktop size. Both stop completely at the end. Everything
+missing (the `chromium` binary, jupyterlab, notebook, playwright) makes the tests skip with a reason
+that says what to install. Chromium is Debian's (`apt-get install chromium`), never a
+`playwright install` download. Tests wait for the state they assert with Playwright's `expect`
+(auto-retrying, with a timeout), never read it once: CI runs on a busy 2-core machine.
 """
 
 from __future__ import annotations
@@ -47,21 +50,23 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--disable-dev-shm-usage",
 ]
-NO_POPUPS = {
-    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"checkForUpdates": False, "fetchNews": "false"}
+USER_SETTINGS = {  # no news or update pop-ups; widget state saved with the notebook (as users who share them set)
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"checkForUpdates": False, "fetchNews": "false"},
+    "@jupyter-widgets/jupyterlab-manager/plugin.jupyterlab-settings": {"saveState": True},
 }
 VIEWPORT = {"width": 1400, "height": 1000}
+FRONT_ENDS = {"lab": ("jupyterlab", "lab/tree"), "notebook": ("notebook", "notebooks")}  # module, notebook URL
 
 
 def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def missing_reason() -> str | None:
+def missing_reason(front_end: str = "lab") -> str | None:
     """Why browser tests cannot run here, or None if they can."""
     if chromium_path() is None:
         return "no chromium binary (install it: apt-get install chromium)"
-    for module, extra in (("jupyterlab", "jupyterlab"), ("playwright", "playwright")):
+    for module, extra in ((FRONT_ENDS[front_end][0], FRONT_ENDS[front_end][0]), ("playwright", "playwright")):
         if find_spec(module) is None:
             return f"{extra} is not installed (pip install -e '.[browser]')"
     return None
@@ -75,8 +80,9 @@ def free_port() -> int:
 
 @dataclass
 class Lab:
-    """A running JupyterLab server."""
+    """A running JupyterLab or Notebook 7 server."""
 
+    front_end: str  # "lab" or "notebook"
     url: str
     token: str
     root: Path
@@ -110,12 +116,12 @@ class Lab:
                 self.process.wait(5)
 
 
-def start_lab(root: Path, timeout: float = 90) -> Lab:
-    """Start JupyterLab serving `root`; returns once its API answers."""
+def start_lab(root: Path, timeout: float = 90, front_end: str = "lab") -> Lab:
+    """Start JupyterLab ("lab") or Notebook 7 ("notebook") serving `root`; returns once its API answers."""
     root = Path(root)
     home = root.parent / f"{root.name}-jupyter"
     settings = home / "lab-settings"
-    for name, values in NO_POPUPS.items():
+    for name, values in USER_SETTINGS.items():
         target = settings / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(values))
@@ -136,7 +142,7 @@ def start_lab(root: Path, timeout: float = 90) -> Lab:
             [
                 sys.executable,
                 "-m",
-                "jupyterlab",
+                FRONT_ENDS[front_end][0],
                 "--no-browser",
                 "--ip=127.0.0.1",
                 f"--port={port}",
@@ -144,6 +150,7 @@ def start_lab(root: Path, timeout: float = 90) -> Lab:
                 f"--IdentityProvider.token={token}",
                 "--allow-root",
                 "--ServerApp.open_browser=False",
+                f"--{'LabApp' if front_end == 'lab' else 'JupyterNotebookApp'}.expose_app_in_browser=True",
             ],
             cwd=root,
             env=env,
@@ -151,18 +158,18 @@ def start_lab(root: Path, timeout: float = 90) -> Lab:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    lab = Lab(f"http://127.0.0.1:{port}", token, root, process, log)
+    lab = Lab(front_end, f"http://127.0.0.1:{port}", token, root, process, log)
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
-            raise RuntimeError(f"JupyterLab exited with code {process.returncode}:\n{lab.log_tail()}")
+            raise RuntimeError(f"{front_end} exited with code {process.returncode}:\n{lab.log_tail()}")
         try:
             lab.api("GET", "api/status")
             return lab
         except (urllib.error.URLError, ConnectionError, OSError):
             if time.monotonic() > deadline:
                 lab.stop()
-                raise RuntimeError(f"JupyterLab did not answer within {timeout} s:\n{lab.log_tail()}") from None
+                raise RuntimeError(f"{front_end} did not answer within {timeout} s:\n{lab.log_tail()}") from None
             time.sleep(0.3)
 
 
@@ -186,14 +193,23 @@ def open_notebook(page, lab: Lab, name: str, timeout: float = 90) -> None:
         lab.api("GET", f"api/contents/{name}?content=0")
     except urllib.error.HTTPError:
         create_notebook(lab, name)
-    page.goto(f"{lab.url}/lab/tree/{name}?token={lab.token}")
+    page.goto(f"{lab.url}/{FRONT_ENDS[lab.front_end][1]}/{name}?token={lab.token}")
     page.locator(".jp-NotebookPanel .jp-Cell").first.wait_for(timeout=timeout * 1000)
     wait_for_kernel_idle(page, timeout)
 
 
 def wait_for_kernel_idle(page, timeout: float = 90) -> None:
-    """Wait until the notebook's kernel reports Idle (cells run before that are silently dropped)."""
-    page.locator("#jp-main-statusbar").get_by_text(re.compile(r"\| Idle$")).first.wait_for(timeout=timeout * 1000)
+    """Wait until the notebook's kernel is connected and idle (cells run before that are silently dropped).
+
+    Asks the application itself (both front ends are started with `expose_app_in_browser`).
+    """
+    page.wait_for_function(
+        """() => {
+            const kernel = window.jupyterapp?.shell?.currentWidget?.sessionContext?.session?.kernel;
+            return kernel?.connectionStatus === "connected" && kernel?.status === "idle";
+        }""",
+        timeout=timeout * 1000,
+    )
 
 
 def run_cell(page, code: str, timeout: float = 120, wait: bool = True):
@@ -223,12 +239,19 @@ def run_cell(page, code: str, timeout: float = 120, wait: bool = True):
 
 def wait_for_cell(page, cell, timeout: float = 120) -> None:
     """Wait until a cell's prompt shows its execution count ("[3]:" rather than "[*]:" or "[ ]:")."""
-    prompt = cell.locator(".jp-InputArea-prompt")
+    from playwright.sync_api import expect
+
+    expect(cell.locator(".jp-InputArea-prompt")).to_have_text(re.compile(r"^\s*\[\d+\]:\s*$"), timeout=timeout * 1000)
+
+
+def eventually(check, timeout: float = 60, what: str = "the condition"):
+    """Call `check` until it returns something truthy (returned), for at most `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    while not re.fullmatch(r"\[\d+\]:", prompt.inner_text().strip()):
+    while not (value := check()):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"cell did not finish within {timeout} s: {cell.inner_text()[:80]!r}")
-        page.wait_for_timeout(200)
+            raise TimeoutError(f"{what} did not hold within {timeout} s")
+        time.sleep(0.2)
+    return value
 
 
 def wait_for_text(locator, text: str, timeout: float = 60) -> None:
@@ -244,13 +267,19 @@ def screenshot(target, path: str | os.PathLike) -> Path:
     return path
 
 
+@pytest.fixture(params=["lab", "notebook"], ids=["jupyterlab4", "notebook7"])
+def front_end(request) -> str:
+    """Each browser test runs in JupyterLab 4 and in Jupyter Notebook 7."""
+    return request.param
+
+
 @pytest.fixture
-def lab(tmp_path):
-    """A JupyterLab server on a free port serving tmp_path/"root"; stopped after the test."""
-    reason = missing_reason()
+def lab(tmp_path, front_end):
+    """A JupyterLab or Notebook 7 server on a free port serving tmp_path/"root"; stopped after the test."""
+    reason = missing_reason(front_end)
     if reason:
         pytest.skip(f"browser test skipped: {reason}")
-    server = start_lab(tmp_path / "root")
+    server = start_lab(tmp_path / "root", front_end=front_end)
     yield server
     server.stop()
 

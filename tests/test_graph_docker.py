@@ -47,9 +47,10 @@ def test_widget_follows_a_docker_run(tmp_path, docker_backend):
     result = app.run("dock", docker_backend(), listeners=[watch], echo=False)
     assert result.status == "failed"
     assert seen[0] == "running" and seen[-1] == "succeeded"
-    svg = widget.graph.value
+    svg = widget._repr_svg_()
     for key, state in (("dock/hello", "succeeded"), ("fan/ok", "succeeded"), ("fan/bad", "failed")):
+        assert widget.nodes[key]["state"] == state
         assert f'<g id="sf&#45;{key}" class="node sf&#45;executor sf&#45;{state}">' in svg
-    assert "3/3 done · 1 failed (fan/bad)" in widget.summary.value
-    assert widget.selector.value == "fan/bad"
-    assert "exit code 4" in widget.details.value and "broken input" in widget.log_view.value
+    assert "3/3 done · 1 failed (fan/bad)" in widget.summary
+    assert widget.selected == "fan/bad"
+    assert "<th>exit code</th><td>4</td>" in widget.details_html() and "broken input" in widget.log

@@ -32,12 +32,13 @@ def declare(ip):
 def test_graph_shows_the_widget_with_the_last_runs_states(shell):
     declare(shell)
     widget = shell.run_line_magic("scanflow", "graph")
-    assert type(widget).__name__ == "GraphWidget" and "0/3 done" in widget.summary.value
+    assert type(widget).__name__ == "GraphWidget" and "0/3 done" in widget.summary
     shell.run_line_magic("scanflow", "run pipeline --quiet --no-graph")
     widget = shell.run_line_magic("scanflow", "graph pipeline")
-    assert 'class="node sf&#45;executor sf&#45;failed"' in widget.graph.value
-    assert "3/3 done · 1 failed (evaluate/b)" in widget.summary.value
-    assert widget.selector.value == "evaluate/b"
+    assert widget.nodes["evaluate/b"]["state"] == "failed"
+    assert 'class="node sf&#45;executor sf&#45;failed"' in widget._repr_svg_()
+    assert "3/3 done · 1 failed (evaluate/b)" in widget.summary
+    assert widget.selected == "evaluate/b"
 
 
 def test_graph_text_tree_and_summary(shell, capsys):
@@ -86,7 +87,7 @@ def test_graph_needs_a_name_when_there_are_several_workflows(shell, tmp_path):
 def test_graph_of_an_empty_workflow_explains(shell, capsys):
     shell.run_line_magic("scanflow", "workflow empty")
     widget = shell.run_line_magic("scanflow", "graph empty")
-    assert "has no executors yet: add one with %%scanflow executor NAME --workflow empty" in widget.message.value
+    assert "has no executors yet: add one with %%scanflow executor NAME --workflow empty" in widget.message
     capsys.readouterr()
     shell.run_line_magic("scanflow", "graph empty --text")
     assert capsys.readouterr().out.splitlines()[:2] == ["empty  (sequential)", "└── (no executors yet)"]
@@ -96,8 +97,8 @@ def test_without_dot_the_magic_explains_and_falls_back_to_text(shell, tmp_path, 
     declare(shell)
     monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
     widget = shell.run_line_magic("scanflow", "graph pipeline")
-    assert "graphviz&#x27;s `dot` program is not installed" in widget.message.value
-    assert "├── prepare  [pending]" in widget.graph.value
+    assert "graphviz&#x27;s `dot` program is not installed" in widget.message
+    assert "├── prepare  [pending]" in widget.text
     with pytest.raises(
         UsageError,
         match=r"cannot draw .*pipeline.png: graphviz's `dot` program is not installed; "

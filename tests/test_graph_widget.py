@@ -1,7 +1,12 @@
-"""The live graph widget, fed by real runs of the local back end (real subprocesses, real MLflow store)."""
+"""The live graph widget, fed by real runs of the local back end (real subprocesses, real MLflow store).
+
+These drive the widget's Python side exactly as the front end does (setting `selected`, sending the
+"ready" message); tests/test_graph_browser.py clicks and presses keys in a real browser.
+"""
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 
@@ -12,7 +17,7 @@ from scanflow_nb.app import App
 from scanflow_nb.events import RunEvent
 
 widgets = pytest.importorskip("ipywidgets", reason="ipywidgets is not installed")
-from scanflow_nb.widgets.graph import NO_SELECTION, GraphWidget  # noqa: E402
+from scanflow_nb.widgets.graph import GraphWidget  # noqa: E402
 
 needs_dot = pytest.mark.skipif(
     not shutil.which("dot"), reason="graphviz's `dot` program is not installed (apt-get install graphviz)"
@@ -39,15 +44,18 @@ def app(tmp_path):
 
 
 def node_classes(widget: GraphWidget) -> dict[str, str]:
-    """Executor key -> its state as drawn, read from the SVG the widget shows."""
+    """Executor key -> its state as sent to the front end, checked against the static drawing's classes."""
     import re
 
-    return {
+    sent = {key: node["state"] for key, node in widget.nodes.items()}
+    drawn = {
         key.replace("&#45;", "-"): state
         for key, state in re.findall(
-            r'<g id="sf&#45;([^"]+)" class="node sf&#45;executor sf&#45;(\w+)"', widget.graph.value
+            r'<g id="sf&#45;([^"]+)" class="node sf&#45;executor sf&#45;(\w+)"', widget._repr_svg_() or ""
         )
     }
+    assert drawn == sent, "the drawing for front ends without widgets disagrees with the live states"
+    return sent
 
 
 @needs_dot
@@ -57,17 +65,18 @@ def test_a_failed_run_is_shown_live_with_its_failure_selected(app):
     result = app.run("pipeline", listeners=[widget.on_event], echo=False)
     assert result.status == "failed"
     assert node_classes(widget) == {"pipeline/prepare": "succeeded", "evaluate/a": "succeeded", "evaluate/b": "failed"}
-    assert "3/3 done · 1 failed (evaluate/b)" in widget.summary.value
-    assert "the run failed" in widget.summary.value
-    assert (widget.bar.value, widget.bar.bar_style) == (3, "danger")
-    assert widget.selector.value == "evaluate/b"  # opens on the failure
-    assert "exit code 3" in widget.details.value
-    assert result.executors["evaluate/b"].run_id in widget.details.value
-    assert "mlflow ui --backend-store-uri sqlite:///" in widget.details.value
-    assert "b is about to fail" in widget.log_view.value
-    widget.selector.value = "pipeline/prepare"
-    assert "rows=10" in widget.details.value
-    assert "rows [&#x27;--rows&#x27;, &#x27;10&#x27;]" in widget.log_view.value
+    assert "3/3 done · 1 failed (evaluate/b)" in widget.summary
+    assert "the run failed" in widget.summary
+    assert widget.bar == {"done": 3, "total": 3, "style": "danger"}
+    assert widget.selected == "evaluate/b"  # opens on the failure
+    details = widget.details_html()
+    assert "<th>exit code</th><td>3</td>" in details
+    assert result.executors["evaluate/b"].run_id in details
+    assert "mlflow ui --backend-store-uri sqlite:///" in details
+    assert "b is about to fail" in widget.log
+    widget.selected = "pipeline/prepare"  # what a click does
+    assert "<th>parameters</th><td>rows=10</td>" in widget.details_html()
+    assert "rows ['--rows', '10']" in widget.log
     assert widget.errors == []
 
 
@@ -86,8 +95,8 @@ def test_a_background_run_updates_the_widget_from_the_run_thread(app):
     assert result.status == "succeeded"
     assert threading.main_thread() not in threads  # events really came from another thread
     assert set(node_classes(widget).values()) == {"succeeded"}
-    assert (widget.bar.value, widget.bar.bar_style) == (3, "success")
-    assert widget.selector.value == NO_SELECTION
+    assert widget.bar == {"done": 3, "total": 3, "style": "success"}
+    assert widget.selected == ""
 
 
 @needs_dot
@@ -96,8 +105,8 @@ def test_a_past_run_loads_with_log_tails_from_the_log_files(app):
     widget = GraphWidget(app.find("pipeline"), app)
     widget.load_result(app.status("pipeline")["pipeline"])
     assert node_classes(widget)["evaluate/b"] == "failed"
-    widget.selector.value = "evaluate/b"
-    assert "b is about to fail" in widget.log_view.value  # read from app.log_path(key)
+    widget.selected = "evaluate/a"
+    assert "a is fine" in widget.log  # read from app.log_path(key)
 
 
 @needs_dot
@@ -120,9 +129,9 @@ def test_bursts_of_events_from_threads_are_coalesced(app):
     widget.on_event(RunEvent("run_finished", "pipeline", run_id="r"))
     assert widget.renders <= 10, f"{widget.renders} redraws for 6,000 log lines and 6 state changes"
     assert set(node_classes(widget).values()) == {"succeeded"}
-    widget.selector.value = "evaluate/a"
-    assert widget.log_view.value.count("evaluate/a line") == widget.log_tail
-    assert "evaluate/a line 1999" in widget.log_view.value
+    widget.selected = "evaluate/a"
+    assert widget.log.count("evaluate/a line") == widget.log_tail
+    assert "evaluate/a line 1999" in widget.log
 
 
 def test_without_dot_the_widget_shows_a_text_tree_and_says_why(app, monkeypatch, tmp_path):
@@ -131,8 +140,8 @@ def test_without_dot_the_widget_shows_a_text_tree_and_says_why(app, monkeypatch,
     widget.on_event(RunEvent("run_started", "pipeline", run_id="r"))
     widget.on_event(RunEvent("failed", "pipeline", "evaluate/b", exit_code=3, error="exit code 3"))
     widget.on_event(RunEvent("run_finished", "pipeline", run_id="r", error="failed"))
-    assert "graphviz&#x27;s `dot` program is not installed" in widget.message.value
-    assert "b  [failed]" in widget.graph.value
+    assert "graphviz&#x27;s `dot` program is not installed" in widget.message
+    assert widget.svg == "" and "b  [failed]" in widget.text
     assert widget._repr_svg_() is None
     assert "b  [failed]" in widget._repr_html_()
     assert widget.errors == []
@@ -145,15 +154,15 @@ def test_a_drawing_failure_is_shown_in_the_widget_not_raised(app, monkeypatch, t
     (bin_dir / "dot").chmod(0o755)
     monkeypatch.setenv("PATH", str(bin_dir))
     widget = GraphWidget(app.find("pipeline"), app)
-    assert "could not redraw the graph: graphviz failed" in widget.message.value
+    assert "could not redraw the graph: graphviz failed" in widget.message
     assert widget.errors and "Error: out of memory" in widget.errors[0]
 
 
 def test_an_empty_workflow_says_how_to_add_an_executor(tmp_path):
     widget = GraphWidget(Workflow("empty"))
-    assert "workflow &#x27;empty&#x27; has no executors yet" in widget.message.value
-    assert "no executors" in widget.summary.value
-    assert list(widget.selector.options) == [NO_SELECTION]
+    assert "workflow &#x27;empty&#x27; has no executors yet" in widget.message
+    assert "no executors" in widget.summary
+    assert widget.nodes == {} and widget.info == {}
 
 
 @needs_dot
@@ -165,7 +174,9 @@ def test_static_renderings_carry_the_graph(app):
 
     data, _ = DisplayFormatter().format(widget)
     assert {"application/vnd.jupyter.widget-view+json", "image/svg+xml", "text/html"} <= set(data)
-    assert data["text/plain"].splitlines()[:3] == [
+    assert "live graph of workflow 'pipeline': an interactive widget; it shows in JupyterLab 4" in data["text/plain"]
+    assert "As text: %scanflow graph --text" in data["text/plain"]
+    assert data["text/plain"].splitlines()[1:4] == [
         "pipeline: 0/3 done",
         "pipeline  (sequential)",
         "├── prepare  [pending]",
@@ -187,8 +198,8 @@ def test_server_tracker_links_to_the_mlflow_ui(tmp_path):
     )
     widget = GraphWidget(app.find("served"), app)
     widget.on_event(RunEvent("succeeded", "served", "served/x", run_id="abc123"))
-    widget.selector.value = "served/x"
-    assert "<a href='http://127.0.0.1:5123/#/runs/abc123' target='_blank'>abc123</a>" in widget.details.value
+    widget.selected = "served/x"
+    assert "<a href='http://127.0.0.1:5123/#/runs/abc123' target='_blank'>abc123</a>" in widget.details_html()
 
 
 def test_elapsed_time_ticks_during_a_quiet_run_and_stops_after(app):
@@ -197,15 +208,51 @@ def test_elapsed_time_ticks_during_a_quiet_run_and_stops_after(app):
     widget = GraphWidget(app.find("pipeline"), app, tick_interval=0.1)
     widget.on_event(RunEvent("run_started", "pipeline", run_id="r", time=time.time() - 5))
     widget.on_event(RunEvent("started", "pipeline", "pipeline/prepare"))
-    first = widget.summary.value
+    first = widget.summary
     deadline = time.time() + 10
-    while widget.summary.value == first and time.time() < deadline:
+    while widget.summary == first and time.time() < deadline:
         time.sleep(0.05)
-    assert widget.summary.value != first and "so far" in widget.summary.value  # ticked with no new event
+    assert widget.summary != first and "so far" in widget.summary  # ticked with no new event
     renders = widget.renders
     widget.on_event(RunEvent("run_finished", "pipeline", run_id="r", error="interrupted"))
-    assert "the run interrupted" in widget.summary.value and "so far" not in widget.summary.value
+    assert "the run interrupted" in widget.summary and "so far" not in widget.summary
     assert widget._ticker is None and widget.renders == renders + 1
     widget.close()
     widget.on_event(RunEvent("run_started", "pipeline", run_id="again"))
     assert widget._ticker is None  # a closed widget never ticks
+
+
+def test_selecting_from_python_takes_a_unique_name_and_refuses_unknown_ones(app):
+    from scanflow_nb.errors import NotFoundError
+
+    widget = GraphWidget(app.find("pipeline"), app)
+    widget.selected = "b"
+    assert widget.selected == "evaluate/b"
+    assert "<th>state</th><td>pending</td>" in widget.details_html()
+    with pytest.raises(NotFoundError, match="no executor 'nope' here"):
+        widget.selected = "nope"
+    assert widget.selected == "evaluate/b"  # unchanged
+    widget.selected = ""
+    assert widget.details_html() == "" and widget.log == ""
+
+
+@needs_dot
+def test_resources_used_by_a_run_are_read_from_its_mlflow_run(app):
+    """What issue 20's resource tracking logs (resource.peak_rss_mb, resource.cpu_s) shows in the details."""
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    widget = GraphWidget(app.find("pipeline"), app)
+    result = app.run("pipeline", listeners=[widget.on_event], echo=False)
+    run_id = result.executors["evaluate/a"].run_id
+    client = MlflowClient(widget._tracking_uri())
+    if "resource.peak_rss_mb" not in client.get_run(run_id).data.metrics:  # the engine does not record it yet
+        client.log_metric(run_id, "resource.peak_rss_mb", 42.0)
+        client.log_metric(run_id, "resource.cpu_s", 0.25)
+    widget.selected = "evaluate/a"
+    deadline = time.monotonic() + 30
+    while not any(row[0] == "used" for row in widget.nodes["evaluate/a"]["rows"]) and time.monotonic() < deadline:
+        time.sleep(0.1)  # read in a background thread, then sent to the front end with the next update
+    assert re.search(r"<th>used</th><td>peak memory \d+ MB, CPU \d+\.\d s</td>", widget.details_html())
+    assert "<th>resources</th>" not in widget.details_html()  # nothing declared

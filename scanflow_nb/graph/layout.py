@@ -116,6 +116,7 @@ def _add_executor(cluster: graphviz.Digraph, wf: Workflow, ex: Executor, status:
         fillcolor=FILL[status.state],
         color=BORDER[status.state],
         penwidth="2" if status.state == ev.RUNNING else "1",
+        width="1.3",  # room for "succeeded · 12.3 s": the live widget relabels nodes without re-running dot
         style="rounded,filled,dashed" if status.state == ev.SKIPPED else "rounded,filled",
         tooltip=f"{key}: {tooltip}",
         id=f"sf-{key}",

@@ -1,9 +1,15 @@
-"""The live workflow graph: an ipywidgets view of a workflow that follows a run's events.
+"""The live workflow graph: graphviz's drawing made clickable by a small ES module (anywidget).
 
-`GraphWidget.on_event` is an `App.run` listener. It only records the event and asks for a
-redraw; redraws are coalesced on a short timer thread, so a burst of log lines never re-runs
-`dot`, and the run's thread is never held up by drawing. The final event redraws at once.
-While a run goes on, a ticker refreshes the elapsed time in the summary (without redrawing).
+`dot` lays the workflow out once; while a run goes on the front end only recolours and relabels
+the nodes from the synced `nodes` trait, so a run of 1,000 executors never re-runs `dot`.
+`GraphWidget.on_event` is an `App.run` listener: it records the event and asks for an update;
+updates are coalesced on a short timer thread (at most one per `refresh_interval`), and each one
+sends the states, the summary and the progress in a single message, so the summary never
+disagrees with the drawing. Log tails go to the front end as they arrive (custom messages), so a
+node clicked during a foreground run shows its log although the kernel is busy.
+
+`selected` is synced both ways: a click, the arrow keys, or `widget.selected = "wf/name"` in
+Python select an executor, and its details and log tail follow.
 """
 
 from __future__ import annotations
@@ -14,27 +20,51 @@ import threading
 import time
 import traceback
 from collections import deque
+from pathlib import Path
 from typing import Any
 
-import ipywidgets as widgets
+import anywidget
+import traitlets as t
 
 from .. import events as ev
 from ..errors import ScanflowError
-from ..graph import RunProgress, Summary, dot_available, render_svg, text_tree
+from ..graph import ExecutorStatus, RunProgress, dot_available, render_svg, text_tree
+from ..graph.layout import BORDER, FILL
 from ..graph.render import INSTALL_HINT
+from ..schedule import resolve
 from ..spec import Workflow
+from .fallback import text_repr
 
 log = logging.getLogger(__name__)
-NO_SELECTION = "(select an executor)"
+HERE = Path(__file__).parent
 MAX_SILENCE = 3600.0  # stop ticking when a "running" run has sent no event for this long
+USAGE_METRICS = {"resource.peak_rss_mb": "peak memory {:.0f} MB", "resource.cpu_s": "CPU {:.1f} s"}
 
 
-class GraphWidget(widgets.VBox):
-    """A workflow drawn with graphviz, a progress line, and the details of a selected executor.
+class GraphWidget(anywidget.AnyWidget):
+    """A workflow drawn with graphviz, a progress line, and the details of the selected executor.
 
     Feed it a run's events (`app.run(wf, listeners=[widget.on_event])`) or a finished RunResult
-    (`widget.load_result(result)`). Without graphviz's `dot` it shows a plain-text tree.
+    (`widget.load_result(result)`). Click a node (or use the arrow keys, Enter for the log) to see
+    its state, parameters, image, resources, MLflow run and log tail. Without graphviz's `dot` it
+    shows a plain-text tree.
     """
+
+    _esm = HERE / "graph.js"
+    _css = HERE / "graph.css"
+
+    title = t.Unicode("").tag(sync=True)
+    svg = t.Unicode("").tag(sync=True)  # dot's layout; the front end recolours its nodes from `nodes`
+    text = t.Unicode("").tag(sync=True)  # the text tree, shown instead when `dot` is missing
+    palette = t.Dict().tag(sync=True)  # state -> [fill, border], as graph.layout draws them
+    info = t.Dict().tag(sync=True)  # key -> detail rows that do not change during a run
+    nodes = t.Dict().tag(sync=True)  # key -> {state, text, started, duration, rows}
+    summary = t.Unicode("").tag(sync=True)
+    bar = t.Dict().tag(sync=True)  # the progress bar: {done, total, style}
+    message = t.Unicode("").tag(sync=True)  # an HTML note: no dot, a drawing error, an empty workflow
+    selected = t.Unicode("").tag(sync=True)  # "workflow/executor", or "" for none
+    log = t.Unicode("").tag(sync=True)  # the selected executor's log tail
+    clock = t.Float(0.0).tag(sync=True)  # kernel time of the last update: the front end ticks durations from it
 
     def __init__(
         self,
@@ -47,76 +77,60 @@ class GraphWidget(widgets.VBox):
     ):
         if not isinstance(workflow, Workflow):
             raise ScanflowError(f"GraphWidget needs a Workflow, got {type(workflow).__name__}")
+        super().__init__()
         self.workflow, self.app = workflow, app
         self.progress = RunProgress(workflow)
         self.refresh_interval, self.tick_interval, self.log_tail = refresh_interval, tick_interval, log_tail
         self.tracking_uri: str | None = None
-        self.renders = 0  # how many times the graph was drawn
+        self.renders = 0  # how many updates were sent to the front end
         self.errors: list[str] = []  # drawing failures, also shown in the widget
         self._lines: dict[str, deque[str]] = {key: deque(maxlen=log_tail) for key in self.progress.keys}
+        self._fresh: set[str] = set()  # keys whose log tail changed since the last update
+        self._usage: dict[str, dict[str, float]] = {}  # key -> resource metrics read from its MLflow run
         self._timer: threading.Timer | None = None
         self._ticker: threading.Timer | None = None
         self._last_event = time.time()
         self._closed = False
-        self._graph_dirty = False
+        self._dirty = False
         self._schedule_lock = threading.Lock()
-        self._draw_lock = threading.RLock()  # re-entered when _draw selects a failed executor
+        self._draw_lock = threading.RLock()  # re-entered when an update selects a failed executor
         self._lines_lock = threading.Lock()
-        self._svg: str | None = None
-
-        self.bar = widgets.IntProgress(
-            min=0, max=max(1, len(self.progress.keys)), value=0, layout=widgets.Layout(width="160px")
-        )
-        self.summary = widgets.HTML()
-        self.message = widgets.HTML()
-        self.graph = widgets.HTML(layout=widgets.Layout(overflow="auto", max_height="640px"))
-        self.selector = widgets.Dropdown(
-            options=[NO_SELECTION, *self.progress.keys],
-            value=NO_SELECTION,
-            description="executor",
-            layout=widgets.Layout(width="max-content"),
-        )
-        self.details = widgets.HTML()
-        self.log_view = widgets.HTML()
-        super().__init__(
-            [
-                widgets.HBox([self.bar, self.summary]),
-                self.message,
-                self.graph,
-                self.selector,
-                self.details,
-                self.log_view,
-            ]
-        )
-        self.add_class("scanflow-graph")
-        self.selector.observe(self._on_select, names="value")
+        self._static: tuple[dict, str] | None = None  # (snapshot, svg) of the last static rendering
+        self.title = workflow.name
+        self.palette = {state: [FILL[state], BORDER[state]] for state in FILL}
+        self.info = {key: self._static_rows(key) for key in self.progress.keys}
+        self.observe(self._on_select, names="selected")
+        self.on_msg(self._on_front_end)
         if not self.progress.keys:
-            self.message.value = _note(
+            self.message = _note(
                 f"workflow {workflow.name!r} has no executors yet: add one with "
                 f"%%scanflow executor NAME --workflow {workflow.name}"
             )
+        self._safely(self._draw_layout)
         self.flush()
 
     # -- feeding it ------------------------------------------------------------------------------
     def on_event(self, event: ev.RunEvent) -> None:
-        """An App.run listener: record the event and schedule a (coalesced) redraw. Thread-safe."""
-        changed = self.progress.apply(event)
+        """An App.run listener: record the event and schedule a (coalesced) update. Thread-safe."""
+        self.progress.apply(event)
         self._last_event = time.time()
         with self._lines_lock:
             if event.kind == ev.RUN_STARTED:
-                for lines in self._lines.values():
-                    lines.clear()
+                for key, lines in self._lines.items():
+                    if lines:
+                        lines.clear()
+                        self._fresh.add(key)
             elif event.kind == ev.LINE and event.key in self._lines:
                 self._lines[event.key].append(event.line or "")
+                self._fresh.add(event.key)
             elif event.kind == ev.STARTED and event.key in self._lines:
                 self._lines[event.key].clear()
+                self._fresh.add(event.key)
         if event.kind == ev.RUN_FINISHED:
             self._cancel_timers()
-            with self._schedule_lock:
-                self._graph_dirty = True
             self.flush()
             return
-        self._schedule(graph=changed)
+        self._schedule()
         if event.kind == ev.RUN_STARTED:
             self._start_ticker()
 
@@ -124,46 +138,48 @@ class GraphWidget(widgets.VBox):
         """Show the final states of a finished run (an engine RunResult)."""
         self.progress.load_result(result)
         self.tracking_uri = getattr(result, "tracking_uri", None) or self.tracking_uri
-        self._graph_dirty = True
         self.flush()
 
     def flush(self) -> None:
-        """Redraw now whatever changed. Drawing errors are shown in the widget, never raised."""
+        """Send what changed now. Drawing errors are shown in the widget, never raised."""
         with self._schedule_lock:
-            graph, self._graph_dirty = self._graph_dirty or self._svg is None, False
-        self._safely(self._draw, graph)
+            self._dirty = False
+        self._safely(self._update)
 
     def close(self) -> None:
-        """Stop the timers, then close the widget and its children."""
+        """Stop the timers, then close the widget."""
         self._closed = True
-        if hasattr(self, "log_view"):  # fully built (close also runs from __del__)
+        if hasattr(self, "_schedule_lock"):  # fully built (close also runs from __del__)
             self._cancel_timers()
-            for child in (
-                self.bar,
-                self.summary,
-                self.message,
-                self.graph,
-                self.selector,
-                self.details,
-                self.log_view,
-                self.children[0],
-            ):
-                child.close()
         super().close()
 
+    def details_html(self, key: str | None = None) -> str:
+        """The details of an executor (default: the selected one) as an HTML table, as the front end shows them."""
+        key = key or self.selected
+        if not key:
+            return ""
+        rows = [("state", html.escape(self.progress.status(key).describe(now=time.time())))]
+        rows += self._live_rows(key, self.progress.status(key), self._tracking_uri()) + self.info.get(key, [])
+        return (
+            "<table class='scanflow-details'>"
+            + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
+            + ("</table>")
+        )
+
+    # -- timers ----------------------------------------------------------------------------------
     def _safely(self, draw, *args) -> None:
         with self._draw_lock:
             try:
                 draw(*args)
             except Exception as exc:  # a display problem must not break the run that feeds it
                 self.errors.append(f"{type(exc).__name__}: {exc}")
-                log.error("graph widget redraw failed:\n%s", traceback.format_exc())
-                self.message.value = _note(f"could not redraw the graph: {exc}", error=True)
+                log.error("graph widget update failed:\n%s", traceback.format_exc())
+                self.message = _note(f"could not redraw the graph: {exc}", error=True)
 
-    def _schedule(self, graph: bool) -> None:
+    def _schedule(self) -> None:
         with self._schedule_lock:
-            self._graph_dirty |= graph
-            if self._timer is None:
+            self._dirty = True
+            if self._timer is None and not self._closed:
                 self._timer = threading.Timer(self.refresh_interval, self._on_timer)
                 self._timer.daemon = True
                 self._timer.start()
@@ -186,8 +202,13 @@ class GraphWidget(widgets.VBox):
         running = self.progress.started is not None and self.progress.finished is None
         if self._closed or not running or time.time() - self._last_event > MAX_SILENCE:
             return
-        self._safely(self._draw_summary)
+        self._safely(self._tick)
         self._start_ticker()
+
+    def _tick(self) -> None:
+        with self.hold_sync():
+            self.summary = self._summary_text(self.progress.summary())
+            self.clock = time.time()
 
     def _cancel_timers(self) -> None:
         with self._schedule_lock:
@@ -196,74 +217,110 @@ class GraphWidget(widgets.VBox):
                     timer.cancel()
             self._timer = self._ticker = None
 
+    # -- what the front end asks for ----------------------------------------------------------------
+    @t.validate("selected")
+    def _known_executor(self, proposal: Any) -> str:
+        """ "wf/name", or a name alone when it is unique; an unknown one is a NotFoundError."""
+        ref = proposal["value"]
+        return resolve(self.progress.keys, ref) if ref else ""
+
     def _on_select(self, change: Any) -> None:
         with self._draw_lock:
-            self._show_selection()
+            self.log = self._log_tail(change["new"]) if change["new"] else ""
+        self._read_usage(change["new"])
+
+    def _on_front_end(self, _widget: Any, content: dict, _buffers: Any) -> None:
+        """A view was (re)rendered: give it every log tail it has not seen."""
+        if isinstance(content, dict) and content.get("kind") == "ready":
+            with self._lines_lock:
+                tails = {key: list(lines) for key, lines in self._lines.items() if lines}
+            if tails:
+                self.send({"tails": tails})
 
     # -- drawing ---------------------------------------------------------------------------------
-    def _draw_summary(self) -> Summary:
-        summary = self.progress.summary()
-        self.bar.value = summary.done
-        self.bar.bar_style = "danger" if summary.failed else ("success" if summary.finished else "info")
-        text = html.escape(summary.text())
-        if self.progress.run_error:
-            text += f" · <b style='color:#b8322a'>{html.escape(self.progress.run_error)}</b>"
-        self.summary.value = f"<span class='scanflow-summary'>{text}</span>"
-        return summary
-
-    def _draw(self, graph: bool) -> None:
-        summary = self._draw_summary()
-        if graph:
-            self._draw_graph()
-        if summary.failed and self.selector.value == NO_SELECTION and summary.finished:
-            self.selector.value = summary.failed[0]  # a failed run opens on its first failure
-        else:
-            self._show_selection()
-
-    def _draw_graph(self) -> None:
+    def _draw_layout(self) -> None:
+        """Lay the workflow out with `dot` (states as they are now), or fall back to the text tree."""
         states = self.progress.snapshot()
         if dot_available():
-            self._svg = render_svg(self.workflow, states)
-            self.graph.value = f"<div class='scanflow-graph-svg'>{self._svg}</div>"
+            self.svg = render_svg(self.workflow, states)
+            self._static = (states, self.svg)
         else:
-            self._svg = ""
-            self.message.value = _note(
+            self.message = _note(
                 f"graphviz's `dot` program is not installed, so the graph is shown as text; {INSTALL_HINT}"
             )
-            self.graph.value = f"<pre class='scanflow-graph-text'>{html.escape(text_tree(self.workflow, states))}</pre>"
-        self.renders += 1
+            self.text = text_tree(self.workflow, states)
 
-    def _show_selection(self) -> None:
-        key = self.selector.value
-        if key == NO_SELECTION:
-            self.details.value = self.log_view.value = ""
-            return
-        workflow, name = key.rsplit("/", 1)
-        executor = self.workflow.find(workflow).executor(name)
-        status = self.progress.status(key)
-        rows = [("state", html.escape(status.describe()))]
+    def _update(self) -> None:
+        """One message with every state, the summary and the progress; then the new log lines."""
+        snapshot = self.progress.snapshot()
+        summary = self.progress.summary()
+        uri = self._tracking_uri()
+        nodes = {key: self._node(key, status, uri) for key, status in snapshot.items()}
+        with self._lines_lock:
+            fresh, self._fresh = self._fresh, set()
+            tails = {key: list(self._lines[key]) for key in fresh}
+        with self.hold_sync():
+            self.nodes = nodes
+            self.summary = self._summary_text(summary)
+            self.bar = {
+                "done": summary.done,
+                "total": summary.total,
+                "style": "danger" if summary.failed else ("success" if summary.finished else "info"),
+            }
+            self.clock = time.time()
+            if self.text:
+                self.text = text_tree(self.workflow, snapshot)
+            if self.selected in fresh:
+                self.log = "\n".join(tails[self.selected])
+        if tails:
+            self.send({"tails": tails})
+        self.renders += 1
+        if summary.failed and summary.finished and not self.selected:
+            self.selected = summary.failed[0]  # a finished run that failed opens on its first failure
+
+    def _summary_text(self, summary: Any) -> str:
+        text = summary.text()
+        if self.progress.run_error:
+            text += f" · {self.progress.run_error}"
+        return text
+
+    def _node(self, key: str, status: ExecutorStatus, uri: str | None) -> dict:
+        return {
+            "state": status.state,
+            "text": status.describe(),
+            "started": status.started,
+            "attempt": status.attempt,
+            "running": status.state == ev.RUNNING and status.duration is None,
+            "rows": [list(row) for row in self._live_rows(key, status, uri)],
+        }
+
+    def _live_rows(self, key: str, status: ExecutorStatus, uri: str | None) -> list[tuple[str, str]]:
+        """Detail rows that change as the executor runs."""
+        rows = []
         if status.exit_code is not None:
             rows.append(("exit code", str(status.exit_code)))
         if status.error:
-            rows.append(("error", f"<span style='color:#b8322a'>{html.escape(status.error)}</span>"))
+            rows.append(("error", f"<span class='sf-error'>{html.escape(status.error)}</span>"))
+        rows.append(("MLflow run", self._run_link(status.run_id, uri)))
+        usage = self._usage.get(key)
+        if usage:
+            used = [fmt.format(usage[name]) for name, fmt in USAGE_METRICS.items() if name in usage]
+            rows.append(("used", html.escape(", ".join(used))))
+        return rows
+
+    def _static_rows(self, key: str) -> list[list[str]]:
+        """Detail rows of the executor's declaration: parameters, image, requirements, resources."""
+        workflow, name = key.rsplit("/", 1)
+        executor = self.workflow.find(workflow).executor(name)
         params = ", ".join(f"{k}={v}" for k, v in executor.parameters.items()) or "none"
-        rows.append(("parameters", html.escape(params)))
-        rows.append(("image", html.escape(_image_of(executor))))
+        rows = [["parameters", html.escape(params)], ["image", html.escape(_image_of(executor))]]
         if executor.requirements:
             reqs = executor.requirements if isinstance(executor.requirements, str) else " ".join(executor.requirements)
-            rows.append(("requirements", html.escape(reqs)))
-        rows.append(("MLflow run", self._run_link(status.run_id)))
-        self.details.value = (
-            "<table class='scanflow-details'>"
-            + "".join(f"<tr><th style='text-align:left;padding-right:1em'>{k}</th><td>{v}</td></tr>" for k, v in rows)
-            + "</table>"
-        )
-        tail = self._log_tail(key)
-        self.log_view.value = (
-            f"<pre class='scanflow-log' style='max-height:240px;overflow:auto'>{html.escape(tail)}</pre>"
-            if tail
-            else "<i>no output yet</i>"
-        )
+            rows.append(["requirements", html.escape(reqs)])
+        resources = _resources_of(executor)
+        if resources:
+            rows.append(["resources", html.escape(resources)])
+        return rows
 
     def _log_tail(self, key: str) -> str:
         with self._lines_lock:
@@ -276,10 +333,36 @@ class GraphWidget(widgets.VBox):
                     lines = f.read().decode("utf-8", errors="replace").splitlines()[-self.log_tail :]
         return "\n".join(lines)
 
-    def _run_link(self, run_id: str | None) -> str:
+    def _read_usage(self, key: str) -> None:
+        """Read what the selected executor used (MLflow metrics `resource.*`) in a background thread."""
+        status = self.progress.status(key) if key else None
+        uri = self._tracking_uri()
+        if status is None or not status.run_id or status.state not in ev.FINAL_STATES or key in self._usage or not uri:
+            return
+
+        def read() -> None:
+            try:
+                from mlflow.tracking import MlflowClient
+
+                from ..check.tracking import ensure_reachable
+
+                ensure_reachable(uri)  # a server that is gone: say so at once rather than after minutes of retries
+                metrics = MlflowClient(uri).get_run(status.run_id).data.metrics
+                self._usage[key] = {name: metrics[name] for name in USAGE_METRICS if name in metrics}
+                if self._usage[key]:
+                    self._schedule()
+            except Exception as exc:  # the details stay without it; say why in the log
+                log.warning("could not read the resources used by %s: %s", key, exc)
+
+        threading.Thread(target=read, name="scanflow-graph-usage", daemon=True).start()
+
+    def _tracking_uri(self) -> str | None:
+        return self.tracking_uri or self._guess_tracking_uri()
+
+    @staticmethod
+    def _run_link(run_id: str | None, uri: str | None) -> str:
         if not run_id:
             return "not started"
-        uri = self.tracking_uri or self._guess_tracking_uri()
         if uri and uri.startswith("http"):
             url = f"{uri.rstrip('/')}/#/runs/{run_id}"
             return f"<a href='{html.escape(url)}' target='_blank'>{run_id}</a>"
@@ -303,23 +386,35 @@ class GraphWidget(widgets.VBox):
             return embedded_uri(self.app.state_dir)
         return f"http://{tracker.host}:{tracker.port}" if tracker.port else None
 
-    # -- static renderings -------------------------------------------------------------------------
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict:
-        data = super()._repr_mimebundle_(**kwargs)
-        data["text/plain"] = self._text()  # terminals and text exports get the tree
-        return data
+    # -- where widgets cannot load ------------------------------------------------------------------
+    def _repr_mimebundle_(self, **kwargs: Any):
+        data, metadata = super()._repr_mimebundle_(**kwargs)
+        data["text/plain"] = text_repr(
+            f"live graph of workflow {self.workflow.name!r}", self._text(), "%scanflow graph --text"
+        )
+        return data, metadata
 
     def _text(self) -> str:
         summary = self.progress.summary().text()
         return f"{self.workflow.name}: {summary}\n{text_tree(self.workflow, self.progress.snapshot())}"
 
+    def _static_svg(self) -> str | None:
+        """The drawing with the current states, for front ends without widgets (drawn once per state)."""
+        if not self.svg:
+            return None
+        snapshot = self.progress.snapshot()
+        if self._static is None or self._static[0] != snapshot:
+            self._static = (snapshot, render_svg(self.workflow, snapshot))
+        return self._static[1]
+
     def _repr_svg_(self) -> str | None:
-        return self._svg or None
+        return self._static_svg()
 
     def _repr_html_(self) -> str:
         summary = html.escape(self.progress.summary().text())
-        if self._svg:
-            return f"<div><p>{html.escape(self.workflow.name)}: {summary}</p>{self._svg}</div>"
+        svg = self._static_svg()
+        if svg:
+            return f"<div><p>{html.escape(self.workflow.name)}: {summary}</p>{svg}</div>"
         return f"<pre>{html.escape(self._text())}</pre>"
 
 
@@ -331,6 +426,15 @@ def _image_of(executor: Any) -> str:
     return "none declared: docker/swarm build one from their base image; local uses this Python"
 
 
+def _resources_of(executor: Any) -> str:
+    """The executor's declared resources (cpus, memory, gpus), where the spec has them."""
+    parts = []
+    for name, unit in (("cpus", "CPUs"), ("memory", "memory"), ("gpus", "GPUs")):
+        value = getattr(executor, name, None)
+        if value:
+            parts.append(f"memory {value}" if name == "memory" else f"{value} {unit}")
+    return ", ".join(parts)
+
+
 def _note(text: str, error: bool = False) -> str:
-    colour = "#b8322a" if error else "#6b6b6b"
-    return f"<div class='scanflow-note' style='color:{colour}'>{html.escape(text)}</div>"
+    return f"<div class='scanflow-note{' sf-error' if error else ''}'>{html.escape(text)}</div>"
