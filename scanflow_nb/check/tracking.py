@@ -3,6 +3,11 @@
 Inference batch: a run in the workflow's experiment carrying the artifact `batch/batch.npy`
 (numpy .npy, shape (n, ...), no pickles) and the tag `scanflow.batch = "true"`, set only after
 the artifact is uploaded. `log_batch` does exactly that.
+What the deployed model answered may sit beside the batch, in the same run and uploaded before the tag:
+`batch/predictions.npy` (shape (n, ...): the model's outputs, row for row) and `batch/probabilities.npy`
+(shape (n, k): predicted class probabilities, when the model has them; columns in the order of the model's
+classes, given as a JSON list in the tag `scanflow.classes` when known). A serving process logs both
+(`scanflow_nb.serve`); a model-output detector reads them instead of calling the model again.
 
 Check result: one run per batch, tagged `scanflow.check = "true"` and
 `scanflow.batch_run_id = <batch run id>`, a child of the batch run (`mlflow.parentRunId`), with
@@ -33,6 +38,9 @@ from .result import DriftResult
 
 BATCH_TAG = "scanflow.batch"
 BATCH_ARTIFACT = "batch/batch.npy"
+PREDICTIONS_ARTIFACT = "batch/predictions.npy"
+PROBABILITIES_ARTIFACT = "batch/probabilities.npy"
+CLASSES_TAG = "scanflow.classes"
 LOGGED_AT_TAG = "scanflow.batch_logged_at"
 CHECKED_TAG = "scanflow.checked"
 CHECK_TAG = "scanflow.check"
@@ -75,18 +83,35 @@ def log_batch(
     run_id: str | None = None,
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
+    predictions: Any = None,
+    probabilities: Any = None,
 ) -> str:
     """Log the inference batch `X` (n, ...) for checking; returns the batch run id.
 
     With `run_id`, the batch is attached to that existing run (e.g. the inference run itself);
-    otherwise a new run is created and finished.
+    otherwise a new run is created and finished. `predictions` (n, ...) and `probabilities` (n, k)
+    are what the model answered for these rows, logged beside the batch when given.
     """
     arr = _array(X, "the batch")
+    outputs = {
+        artifact: _array(value, what)
+        for artifact, value, what in (
+            (PREDICTIONS_ARTIFACT, predictions, "the predictions"),
+            (PROBABILITIES_ARTIFACT, probabilities, "the probabilities"),
+        )
+        if value is not None
+    }
+    for artifact, values in outputs.items():
+        if len(values) != len(arr):
+            raise ScanflowError(f"{artifact} has {len(values)} rows but the batch has {len(arr)}")
     client = client_for(tracking_uri)
     run_id, created = _new_or_given_run(client, experiment_id(client, experiment), run_id, run_name or "batch", tags)
-    _log_npy(client, run_id, arr, BATCH_ARTIFACT)
-    client.set_tag(run_id, LOGGED_AT_TAG, f"{time.time():.3f}")
-    client.set_tag(run_id, BATCH_TAG, "true")  # last: the batch is complete from here on
+    with tempfile.TemporaryDirectory() as tmp:  # the batch's files in one upload
+        for artifact, values in {**outputs, BATCH_ARTIFACT: arr}.items():
+            np.save(Path(tmp) / artifact.rsplit("/", 1)[1], values, allow_pickle=False)
+        client.log_artifacts(run_id, tmp, artifact_path=BATCH_ARTIFACT.rsplit("/", 1)[0])
+    # one write, after the artifacts: the batch is complete from here on
+    log_values(client, run_id, tags={LOGGED_AT_TAG: f"{time.time():.3f}", BATCH_TAG: "true"})
     if created:
         client.set_terminated(run_id, "FINISHED")
     return run_id
