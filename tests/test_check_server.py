@@ -14,13 +14,13 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 
 def test_nothing_is_lost_or_checked_twice_when_the_server_dies_and_comes_back(data, tmp_path, monkeypatch):
-    from scanflow_nb.track.server import TrackerServer, _free_port
+    from scanflow_nb.track.server import TrackerServer, free_port
 
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # fail fast: the watcher's own backoff takes over
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     detector, clean, drifted = data
-    store, artifacts, port = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", _free_port("127.0.0.1")
+    store, artifacts, port = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", free_port("127.0.0.1")
     server = TrackerServer(store, artifacts, port).start()
     try:
         uri = server.uri

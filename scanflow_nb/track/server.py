@@ -54,7 +54,8 @@ def server_command(
     return cmd
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now."""
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
@@ -67,7 +68,7 @@ class TrackerServer:
         self, store_uri: str, artifacts: Path, port: int = 0, host: str = "127.0.0.1", log_file: Path | None = None
     ):
         self.store_uri, self.artifacts, self.host = store_uri, Path(artifacts), host
-        self.port = port or _free_port(host)
+        self.port = port or free_port(host)
         self.log_file = log_file
         self.process: subprocess.Popen | None = None
 

@@ -1,0 +1,25 @@
+"""The prediction service: serve the model the checker supervises, log its traffic, follow the planner.
+
+    serve("models:/digits@champion", tracking_uri, "serve", port=5005)      # blocking, as `scanflow serve`
+    svc = start_service("models:/digits@champion", app=app, workflow="serve")  # beside the kernel
+    svc.url, svc.version(), svc.stats(); svc.stop()
+
+Heavy imports (mlflow, fastapi, uvicorn, pandas) happen when a service starts.
+"""
+
+from .http import asgi_app
+from .process import ServiceProcess, running_services, start_service, stop_service
+from .service import PredictionService, serve
+from .spool import Spool, read_segment
+
+__all__ = [
+    "PredictionService",
+    "ServiceProcess",
+    "Spool",
+    "asgi_app",
+    "read_segment",
+    "running_services",
+    "serve",
+    "start_service",
+    "stop_service",
+]

@@ -1,0 +1,340 @@
+"""The prediction service: MLflow's scoring protocol, every answered row journaled, the model kept current.
+
+Requests are parsed, predicted and formatted by MLflow's own scoring server code
+(`mlflow.pyfunc.scoring_server.invocations`: `inputs`, `instances`, `dataframe_split`, `dataframe_records`,
+CSV, Parquet), so clients see exactly what `mlflow models serve` answers. Around it, the service
+- writes each answered request's rows, predictions and class probabilities to the replica's spool before the
+  reply goes out (one local write; MLflow is never on the request path), and a shipper thread logs them as
+  inference batches of `batch_rows` rows or `flush_seconds` seconds;
+- follows a registry alias: a moved alias is loaded in the background and swapped in with one assignment;
+- answers `/health` (and MLflow's `/ping`), `/version` (which model version answers, as JSON) and `/stats`.
+`serve()` runs it with uvicorn, as MLflow does, and flushes everything on a clean stop (SIGTERM, Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ScanflowError, ValidationError
+from ..files import state_dir
+from .model import AliasFollower, LoadedModel, follows, load_model, registered_name
+from .shipper import Shipper
+from .spool import Entry, Spool, spool_root
+
+log = logging.getLogger("scanflow_nb.serve")
+
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 5000
+VERSION_HEADER = "X-Scanflow-Model-Version"
+# our own loop retries the tracker; MLflow's client would otherwise retry one call for minutes
+CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
+def service_name(model_uri: str) -> str:
+    """A service name from a model URI: the registered model's name, else the URI's last part."""
+    base = registered_name(model_uri) or model_uri.rstrip("/").rsplit("/", 1)[-1].split(":")[-1]
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", base).strip("-_")[:63]
+    return name or "model"
+
+
+def as_rows(data: Any) -> tuple[np.ndarray | None, list[str] | None]:
+    """A request's input (or a model's output) as an array of rows, and its column names if it had any."""
+    import pandas as pd
+
+    columns = None
+    if isinstance(data, pd.DataFrame):
+        columns = [str(c) for c in data.columns]
+        arr = data.to_numpy()
+    elif isinstance(data, pd.Series):
+        arr = data.to_numpy()
+    elif hasattr(data, "toarray"):  # scipy sparse
+        arr = data.toarray()
+    elif isinstance(data, dict):  # named tensors: no single row array to check
+        return None, None
+    else:
+        arr = np.asarray(data)
+    if arr.dtype == object:
+        try:
+            arr = arr.astype(float)
+        except (TypeError, ValueError):
+            arr = arr.astype(str)
+    if arr.ndim == 0 or len(arr) == 0 or arr.dtype.kind not in "biufU":
+        return None, None
+    return arr, columns
+
+
+@dataclass
+class Reply:
+    content: str | bytes
+    status: int
+    mimetype: str
+    model: LoadedModel
+    entry: Entry | None = None  # what to journal once the reply is certain to go out
+
+
+class _Capture:
+    """Stands in for the model inside MLflow's `invocations`: predicts with it and keeps what it saw and said."""
+
+    def __init__(self, model: LoadedModel):
+        self.model, self.metadata = model.pyfunc, model.pyfunc.metadata
+        self.data = self.predictions = None
+
+    def predict(self, data, params=None):
+        self.data = data
+        self.predictions = self.model.predict(data, params=params)
+        return self.predictions
+
+
+class PredictionService:
+    """One replica of a prediction service for `model_uri`, logging its traffic to `experiment` at `tracking_uri`.
+
+    Build it, `start()` its threads, answer with `answer()` + `journal()` (or serve `asgi_app(service)`),
+    and `close()` it to flush. `serve()` does all of that with uvicorn.
+    """
+
+    def __init__(
+        self,
+        model_uri: str,
+        tracking_uri: str,
+        experiment: str | None = None,
+        name: str | None = None,
+        spool_dir: str | Path | None = None,
+        batch_rows: int = 1000,
+        flush_seconds: float = 10.0,
+        max_spool_mb: int = 512,
+        follow: bool = True,
+        poll_seconds: float = 2.0,
+        drain_seconds: float = 30.0,
+        params: dict[str, Any] | None = None,
+    ):
+        if not isinstance(poll_seconds, (int, float)) or not poll_seconds > 0:
+            raise ValidationError(f"poll seconds must be a positive number, got {poll_seconds!r}")
+        self.model_uri, self.tracking_uri = model_uri, tracking_uri
+        self.name = name or service_name(model_uri)
+        self.experiment = experiment or self.name
+        self.model = load_model(model_uri, tracking_uri)
+        root = Path(spool_dir) if spool_dir else spool_root(state_dir(Path.cwd()), self.name)
+        self.spool = Spool(root, batch_rows, flush_seconds, int(max_spool_mb) * 2**20)
+        settings = {"model_uri": model_uri, "batch_rows": batch_rows, "flush_seconds": flush_seconds}
+        self.shipper = Shipper(
+            self.spool, tracking_uri, self.experiment, self.name, {**settings, **(params or {})}, on_error=self._error
+        )
+        self.follower = (
+            AliasFollower(model_uri, tracking_uri, self.model.version, self.switch, self._error, every=poll_seconds)
+            if follow and follows(model_uri)
+            else None
+        )
+        self.statuses: Counter = Counter()
+        self.errors: list[str] = []
+        self.switches: list[dict[str, Any]] = []
+        self.unlogged = {"rows": 0, "requests": 0}
+        self.drain_seconds = drain_seconds
+        self.started_at = time.time()
+        self._proba_broken: set[str | None] = set()
+        self._stop = threading.Event()
+        self._sealer = threading.Thread(target=self._seal_old, name=f"scanflow-seal-{self.name}", daemon=True)
+        self._closed: dict[str, Any] | None = None
+        self._close_lock = threading.Lock()
+
+    # -- life ----------------------------------------------------------------------------------------
+    def start(self) -> PredictionService:
+        self.spool.adopt()
+        self.shipper.start()
+        self._sealer.start()
+        if self.follower is not None:
+            self.follower.start()
+        return self
+
+    def close(self) -> dict[str, Any]:
+        """Stop following, seal what is buffered and log it (within `drain_seconds`); returns the final stats.
+
+        What cannot be logged in time stays in the spool, for the next replica of this service to log.
+        """
+        with self._close_lock:
+            if self._closed is not None:
+                return self._closed
+            self._stop.set()
+            if self.follower is not None:
+                self.follower.stop()
+            self.spool.seal()
+            drained = self.shipper.stop(self.drain_seconds)
+            self.spool.close()
+            self._closed = {**self.stats(), "drained": drained}
+            self.model.discard()
+            return self._closed
+
+    def _seal_old(self) -> None:
+        every = min(self.spool.flush_seconds / 4, 0.5)
+        while not self._stop.wait(every):
+            try:
+                self.spool.seal(older_than=self.spool.flush_seconds)
+            except Exception as exc:  # never silently
+                self._error(f"sealing a spool segment: {type(exc).__name__}: {exc}")
+
+    def _error(self, message: str) -> None:
+        log.warning("serve %s: %s", self.name, message)
+        self.errors = [*self.errors[-99:], f"{time.strftime('%H:%M:%S')} {message}"]
+
+    # -- the model -------------------------------------------------------------------------------------
+    def switch(self, new: LoadedModel) -> None:
+        """Answer with `new` from now on (one assignment: no request sees neither model)."""
+        old, self.model = self.model, new
+        record = {"previous": old.version, "version": new.version, "load_seconds": round(new.load_seconds, 3)}
+        self.switches.append({**record, "at": time.time()})
+        self.spool.event("switch", **record, reason=f"{self.model_uri} moved from {old.label} to {new.label}")
+        log.warning("serve %s: now answering with %s (was %s)", self.name, new.label, old.label)
+        threading.Timer(60.0, old.discard).start()  # requests still holding the old model finish first
+
+    # -- answering ------------------------------------------------------------------------------------
+    def answer(self, body: bytes, content_type: str | None) -> Reply:
+        """Parse, predict and format one request with MLflow's scoring code; prepare its journal entry."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.pyfunc.scoring_server import invocations
+
+        model = self.model
+        capture = _Capture(model)
+        try:
+            result = invocations(body, content_type or "", capture, model.input_schema)
+        except MlflowException as exc:
+            return Reply(exc.serialize_as_json(), exc.get_http_status_code(), "application/json", model)
+        except Exception as exc:
+            return Reply(
+                f'{{"error_code": "INTERNAL_ERROR", "message": "{type(exc).__name__}"}}', 500, "application/json", model
+            )
+        reply = Reply(result.response, result.status, result.mimetype, model)
+        if result.status == 200 and capture.data is not None:
+            reply.entry = self._entry(model, capture)
+        return reply
+
+    def _entry(self, model: LoadedModel, capture: _Capture) -> Entry | None:
+        X, columns = as_rows(capture.data)
+        if X is None:
+            self.unlogged["requests"] += 1  # e.g. named tensors: answered, but no rows to check
+            return None
+        predictions, _ = as_rows(capture.predictions)
+        if predictions is not None and len(predictions) != len(X):
+            predictions = None
+        probabilities = None
+        if model.predict_proba is not None and model.version not in self._proba_broken:
+            try:
+                given = capture.data if model.takes_frames else X
+                probabilities = np.asarray(model.predict_proba(given), dtype=float)
+            except Exception as exc:
+                self._proba_broken.add(model.version)
+                self._error(f"{model.label} answers but its predict_proba fails ({exc}): logging predictions only")
+        header = {
+            "model_uri": model.uri,
+            "version": model.version,
+            "label": model.label,
+            "classes": model.classes if probabilities is not None else None,
+            "columns": columns,
+        }
+        return Spool.entry(header, X, predictions, probabilities)
+
+    def journal(self, reply: Reply) -> None:
+        """Write a reply's rows to the spool: call it just before the reply goes out."""
+        self.statuses[reply.status] += 1
+        if reply.entry is not None:
+            try:
+                self.spool.write(reply.entry)
+            except Exception as exc:  # the client still gets its answer; the loss is counted and said
+                self.unlogged["rows"] += reply.entry.rows
+                self._error(f"cannot journal {reply.entry.rows} rows: {type(exc).__name__}: {exc}")
+
+    # -- state ------------------------------------------------------------------------------------------
+    def version(self) -> dict[str, Any]:
+        from mlflow.version import VERSION
+
+        return {**self.model.info(), "service": self.name, "follows": self.follower is not None, "mlflow": VERSION}
+
+    def stats(self) -> dict[str, Any]:
+        shipper = self.shipper
+        return {
+            "service": self.name,
+            "replica": self.spool.replica,
+            "model_version": self.model.version,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "answered": dict(sorted(self.statuses.items())),
+            **self.spool.stats(),
+            **shipper.counts,
+            "unlogged_rows": self.unlogged["rows"],
+            "unlogged_requests": self.unlogged["requests"],
+            "tracker": "unreachable" if shipper.outage else "ok",
+            "outages": len(shipper.outages),
+            "service_run_id": shipper.service_run,
+            "switches": self.switches[-20:],
+            "last_error": self.errors[-1] if self.errors else None,
+        }
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ScanflowError(f"cannot listen on {host}:{port} ({exc.strerror}): choose another --port") from None
+
+
+def serve(
+    model_uri: str,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    access_log: bool = False,
+    **options: Any,
+) -> dict[str, Any]:
+    """Serve `model_uri` on host:port until SIGTERM or Ctrl-C, then flush; returns the final stats.
+
+    `options`: the other settings of PredictionService (name, spool_dir, batch_rows, flush_seconds,
+    max_spool_mb, follow, poll_seconds, drain_seconds). The tracking URI defaults to $MLFLOW_TRACKING_URI.
+    """
+    import uvicorn
+
+    from .http import asgi_app
+
+    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not tracking_uri:
+        raise ValidationError("give the tracking URI to log to (--tracking-uri or MLFLOW_TRACKING_URI)")
+    for key, value in CLIENT_ENV.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    check_port_free(host, port)
+    service = PredictionService(model_uri, tracking_uri, experiment, params={"host": host, "port": port}, **options)
+    service.start()
+    config = uvicorn.Config(
+        asgi_app(service),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=access_log,
+        timeout_graceful_shutdown=10,
+    )
+    print(
+        f"serving {model_uri} ({service.model.label}) as {service.name!r} on http://{host}:{port}; "
+        f"logging to experiment {service.experiment!r} at {tracking_uri}; spool {service.spool.dir}",
+        flush=True,
+    )
+    # uvicorn re-raises the signal that stopped it once it is done: let that reach a handler that only notes it,
+    # so the flush below and the caller's last words happen (the handlers before serving come back after)
+    quiet = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)} if quiet else {}
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        final = service.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return final

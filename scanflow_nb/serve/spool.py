@@ -1,0 +1,340 @@
+"""The on-disk journal of one serving replica: every answered row is written here before its reply goes out.
+
+Layout under `root` (one folder per service): `<replica>.lock`, held with flock while the replica lives, and
+the folder `<replica>/` with its segments and events, named `<nanoseconds>-<id>` so that names sort in time.
+A segment gathers the rows of consecutive requests answered by one model version with one row shape: it is
+`.open` while requests append to it, and renamed `.ready` when sealed (at `batch_rows` rows, when older than
+the flush interval, on a model switch or a shape change, on stop). An event (`.event`, JSON) is something to
+log besides rows: a model switch, an overflow. The shipper logs ready items oldest first and deletes each one
+once MLflow has it.
+
+Crash safety: each request is one `os.write` made before the reply, so a process killed afterwards loses
+nothing it answered (the page cache keeps it); a record torn by a kill mid-write was never answered and is
+skipped on reading. A replica adopts the folders of dead replicas (their lock is free) under the same root,
+at start and from time to time, so rows spooled by a killed replica are logged by the next one.
+
+Bounded: while the tracker is away segments pile up; past `max_bytes` the oldest ready segments are dropped.
+Dropped rows are counted (`stats()`) and recorded in an overflow event, which the shipper logs: never silent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import json
+import os
+import shutil
+import struct
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ValidationError
+
+_FRAME = struct.Struct("<2scI")  # magic, kind (H header, R record), payload length
+_MAGIC = b"SF"
+OPEN, READY, EVENT = ".open", ".ready", ".event"
+
+
+@dataclass
+class Segment:
+    """The rows of one sealed segment, read back: what one MLflow batch run holds."""
+
+    path: Path
+    header: dict[str, Any]
+    X: np.ndarray | None
+    predictions: np.ndarray | None
+    probabilities: np.ndarray | None
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.X is None else len(self.X)
+
+    @property
+    def id(self) -> str:
+        return self.path.name.split(".")[0]
+
+
+@dataclass
+class Entry:
+    """One answered request, encoded for the journal."""
+
+    header: dict[str, Any]
+    signature: tuple
+    record: bytes
+    rows: int
+
+
+@dataclass
+class _Open:
+    path: Path
+    fd: int
+    signature: tuple
+    opened: float
+    rows: int = 0
+    size: int = 0
+
+
+def _frame(kind: bytes, payload: bytes) -> bytes:
+    return _FRAME.pack(_MAGIC, kind, len(payload)) + payload
+
+
+def _npy(arrays: list[np.ndarray | None]) -> bytes:
+    out = io.BytesIO()
+    out.write(bytes([sum(a is not None for a in arrays)]))
+    for arr in arrays:
+        if arr is not None:
+            np.save(out, arr, allow_pickle=False)
+    return out.getvalue()
+
+
+def _kind(arr: np.ndarray | None) -> tuple | None:
+    if arr is None:
+        return None
+    return ("num" if arr.dtype.kind in "biuf" else arr.dtype.kind, arr.shape[1:])
+
+
+def read_segment(path: Path) -> Segment:
+    """Read a segment file; a torn last record (the writer was killed mid-write) is left out."""
+    data = Path(path).read_bytes()
+    header: dict[str, Any] = {}
+    parts: list[list[np.ndarray]] = [[], [], []]
+    pos = 0
+    while pos + _FRAME.size <= len(data):
+        magic, kind, length = _FRAME.unpack_from(data, pos)
+        start, pos = pos + _FRAME.size, pos + _FRAME.size + length
+        if magic != _MAGIC or pos > len(data):
+            break
+        payload = data[start:pos]
+        if kind == b"H":
+            header = json.loads(payload)
+            continue
+        stream = io.BytesIO(payload)
+        count = stream.read(1)[0]
+        arrays = [np.load(stream, allow_pickle=False) for _ in range(count)]
+        for i, arr in enumerate(arrays):
+            parts[i].append(arr)
+    joined = [np.concatenate(p) if p else None for p in parts]
+    return Segment(Path(path), header, *joined)
+
+
+class Spool:
+    """The journal of replica `replica` of a service, in `root` (created if missing)."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        batch_rows: int = 1000,
+        flush_seconds: float = 10.0,
+        max_bytes: int = 512 * 2**20,
+        replica: str | None = None,
+    ):
+        if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
+            raise ValidationError(f"batch rows must be a whole number >= 1, got {batch_rows!r}")
+        if not isinstance(flush_seconds, (int, float)) or not flush_seconds > 0:
+            raise ValidationError(f"flush seconds must be a positive number, got {flush_seconds!r}")
+        if not isinstance(max_bytes, int) or max_bytes < 2**20:
+            raise ValidationError(f"the spool needs at least 1 MiB, got {max_bytes!r} bytes")
+        self.root = Path(root)
+        self.batch_rows, self.flush_seconds, self.max_bytes = batch_rows, float(flush_seconds), max_bytes
+        self.replica = replica or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.root / f"{self.replica}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.dir = self.root / self.replica
+        self.dir.mkdir(exist_ok=True)
+        self._lock = threading.Lock()
+        self._open: _Open | None = None
+        self._ready: dict[Path, tuple[int, int]] = {}  # sealed segment -> (bytes, rows)
+        self._claimed: set[Path] = set()  # being shipped: never dropped meanwhile
+        self.sealed = threading.Event()  # set when something becomes ready to ship
+        self.counts = {"rows": 0, "requests": 0, "dropped_rows": 0, "dropped_segments": 0, "adopted_segments": 0}
+        self.closed = False
+
+    # -- the request path ----------------------------------------------------------------------
+    @staticmethod
+    def entry(header: dict[str, Any], X: np.ndarray, predictions=None, probabilities=None) -> Entry:
+        """Encode one answered request (any thread); `write` then journals it in one write."""
+        signature = (json.dumps(header, sort_keys=True), _kind(X), _kind(predictions), _kind(probabilities))
+        return Entry(header, signature, _frame(b"R", _npy([X, predictions, probabilities])), len(X))
+
+    def write(self, entry: Entry) -> None:
+        """Journal one answered request, before its reply goes out."""
+        with self._lock:
+            if self.closed:
+                raise ValidationError("the spool is closed")
+            seg = self._open
+            if seg is not None and seg.signature != entry.signature:
+                self._seal()
+                seg = None
+            if seg is None:
+                seg = self._start(entry.header, entry.signature)
+            os.write(seg.fd, entry.record)
+            seg.rows += entry.rows
+            seg.size += len(entry.record)
+            self.counts["rows"] += entry.rows
+            self.counts["requests"] += 1
+            if seg.rows >= self.batch_rows:
+                self._seal()
+
+    def _start(self, header: dict[str, Any], signature: tuple) -> _Open:
+        path = self.dir / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}{OPEN}"
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
+        first = _frame(b"H", json.dumps({**header, "replica": self.replica}).encode())
+        os.write(fd, first)
+        self._open = _Open(path, fd, signature, time.monotonic(), size=len(first))
+        return self._open
+
+    # -- sealing -----------------------------------------------------------------------------------
+    def seal(self, older_than: float | None = None) -> bool:
+        """Seal the open segment (only if it is older than `older_than` s, when given); True if sealed."""
+        with self._lock:
+            seg = self._open
+            if seg is None or (older_than is not None and time.monotonic() - seg.opened < older_than):
+                return False
+            self._seal()
+            return True
+
+    def _seal(self) -> None:
+        seg, self._open = self._open, None
+        os.close(seg.fd)
+        ready = seg.path.with_suffix(READY)
+        os.replace(seg.path, ready)
+        self._ready[ready] = (seg.size, seg.rows)
+        self._bound()
+        self.sealed.set()
+
+    def _bound(self) -> None:
+        total = sum(size for size, _ in self._ready.values())
+        dropped_rows = dropped = 0
+        for path in sorted(self._ready):
+            if total <= self.max_bytes:
+                break
+            if path in self._claimed:
+                continue
+            size, rows = self._ready.pop(path)
+            path.unlink(missing_ok=True)
+            total -= size
+            dropped_rows += rows
+            dropped += 1
+        if dropped:
+            self.counts["dropped_rows"] += dropped_rows
+            self.counts["dropped_segments"] += dropped
+            self._event("overflow", rows=dropped_rows, segments=dropped, total_dropped_rows=self.counts["dropped_rows"])
+
+    # -- events ------------------------------------------------------------------------------------
+    def event(self, kind: str, **data: Any) -> None:
+        """Record something to log besides rows (e.g. a model switch), in order with the segments."""
+        with self._lock:
+            self._event(kind, **data)
+            self.sealed.set()
+
+    def _event(self, kind: str, **data: Any) -> None:
+        path = self.dir / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}{EVENT}"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"kind": kind, "at": time.time(), "replica": self.replica, **data}))
+        os.replace(tmp, path)
+
+    # -- the shipper's side ------------------------------------------------------------------------
+    def pending(self) -> list[Path]:
+        """Sealed segments and events, oldest first."""
+        with self._lock:
+            return sorted([*self._ready, *self.dir.glob(f"*{EVENT}")], key=lambda p: p.name)
+
+    def claim(self, path: Path) -> bool:
+        """Mark a segment as being shipped (False if it was dropped meanwhile)."""
+        with self._lock:
+            if path in self._claimed or (path.suffix == READY and path not in self._ready):
+                return False
+            self._claimed.add(path)
+            return True
+
+    def done(self, path: Path) -> None:
+        """The item is in MLflow: forget it."""
+        with self._lock:
+            self._claimed.discard(path)
+            self._ready.pop(path, None)
+            path.unlink(missing_ok=True)
+
+    def release(self, path: Path) -> None:
+        """Shipping failed: the item stays for the next attempt."""
+        with self._lock:
+            self._claimed.discard(path)
+
+    def adopt(self) -> int:
+        """Take over the folders of dead replicas under the same root; returns how many segments came."""
+        adopted = 0
+        for lock in self.root.glob("*.lock"):
+            replica = lock.name[: -len(".lock")]
+            if replica == self.replica:
+                continue
+            try:
+                fd = os.open(lock, os.O_RDWR)
+            except FileNotFoundError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # alive
+                adopted += self._take(self.root / replica)
+                lock.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+        if adopted:
+            with self._lock:
+                self.counts["adopted_segments"] += adopted
+                self._bound()
+                self.sealed.set()
+        return adopted
+
+    def _take(self, folder: Path) -> int:
+        taken = 0
+        for item in sorted(folder.glob("*")) if folder.is_dir() else []:
+            if item.suffix in (OPEN, READY):
+                target = self.dir / item.with_suffix(READY).name
+                os.replace(item, target)
+                rows = read_segment(target).rows
+                with self._lock:
+                    self._ready[target] = (target.stat().st_size, rows)
+                taken += 1
+            elif item.suffix == EVENT:
+                os.replace(item, self.dir / item.name)
+        shutil.rmtree(folder, ignore_errors=True)
+        return taken
+
+    # -- state -------------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            open_rows = self._open.rows if self._open else 0
+            return {
+                **self.counts,
+                "spool_rows": open_rows + sum(rows for _, rows in self._ready.values()),
+                "spool_bytes": (self._open.size if self._open else 0) + sum(s for s, _ in self._ready.values()),
+                "spool_dir": str(self.dir),
+            }
+
+    def close(self) -> None:
+        """Seal what is open and let go of the lock; the folder goes when nothing is left in it."""
+        with self._lock:
+            if self.closed:
+                return
+            if self._open is not None:
+                self._seal()
+            self.closed = True
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()  # only if empty: what is left waits for the next replica
+        if not self.dir.exists():
+            (self.root / f"{self.replica}.lock").unlink(missing_ok=True)
+        os.close(self._lock_fd)
+
+
+def spool_root(base: str | Path, service: str) -> Path:
+    """Where the replicas of `service` keep their journals, under `base` (e.g. the app's state folder)."""
+    return Path(base) / "serve" / service / "spool"
