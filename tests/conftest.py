@@ -7,7 +7,7 @@ import os
 import pytest
 
 # fixtures of the container and browser tests (engines, base image, JupyterLab, a page)
-pytest_plugins = ("docker_support", "browser_support")
+pytest_plugins = ("docker_support", "browser_support", "serve_support")
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 

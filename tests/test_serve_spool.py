@@ -26,17 +26,19 @@ def ready(spool):
     return [p for p in spool.pending() if p.suffix == ".ready"]
 
 
-def test_requests_gather_into_segments_of_batch_rows_and_read_back_whole(tmp_path):
+def test_requests_gather_into_batches_of_exactly_batch_rows_and_read_back_whole(tmp_path):
     spool = Spool(tmp_path, batch_rows=10, flush_seconds=60)
-    rows = np.arange(14 * 3).reshape(14, 3)
-    for start in range(0, 14, 2):  # seven requests of 2 rows
-        spool.write(entry(rows[start : start + 2]))
-    assert len(ready(spool)) == 1  # sealed at 10 rows; 4 rows still open
-    assert spool.stats()["spool_rows"] == 14 and spool.stats()["requests"] == 7
+    rows = np.arange(29 * 3).reshape(29, 3)
+    for start in range(0, 15, 3):  # five requests of 3 rows: the fourth is split at 10
+        spool.write(entry(rows[start : start + 3]))
+    spool.write(entry(rows[15:29]))  # one request of 14 rows: 5 fill the second batch, 9 start the third
+    assert len(ready(spool)) == 2
+    assert spool.stats()["spool_rows"] == 29 and spool.stats()["requests"] == 6
     assert spool.seal() is True
-    first, second = (read_segment(p) for p in ready(spool))
-    np.testing.assert_array_equal(np.concatenate([first.X, second.X]), rows)
-    assert first.rows == 10 and second.rows == 4
+    segments = [read_segment(p) for p in ready(spool)]
+    assert [s.rows for s in segments] == [10, 10, 9]
+    np.testing.assert_array_equal(np.concatenate([s.X for s in segments]), rows)
+    first = segments[0]
     assert first.predictions.tolist() == rows[:10, 0].tolist()
     assert first.probabilities.shape == (10, 3)
     assert first.header["version"] == "1" and first.header["replica"] == spool.replica

@@ -123,9 +123,13 @@ class PredictionService:
         self.model_uri, self.tracking_uri = model_uri, tracking_uri
         self.name = name or service_name(model_uri)
         self.experiment = experiment or self.name
-        self.model = load_model(model_uri, tracking_uri)
         root = Path(spool_dir) if spool_dir else spool_root(state_dir(Path.cwd()), self.name)
-        self.spool = Spool(root, batch_rows, flush_seconds, int(max_spool_mb) * 2**20)
+        self.spool = Spool(root, batch_rows, flush_seconds, int(max_spool_mb) * 2**20)  # checks the settings
+        try:
+            self.model = load_model(model_uri, tracking_uri)
+        except BaseException:
+            self.spool.close()
+            raise
         settings = {"model_uri": model_uri, "batch_rows": batch_rows, "flush_seconds": flush_seconds}
         self.shipper = Shipper(
             self.spool, tracking_uri, self.experiment, self.name, {**settings, **(params or {})}, on_error=self._error
@@ -308,10 +312,10 @@ def serve(
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not tracking_uri:
         raise ValidationError("give the tracking URI to log to (--tracking-uri or MLFLOW_TRACKING_URI)")
+    check_port_free(host, port)
     for key, value in CLIENT_ENV.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    check_port_free(host, port)
     service = PredictionService(model_uri, tracking_uri, experiment, params={"host": host, "port": port}, **options)
     service.start()
     config = uvicorn.Config(

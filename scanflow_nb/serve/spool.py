@@ -67,8 +67,20 @@ class Entry:
 
     header: dict[str, Any]
     signature: tuple
+    arrays: list[np.ndarray | None]  # rows, predictions, probabilities
     record: bytes
-    rows: int
+
+    @property
+    def rows(self) -> int:
+        return len(self.arrays[0])
+
+    def split(self, n: int) -> tuple[Entry, Entry]:
+        """The first `n` rows and the rest, each encoded again."""
+        halves = [
+            [None if a is None else a[:n] for a in self.arrays],
+            [None if a is None else a[n:] for a in self.arrays],
+        ]
+        return tuple(Entry(self.header, self.signature, arrays, _frame(b"R", _npy(arrays))) for arrays in halves)
 
 
 @dataclass
@@ -162,26 +174,30 @@ class Spool:
     def entry(header: dict[str, Any], X: np.ndarray, predictions=None, probabilities=None) -> Entry:
         """Encode one answered request (any thread); `write` then journals it in one write."""
         signature = (json.dumps(header, sort_keys=True), _kind(X), _kind(predictions), _kind(probabilities))
-        return Entry(header, signature, _frame(b"R", _npy([X, predictions, probabilities])), len(X))
+        arrays = [X, predictions, probabilities]
+        return Entry(header, signature, arrays, _frame(b"R", _npy(arrays)))
 
     def write(self, entry: Entry) -> None:
-        """Journal one answered request, before its reply goes out."""
+        """Journal one answered request, before its reply goes out (split where a batch fills up)."""
         with self._lock:
             if self.closed:
                 raise ValidationError("the spool is closed")
-            seg = self._open
-            if seg is not None and seg.signature != entry.signature:
-                self._seal()
-                seg = None
-            if seg is None:
-                seg = self._start(entry.header, entry.signature)
-            os.write(seg.fd, entry.record)
-            seg.rows += entry.rows
-            seg.size += len(entry.record)
             self.counts["rows"] += entry.rows
             self.counts["requests"] += 1
-            if seg.rows >= self.batch_rows:
-                self._seal()
+            while entry is not None:
+                seg = self._open
+                if seg is not None and seg.signature != entry.signature:
+                    self._seal()
+                    seg = None
+                if seg is None:
+                    seg = self._start(entry.header, entry.signature)
+                room = self.batch_rows - seg.rows
+                part, entry = entry.split(room) if entry.rows > room else (entry, None)
+                os.write(seg.fd, part.record)
+                seg.rows += part.rows
+                seg.size += len(part.record)
+                if seg.rows >= self.batch_rows:
+                    self._seal()
 
     def _start(self, header: dict[str, Any], signature: tuple) -> _Open:
         path = self.dir / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}{OPEN}"
