@@ -45,7 +45,7 @@ def settings(args) -> dict:
 
 
 def cmd_serve(args, load_app) -> int:
-    from .service import serve
+    from .http import serve
 
     tracking_uri, experiment, base = args.tracking_uri, args.experiment, state_dir(Path.cwd())
     if args.workflow:

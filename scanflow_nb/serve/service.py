@@ -8,16 +8,13 @@ CSV, Parquet), so clients see exactly what `mlflow models serve` answers. Around
   inference batches of `batch_rows` rows or `flush_seconds` seconds;
 - follows a registry alias: a moved alias is loaded in the background and swapped in with one assignment;
 - answers `/health` (and MLflow's `/ping`), `/version` (which model version answers, as JSON) and `/stats`.
-`serve()` runs it with uvicorn, as MLflow does, and flushes everything on a clean stop (SIGTERM, Ctrl-C).
+`http.serve()` runs it with uvicorn, as MLflow does, and flushes everything on a clean stop (SIGTERM, Ctrl-C).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
-import signal
-import socket
 import threading
 import time
 from collections import Counter
@@ -27,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ScanflowError, ValidationError
+from ..errors import ValidationError
 from ..files import state_dir
 from .model import AliasFollower, LoadedModel, follows, load_model, registered_name
 from .shipper import Shipper
@@ -100,7 +97,7 @@ class PredictionService:
     """One replica of a prediction service for `model_uri`, logging its traffic to `experiment` at `tracking_uri`.
 
     Build it, `start()` its threads, answer with `answer()` + `journal()` (or serve `asgi_app(service)`),
-    and `close()` it to flush. `serve()` does all of that with uvicorn.
+    and `close()` it to flush. `http.serve()` does all of that with uvicorn.
     """
 
     def __init__(
@@ -280,65 +277,3 @@ class PredictionService:
             "switches": self.switches[-20:],
             "last_error": self.errors[-1] if self.errors else None,
         }
-
-
-def check_port_free(host: str, port: int) -> None:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise ScanflowError(f"cannot listen on {host}:{port} ({exc.strerror}): choose another --port") from None
-
-
-def serve(
-    model_uri: str,
-    tracking_uri: str | None = None,
-    experiment: str | None = None,
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
-    access_log: bool = False,
-    **options: Any,
-) -> dict[str, Any]:
-    """Serve `model_uri` on host:port until SIGTERM or Ctrl-C, then flush; returns the final stats.
-
-    `options`: the other settings of PredictionService (name, spool_dir, batch_rows, flush_seconds,
-    max_spool_mb, follow, poll_seconds, drain_seconds). The tracking URI defaults to $MLFLOW_TRACKING_URI.
-    """
-    import uvicorn
-
-    from .http import asgi_app
-
-    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if not tracking_uri:
-        raise ValidationError("give the tracking URI to log to (--tracking-uri or MLFLOW_TRACKING_URI)")
-    check_port_free(host, port)
-    for key, value in CLIENT_ENV.items():
-        os.environ.setdefault(key, value)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    service = PredictionService(model_uri, tracking_uri, experiment, params={"host": host, "port": port}, **options)
-    service.start()
-    config = uvicorn.Config(
-        asgi_app(service),
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=access_log,
-        timeout_graceful_shutdown=10,
-    )
-    print(
-        f"serving {model_uri} ({service.model.label}) as {service.name!r} on http://{host}:{port}; "
-        f"logging to experiment {service.experiment!r} at {tracking_uri}; spool {service.spool.dir}",
-        flush=True,
-    )
-    # uvicorn re-raises the signal that stopped it once it is done: let that reach a handler that only notes it,
-    # so the flush below and the caller's last words happen (the handlers before serving come back after)
-    quiet = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)} if quiet else {}
-    try:
-        uvicorn.Server(config).run()
-    finally:
-        final = service.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return final
