@@ -7,9 +7,9 @@
 Heavy imports (mlflow, fastapi, uvicorn, pandas) happen when a service starts.
 """
 
-from .http import asgi_app
+from .http import asgi_app, serve
 from .process import ServiceProcess, running_services, start_service, stop_service
-from .service import PredictionService, serve
+from .service import PredictionService
 from .spool import Spool, read_segment
 
 __all__ = [
