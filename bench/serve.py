@@ -241,53 +241,53 @@ def outage(tracker_server: TrackerServer, X, args) -> None:
         f"models:/{MODEL}@champion", tracker_server.uri, "bench", name="outage", batch_rows=500, flush_seconds=1
     )
     load = Load(service.port, X, args.clients, args.rows, total=n).start()
-    while load.sent < n * 0.3:
-        time.sleep(0.01)
-    tracker_server.stop()
-    down = time.monotonic()
-    while load.sent < n * 0.6:
-        time.sleep(0.01)
-    spooled = service.stats()
-    tracker_server.start()
-    print(
-        f"   tracker down {time.monotonic() - down:.1f} s; meanwhile {spooled['spool_rows']} rows waited in the spool "
-        f"({spooled['spool_bytes'] / 2**20:.1f} MiB), tracker {spooled['tracker']}"
-    )
-    load.join()
-    final = service.stop()
+    try:
+        while load.sent < n * 0.3:
+            time.sleep(0.01)
+        os.killpg(tracker_server.process.pid, 9)  # a crash, not a clean stop
+        tracker_server.process.wait(30)
+        down = time.monotonic()
+        while load.sent < n * 0.6:
+            time.sleep(0.01)
+        spooled = service.stats()
+        tracker_server.start(timeout=600)
+        print(
+            f"   tracker down {time.monotonic() - down:.1f} s; when it restarted {spooled['spool_rows']} rows "
+            f"waited in the spool ({spooled['spool_bytes'] / 2**20:.1f} MiB), tracker {spooled['tracker']}"
+        )
+        load.join()
+    finally:
+        load.stop()
+        final = service.stop()
     logged = logged_rows(tracker_server.uri, "bench", "outage")
     print(
         f"   answered 200: {load.statuses[200]} requests, {load.ok_rows} rows; failed {load.summary()['failed']}; "
         f"logged {logged} rows -> {'equal' if logged == load.ok_rows else 'MISMATCH'}"
     )
-    print(f"   service's last words: {final}")
+    print(f"   the service's last line: {final}")
 
 
 def switch(tracker: str, X, args) -> None:
     print("\n3. the champion alias moved from v1 to v2 under load")
     service = start_service(f"models:/{MODEL}@champion", tracker, "bench", name="switch", poll_seconds=1)
     load = Load(service.port, X, args.clients, args.rows).start()
-    time.sleep(args.seconds / 2)
-    moved = time.time()
-    get_client(tracker).set_registered_model_alias(MODEL, "champion", "2")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not any(v == "2" and t > moved for t, v in load.versions[-50:]):
-        time.sleep(0.05)
-    time.sleep(args.seconds / 2)
-    load.stop()
+    try:
+        time.sleep(args.seconds / 2)
+        moved = time.time()
+        get_client(tracker).set_registered_model_alias(MODEL, "champion", "2")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(v == "2" for _, v in load.versions[-50:]):
+            time.sleep(0.05)
+        time.sleep(args.seconds / 2)
+    finally:
+        load.stop()
+        version = get_json(service.url + "/version")["version"]
+        service.stop()
     first_new = min((t for t, v in load.versions if v == "2"), default=None)
     after = [v for t, v in load.versions if first_new and t > first_new + 0.5]
-    print(
-        f"   {sum(load.statuses.values())} requests, failed {load.summary()['failed']} (goal 0); "
-        f"v2 answered {first_new - moved:.2f} s after the alias moved (goal < 5 s)"
-        if first_new
-        else "   v2 never answered"
-    )
-    print(
-        f"   after the switch: {after.count('2')} answers by v2, {after.count('1')} by v1; "
-        f"/version says v{get_json(service.url + '/version')['version']}"
-    )
-    service.stop()
+    delay = f"v2 answered {first_new - moved:.2f} s after the alias moved (goal < 5 s)" if first_new else "v2 never"
+    print(f"   {sum(load.statuses.values())} requests, failed {load.summary()['failed']} (goal 0); {delay}")
+    print(f"   after the switch: {after.count('2')} answers by v2, {after.count('1')} by v1; /version says v{version}")
 
 
 def main() -> None:
