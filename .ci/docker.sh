@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # Container engine for the test suite: Docker engine, docker-compose v1, debootstrap, a running dockerd,
-# the registry-free base image and the tracker image (built once, reused by tag), a single-node swarm.
+# a single-node swarm. The images are built by `make images` (.ci/images.py), once the package is installed.
 # Idempotent and fast when everything is there. Without root it changes nothing and says so: the
 # container tests then skip with that reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BASE="${SCANFLOW_BASE_IMAGE:-scanflow/python:3.11-bookworm}"
 say() { echo "docker.sh: $*"; }
 
 if [ "$(id -u)" != 0 ]; then
@@ -33,19 +32,4 @@ fi
 if [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
   say "initialising a single-node swarm"
   docker swarm init --advertise-addr 127.0.0.1 >/dev/null
-fi
-
-if python -c "import docker, mlflow, yaml" 2>/dev/null; then
-  start=$(date +%s)
-  PYTHONPATH=. python - "$BASE" <<'PY'
-import sys
-from scanflow_nb.containers.base import build_base_image
-from scanflow_nb.containers.images import ImageBuilder
-quiet = lambda line: None
-tag = build_base_image(sys.argv[1], echo=lambda line: print("docker.sh:", line) if "ready" in line or "exists" in line else None)
-print("docker.sh: tracker image", ImageBuilder(tag, echo=quiet).tracker_image())
-PY
-  say "images ready after $(( $(date +%s) - start )) s"
-else
-  say "python packages (docker, mlflow) not installed yet: the tests build the images on first use"
 fi

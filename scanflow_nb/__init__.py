@@ -18,7 +18,7 @@ __all__ = [
     "Workflow",
     "load_ipython_extension",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +11,18 @@ import pytest
 pytest_plugins = ("docker_support", "browser_support", "serve_support")
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def pytest_report_header(config):
+    """Which scanflow_nb is under test. With SCANFLOW_TEST_INSTALLED=1 (`make test`), it must be the
+    installed wheel, never the checkout's source folder."""
+    import scanflow_nb
+
+    where = Path(scanflow_nb.__file__).resolve().parent
+    source = Path(__file__).resolve().parents[1] / "scanflow_nb"
+    if os.environ.get("SCANFLOW_TEST_INSTALLED") and where == source:
+        raise pytest.UsageError(f"SCANFLOW_TEST_INSTALLED is set but scanflow_nb comes from the checkout ({where})")
+    return f"scanflow_nb {scanflow_nb.__version__} from {where}"
 
 
 @pytest.fixture

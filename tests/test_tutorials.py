@@ -7,6 +7,8 @@ import ast
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -45,19 +47,86 @@ def test_committed_clean_with_badges_and_a_colab_install_cell(path):
 
 
 # -- running them ------------------------------------------------------------------------------------------------
-def execute(name: str, folder: Path) -> nbformat.NotebookNode:
-    """Run tutorial `name` in `folder` with a fresh python3 kernel in small-data mode; a failing cell fails the test."""
-    from nbclient import NotebookClient
+ROOT = TUTORIALS.parent
+IN_COLAB = ("01_quickstart.ipynb", "03_drift_checker.ipynb", "04_labeling.ipynb", "05_reproduction.ipynb")
 
-    shutil.copy(TUTORIALS / name, folder / name)
-    nb = nbformat.read(folder / name, as_version=4)
-    env = {**os.environ, "SCANFLOW_SMALL": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    env.pop("SCANFLOW_BASE_IMAGE", None)  # as after `make machine`: the docker back end finds its base image
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(folder)}}).execute(
-        env=env
+
+def pip(python: Path, *args: str) -> None:
+    out = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args],
+        capture_output=True,
+        text=True,
     )
-    nbformat.write(nb, folder / name)  # kept for a look when an assertion fails
+    assert out.returncode == 0, f"pip install {' '.join(args)} failed:\n{out.stdout[-3000:]}{out.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="session")
+def colab_python(tmp_path_factory) -> Path:
+    """A fresh environment set up the way the tutorials' first cell sets up Colab.
+
+    What Colab ships (TensorFlow, a notebook kernel) at the versions this suite uses, then exactly the
+    cell's `pip install "scanflow_nb[active] @ git+$REPOSITORY"`, the repository being this checkout's
+    committed HEAD. The tutorials then run against that install, from folders outside the checkout.
+    """
+    from importlib.metadata import version
+
+    if shutil.which("git") is None or subprocess.run(["git", "-C", str(ROOT), "rev-parse"]).returncode != 0:
+        pytest.skip("the Colab install needs this checkout as a git repository")
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    venv = tmp_path_factory.mktemp("colab") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    shipped = [f"{name}=={version(name)}" for name in ("tensorflow-cpu", "ipykernel", "nbclient")]
+    pip(python, *shipped)
+    pip(python, f"scanflow_nb[active] @ git+file://{ROOT}@{head}")
+    where = subprocess.run(
+        [str(python), "-c", "import scanflow_nb; print(scanflow_nb.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=venv,
+        check=True,
+    ).stdout.strip()
+    assert Path(where).is_relative_to(venv) and not Path(where).is_relative_to(ROOT / "scanflow_nb"), where
+    return python
+
+
+def execute(name: str, folder: Path, python: Path) -> nbformat.NotebookNode:
+    """Run tutorial `name` in `folder` (outside the checkout) with a fresh kernel of `python` in small-data mode;
+    a failing cell fails the test."""
+    shutil.copy(TUTORIALS / name, folder / name)
+    env = {
+        **os.environ,
+        "SCANFLOW_SMALL": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PATH": f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    env.pop("SCANFLOW_BASE_IMAGE", None)  # as after `make machine`: the docker back end finds its base image
+    env.pop("PYTHONPATH", None)
+    out = subprocess.run(
+        [str(python.parent / "jupyter-execute"), "--inplace", "--timeout=600", name],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    nb = nbformat.read(folder / name, as_version=4)  # kept for a look when an assertion fails
+    assert out.returncode == 0, f"{name} failed:\n{out.stderr[-4000:]}"
     return nb
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory, request):
+    """Each tutorial runs once per test session, in its own folder: the Colab ones on the Colab install,
+    02 (Docker, which Colab has not) on this suite's own environment."""
+    cache = {}
+
+    def run(name):
+        if name not in cache:
+            python = request.getfixturevalue("colab_python") if name in IN_COLAB else Path(sys.executable)
+            cache[name] = execute(name, tmp_path_factory.mktemp(Path(name).stem), python)
+        return cache[name]
+
+    return run
 
 
 def cell(nb, tag: str):
@@ -85,19 +154,6 @@ def number(pattern: str, haystack: str) -> float:
     match = re.search(pattern, haystack)
     assert match, f"{pattern!r} not in output:\n{haystack}"
     return float(match.group(1))
-
-
-@pytest.fixture(scope="module")
-def ran(tmp_path_factory):
-    """Each tutorial runs once per test session, in its own folder."""
-    cache = {}
-
-    def run(name):
-        if name not in cache:
-            cache[name] = execute(name, tmp_path_factory.mktemp(Path(name).stem))
-        return cache[name]
-
-    return run
 
 
 @pytest.mark.slow
