@@ -111,7 +111,7 @@ def execute(name: str, folder: Path, python: Path) -> nbformat.NotebookNode:
     env.pop("SCANFLOW_BASE_IMAGE", None)  # as after `make machine`: the docker back end finds its base image
     env.pop("PYTHONPATH", None)
     out = subprocess.run(
-        [str(python.parent / "jupyter-execute"), "--inplace", "--timeout=600", name],
+        [str(python), "-c", "from nbclient.cli import main; main()", "--inplace", "--timeout=600", name],
         cwd=folder,
         env=env,
         capture_output=True,
