@@ -83,4 +83,6 @@ def test_dot_python_version_and_the_package_install():
     assert os.access(post_build, os.X_OK), "repo2docker runs postBuild only when it is executable"
     script = post_build.read_text()
     assert script.startswith("#!/bin/bash\n") and "set -euo pipefail" in script
-    assert "python -m pip install --no-deps --editable ." in script
+    assert "python -m pip install --no-deps ." in script and "--editable" not in script, (
+        "Binder gets what users install"
+    )
