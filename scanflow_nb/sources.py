@@ -13,14 +13,21 @@ def executor_code(app_dir: Path, workflow: str, executor: Executor) -> tuple[str
 
     Inline `code` has the path `<workflow>/<name>.py`, as if it were a file of the app.
     """
+    path = code_path(workflow, executor)
     if executor.file:
-        path = Path(app_dir) / executor.file
-        if not path.is_file():
+        if not (Path(app_dir) / path).is_file():
             raise NotFoundError(f"executor {executor.name!r}: file {executor.file!r} not found in {app_dir}")
-        return executor.file.replace("\\", "/"), path.read_bytes()
+        return path, (Path(app_dir) / path).read_bytes()
     if executor.code:
-        return f"{workflow}/{executor.name}.py", executor.code.encode()
+        return path, executor.code.encode()
     return None
+
+
+def code_path(workflow: str, executor: Executor) -> str | None:
+    """The app-relative path of the executor's code: its file, or `<workflow>/<name>.py` for inline code."""
+    if executor.file:
+        return executor.file.replace("\\", "/")
+    return f"{workflow}/{executor.name}.py" if executor.code else None
 
 
 def requirements_text(app_dir: Path, executor: Executor) -> str:

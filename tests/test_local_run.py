@@ -219,7 +219,7 @@ def test_mlflow_run_tree_params_metrics_and_artifacts(app_dir):
     assert train.data.metrics["exit_code"] == 0 and train.data.metrics["duration_s"] > 0
     assert train.data.tags["scanflow.status"] == "succeeded"
     files = {f.path for f in client.list_artifacts(train.info.run_id, "scanflow")}
-    assert files == {"scanflow/train.log", "scanflow/train.py"}
+    assert files == {"scanflow/train.log", "scanflow/train.py", "scanflow/provenance.json"}
     sub = next(r for r in children if r.info.run_name == "sub")
     s = client.get_run(result.executors["sub/s"].run_id)
     assert s.data.tags["mlflow.parentRunId"] == sub.info.run_id

@@ -72,6 +72,9 @@ class Backend(Protocol):
     def close(self) -> None:
         """Remove whatever `open` and `launch` created. Called on success, failure and interrupt."""
 
+    # Optional: `environment(key) -> dict` says where the last attempt of executor `key` ran, for its
+    # provenance: "python" (version), "image" and "image_digest" on container back ends.
+
 
 def resolve_backend(backend: str | Backend, **options: Any) -> Backend:
     """A back end from its registered name and `options` (e.g. local's `isolated=True`), or an instance as is."""

@@ -150,6 +150,7 @@ class DockerBackend:
         self._lock = threading.Lock()
         self._open = False
         self.run_token: str | None = None
+        self.images: dict[str, str] = {}  # executor key -> the image its last attempt ran
 
     # -- naming and labels ------------------------------------------------------------------------
     def labels(self, **extra: str) -> dict[str, str]:
@@ -185,6 +186,7 @@ class DockerBackend:
 
     def launch(self, launch: Launch) -> ContainerHandle:
         image = self.builder.executor_image(launch.app_dir, launch.workflow, launch.executor)
+        self.images[launch.key] = image
         command = (
             ["python", "-P", str(launch.script), *launch.args] if launch.script is not None else launch.args or None
         )
@@ -193,6 +195,20 @@ class DockerBackend:
             if not self._open:
                 raise RunError("the docker back end is closed: the run was stopped")
             return self.start_executor(launch, image, command, env)
+
+    def environment(self, key: str) -> dict[str, str]:
+        """The image executor `key` ran in and its digest (the registry digest if it has one, else its id)."""
+        import docker.errors
+
+        image = self.images.get(key)
+        if image is None:
+            return {}
+        try:
+            found = self.docker.images.get(image)
+        except docker.errors.DockerException:
+            return {"image": image}
+        digests = found.attrs.get("RepoDigests") or []
+        return {"image": image, "image_digest": digests[0] if digests else found.id}
 
     def close(self) -> None:
         with self._lock:

@@ -14,7 +14,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,9 @@ from .. import events as ev
 from ..errors import NotFoundError, RunError, ScanflowError
 from ..files import digest
 from ..schedule import Task, cache_key, plan, select
+from ..sources import code_path
+from ..spec import Executor
+from ..track.provenance import Provenance, executor_provenance, git_state, workflow_provenance
 from ..track.runs import RunTree
 from .backend import Backend, Launch, Tracking, resolve_backend
 from .console import ConsoleListener
@@ -48,7 +51,13 @@ class Run:
         listeners: Iterable[ev.Listener] = (),
         echo: bool = True,
         backend_options: dict | None = None,
+        tags: dict[str, str] | None = None,
+        configure: Callable[[Task], Executor] | None = None,
     ):
+        """`tags`: extra tags of the run's root MLflow run (a sweep's or a re-run's links).
+        `configure`: called on the run's thread just before a task starts, returns the executor to
+        run in its place (a sweep's search picks a trial's parameters when a worker frees up).
+        """
         self.app = app
         self.root = app.find(workflow)
         self.tasks = plan(self.root)
@@ -73,6 +82,10 @@ class Run:
         self._started: dict[str, float] = {}
         self._digests: dict[str, str] = {}
         self._workers: list[threading.Thread] = []
+        self.extra_tags = dict(tags or {})
+        self.configure = configure
+        self._started_with: dict[str, tuple[bytes | None, dict[str, str]]] = {}  # code and input digests
+        self._git: dict[str, str] | None = None
 
     # -- public ------------------------------------------------------------------------------
     def cancel(self) -> None:
@@ -153,6 +166,8 @@ class Run:
         for wf in self.root.walk():
             parent = self.root.parent_of(wf.name) if wf is not self.root else None
             tags = {"scanflow.workflow": wf.name, "scanflow.parallel": str(wf.parallel).lower()}
+            if wf is self.root:
+                tags.update(self.extra_tags)
             self.workflow_runs[wf.name] = self.tree.start(
                 wf.name, "workflow", self.workflow_runs.get(parent.name) if parent else None, tags
             )
@@ -192,6 +207,8 @@ class Run:
 
     def _start(self, task: Task) -> bool:
         """Start a task, or record it as cached. Returns True if an attempt is now running."""
+        if self.configure is not None:
+            task.executor = self.configure(task)
         ex = task.executor
         script = self._scripts[task.key]
         code = script.read_bytes() if script is not None else (ex.dockerfile or ex.image or "").encode()
@@ -210,6 +227,7 @@ class Run:
             self._record(task, ev.CACHED, run_id=run_id, duration=0.0)
             return False
         run_id = self.tree.start(ex.name, "executor", parent, tags, ex.parameters)
+        self._started_with[task.key] = (code if script is not None else None, inputs)
         self.states[task.key] = ev.RUNNING
         self._started[task.key] = time.time()
         self.results[task.key] = ExecutorResult(
@@ -319,18 +337,45 @@ class Run:
             metrics = {"duration_s": duration, "attempts": attempts}
             if code is not None:
                 metrics["exit_code"] = code
+            record = self._provenance(task)
             self.tree.finish(
                 result.run_id,
                 state,
                 metrics,
-                {"scanflow.error": error} if error else None,
-                [self.workspace.log_path(key), self._scripts[key] or Path()],
+                {**record.tags, **({"scanflow.error": error} if error else {})},
+                [self.workspace.log_path(key), *record.files],
             )
             if state == ev.SUCCEEDED:
                 self.workspace.remember(key, self._digests[key], result.run_id)
             self._record(
                 task, state, attempts=attempts, exit_code=code, duration=duration, run_id=result.run_id, error=error
             )
+
+    def _provenance(self, task: Task) -> Provenance:
+        """What the executor run was made of (see track.provenance), written once it ended."""
+        ex = task.executor
+        code, inputs = self._started_with.pop(task.key)
+        describe = getattr(self.backend, "environment", None)
+        return executor_provenance(
+            self.workspace.state_dir,
+            task.key,
+            parameters=ex.parameters,
+            args=ex.command_args(),
+            code_path=code_path(task.workflow, ex),
+            code=code,
+            requirements=self._requirements[task.key],
+            inputs=inputs,
+            outputs=ex.outputs,
+            app_dir=self.app.path,
+            backend=self.backend.name,
+            environment=describe(task.key) if describe else {},
+            git=self._git_state(),
+        )
+
+    def _git_state(self) -> dict[str, str]:
+        if self._git is None:
+            self._git = git_state(self.app.path)
+        return self._git
 
     def _record(self, task: Task, state: str, **fields: Any) -> None:
         self.states[task.key] = state
@@ -398,7 +443,12 @@ class Run:
             )
             if wf is self.root and interrupted:
                 state = "interrupted"
-            self.tree.finish(self.workflow_runs[wf.name], state)
+            if wf is self.root:
+                top = self.app.root_of(self.root.name)
+                record = workflow_provenance(self.workspace.state_dir, wf.name, top.to_dict(), self._git_state())
+                self.tree.finish(self.workflow_runs[wf.name], state, tags=record.tags, artifacts=record.files)
+            else:
+                self.tree.finish(self.workflow_runs[wf.name], state)
         status = "interrupted" if interrupted else ev.FAILED if ev.FAILED in self.states.values() else ev.SUCCEEDED
         result = RunResult(
             self.root.name,

@@ -8,10 +8,12 @@ built once per requirements digest and reused.
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 
 from .backend import Launch, Tracking
@@ -86,3 +88,18 @@ class LocalBackend:
 
     def close(self) -> None:
         """Nothing to remove: each attempt's process group ends with it."""
+
+    def environment(self, key: str) -> dict[str, str]:
+        """Where executors ran, for their provenance: the interpreter's Python version."""
+        return {"python": python_version(self.python)}
+
+
+@cache
+def python_version(python: str) -> str:
+    """The version of the interpreter at `python` (asked once per interpreter)."""
+    if python == sys.executable:
+        return platform.python_version()
+    done = subprocess.run(
+        [python, "-c", "import platform; print(platform.python_version())"], capture_output=True, text=True
+    )
+    return done.stdout.strip() or "unknown"
