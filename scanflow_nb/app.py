@@ -261,3 +261,123 @@ class App:
         if not path.is_file():
             raise NotFoundError(f"executor {wf.name}/{ex.name} has not run yet: no log at {path}")
         return path.read_text(errors="replace")
+
+    # -- experiments: history, compare, re-run, sweeps, the MLflow UI ----------------------------
+    @property
+    def store_uri(self) -> str:
+        """The app's MLflow store: every run of the app is there, whichever tracker wrote it."""
+        from .track import embedded_uri
+
+        return embedded_uri(self.state_dir)
+
+    def runs(self, workflow: str | None = None, last: int | None = None):
+        """Past workflow runs as a pandas DataFrame, newest first, read from the app's MLflow store.
+
+        One row per run: run_id, workflow, start, duration (s), status, backend, how many executors
+        succeeded / failed / were cached / skipped, then each executor's parameters and the last
+        value of each metric it logged as columns `<executor>.<name>` (`<workflow>/<executor>.<name>`
+        where two workflows have an executor of that name). Runs of other kernels, of `scanflow run`
+        and from before a restart are all there. `last`: only the newest N.
+        """
+        from .track.history import history
+
+        frame = history(self.store_uri, workflow, last)
+        if workflow is not None and frame.empty:
+            self.find(workflow)  # an unknown name is an error; a known one may not have run yet
+        return frame
+
+    def compare(self, run_a: str, run_b: str):
+        """What differs between two workflow runs, per executor: code, parameters, requirements, input and
+        output digests, image, environment, state and metrics. Run ids may be shortened (6+ characters)."""
+        from .track.compare import compare
+
+        return compare(self.store_uri, run_a, run_b)
+
+    def rerun(
+        self,
+        run_id: str,
+        backend: Any = None,
+        *,
+        max_workers: int | None = None,
+        listeners: Iterable[Listener] = (),
+        echo: bool = True,
+    ) -> RunResult:
+        """Run a past workflow run again with the code, parameters and requirements recorded for it.
+
+        Today's declarations and files do not matter (environment values, never recorded, come from
+        today's declarations). Says which inputs changed since; the new run is tagged
+        `scanflow.rerun_of`. An executor's run id re-runs that executor alone. `backend`: default the
+        one the run used.
+        """
+        from .experiments.rerun import rerun
+
+        return rerun(self, run_id, backend, max_workers=max_workers, listeners=listeners, echo=echo)
+
+    def sweep(
+        self,
+        executor: str,
+        grid: dict[str, Any] | None = None,
+        *,
+        search: str | None = None,
+        space: dict[str, Any] | None = None,
+        trials: int | None = None,
+        metric: str | None = None,
+        direction: str = "minimize",
+        backend: Any = "local",
+        max_workers: int | None = None,
+        name: str | None = None,
+        seed: int | None = None,
+        backend_options: dict | None = None,
+        on_trial: Any = None,
+        echo: bool = True,
+    ):
+        """Run executor `executor` ("name" or "workflow/name") once per trial with other parameters.
+
+        `grid={"trees": [10, 50], "depth": [3, 5]}`: every combination. `search="optuna"` (or
+        "random") with `space={"lr": (1e-4, 1e-1, "log"), "trees": (10, 200), "kind": ["a", "b"]}`,
+        `trials=N` and the `metric` to `direction`: Optuna picks each trial's parameters when a worker
+        frees up; its study lives in the app's state folder, so the same call again resumes it (`name`
+        names the study). Trials run in parallel, up to `max_workers`, on `backend`, under one parent
+        MLflow run. Returns a SweepResult: `.best` (params, metric, run_id), `.trials` (a DataFrame).
+        `on_trial(trial)` is called as each trial ends. Ctrl-C stops every trial.
+        """
+        from .experiments.sweep import sweep
+
+        return sweep(
+            self,
+            executor,
+            grid,
+            search=search,
+            space=space,
+            trials=trials,
+            metric=metric,
+            direction=direction,
+            backend=backend,
+            max_workers=max_workers,
+            name=name,
+            seed=seed,
+            backend_options=backend_options,
+            on_trial=on_trial,
+            echo=echo,
+        )
+
+    def ui(self, port: int = 0):
+        """An MLflow UI (`mlflow server`) on the app's store at 127.0.0.1 (`port` 0: a free one); `.uri` is
+        its address. One per store and kernel, reused; it stops when the kernel exits."""
+        from .track import artifact_root, running_server
+
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        return running_server(
+            self.store_uri, artifact_root(self.state_dir), port, "127.0.0.1", self.state_dir / "ui.log"
+        )
+
+    def twin(self, workflows: Iterable[Workflow]) -> App:
+        """An in-memory app over the same folder holding `workflows` instead of this app's; never saved.
+
+        Re-runs and sweeps run generated workflows through the engine this way, leaving the app as it is.
+        """
+        twin = copy.copy(self)
+        twin.workflows = []
+        for wf in workflows:
+            twin.add(wf)
+        return twin

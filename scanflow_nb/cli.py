@@ -79,10 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("--output", "-o", metavar="FILE", help="write .svg, .png or .gv")
     graph.set_defaults(func=cmd_graph)
     from .containers.commands import add_commands
+    from .experiments.commands import add_commands as add_experiment_commands
     from .serve.commands import add_command as add_serve
 
     add_commands(sub, _app)
     add_serve(sub, _app)
+    add_experiment_commands(sub, _app)
     return parser
 
 

@@ -13,7 +13,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from . import registry
 
-SUBCOMMAND_MODULES = ("core", "graph", "checker", "label", "containers", "serve")
+SUBCOMMAND_MODULES = ("core", "graph", "checker", "label", "containers", "serve", "experiments")
 
 
 @magics_class
