@@ -305,9 +305,9 @@ class App:
         """Run a past workflow run again with the code, parameters and requirements recorded for it.
 
         Today's declarations and files do not matter (environment values, never recorded, come from
-        today's declarations). Says which inputs changed since; the new run is tagged
-        `scanflow.rerun_of`. An executor's run id re-runs that executor alone. `backend`: default the
-        one the run used.
+        today's declarations). Prints what it re-runs and which inputs changed since (`echo` is about
+        executor output, as in `run`); the new run is tagged `scanflow.rerun_of`. An executor's run id
+        re-runs that executor alone. `backend`: default the one the run used.
         """
         from .experiments.rerun import rerun
 

@@ -45,16 +45,15 @@ def rerun(
     notes = rebuild(root, recorded, app)
     changed = changed_inputs(app.path, root, recorded)
     backend = backend or recorded.root.tags.get("scanflow.backend", "local")
-    if echo:
-        what = f"executor {recorded.focus}" if recorded.focus else f"workflow {root.name!r}"
-        print(f"re-running {what} of run {recorded.label} with its recorded code and parameters on {backend}")
-        for note in notes:
-            print(f"  note: {note}")
-        print(
-            "  inputs changed since: " + ", ".join(f"{path} ({key})" for path, key in changed)
-            if changed
-            else "  inputs unchanged since"
-        )
+    what = f"executor {recorded.focus}" if recorded.focus else f"workflow {root.name!r}"
+    print(f"re-running {what} of run {recorded.label} with its recorded code and parameters on {backend}")
+    for note in notes:
+        print(f"  note: {note}")
+    print(
+        "  inputs changed since: " + ", ".join(f"{path} ({key})" for path, key in changed)
+        if changed
+        else "  inputs unchanged since"
+    )
     tags = {RERUN_OF: recorded.root.run_id}
     if changed:
         tags[CHANGED_INPUTS] = ", ".join(path for path, _ in changed)[:4000]

@@ -589,10 +589,16 @@ def _split(item: str) -> tuple[str, str]:
 
 
 def _scalar(text: str) -> Any:
+    """A number (1e-4 included, which YAML 1.1 reads as a string), a YAML boolean, else the text."""
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
     import yaml
 
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
-    return value if isinstance(value, (str, int, float, bool)) else text
+    return value if isinstance(value, (str, bool)) else text

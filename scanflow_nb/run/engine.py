@@ -85,7 +85,7 @@ class Run:
         self.extra_tags = dict(tags or {})
         self.configure = configure
         self._started_with: dict[str, tuple[bytes | None, dict[str, str]]] = {}  # code and input digests
-        self._git: dict[str, str] | None = None
+        self._git: dict[str, str] = {}  # the app folder's git commit and dirty flag as the run starts
 
     # -- public ------------------------------------------------------------------------------
     def cancel(self) -> None:
@@ -94,6 +94,7 @@ class Run:
 
     def execute(self) -> RunResult:
         self._preflight()
+        self._git = git_state(self.app.path)
         started = time.time()
         tracking: Tracking | None = None
         interrupted: BaseException | None = None
@@ -369,13 +370,8 @@ class Run:
             app_dir=self.app.path,
             backend=self.backend.name,
             environment=describe(task.key) if describe else {},
-            git=self._git_state(),
+            git=self._git,
         )
-
-    def _git_state(self) -> dict[str, str]:
-        if self._git is None:
-            self._git = git_state(self.app.path)
-        return self._git
 
     def _record(self, task: Task, state: str, **fields: Any) -> None:
         self.states[task.key] = state
@@ -445,7 +441,7 @@ class Run:
                 state = "interrupted"
             if wf is self.root:
                 top = self.app.root_of(self.root.name)
-                record = workflow_provenance(self.workspace.state_dir, wf.name, top.to_dict(), self._git_state())
+                record = workflow_provenance(self.workspace.state_dir, wf.name, top.to_dict(), self._git)
                 self.tree.finish(self.workflow_runs[wf.name], state, tags=record.tags, artifacts=record.files)
             else:
                 self.tree.finish(self.workflow_runs[wf.name], state)
