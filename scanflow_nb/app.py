@@ -313,53 +313,22 @@ class App:
 
         return rerun(self, run_id, backend, max_workers=max_workers, listeners=listeners, echo=echo)
 
-    def sweep(
-        self,
-        executor: str,
-        grid: dict[str, Any] | None = None,
-        *,
-        search: str | None = None,
-        space: dict[str, Any] | None = None,
-        trials: int | None = None,
-        metric: str | None = None,
-        direction: str = "minimize",
-        backend: Any = "local",
-        max_workers: int | None = None,
-        name: str | None = None,
-        seed: int | None = None,
-        backend_options: dict | None = None,
-        on_trial: Any = None,
-        echo: bool = True,
-    ):
+    def sweep(self, executor: str, grid: dict[str, Any] | None = None, **options: Any):
         """Run executor `executor` ("name" or "workflow/name") once per trial with other parameters.
 
         `grid={"trees": [10, 50], "depth": [3, 5]}`: every combination. `search="optuna"` (or
         "random") with `space={"lr": (1e-4, 1e-1, "log"), "trees": (10, 200), "kind": ["a", "b"]}`,
-        `trials=N` and the `metric` to `direction`: Optuna picks each trial's parameters when a worker
-        frees up; its study lives in the app's state folder, so the same call again resumes it (`name`
-        names the study). Trials run in parallel, up to `max_workers`, on `backend`, under one parent
+        `trials=N` and the `metric` to `direction` ("minimize", the default, or "maximize"): Optuna
+        picks each trial's parameters when a worker frees up; its study lives in the app's state folder,
+        so the same call again resumes it (`name=` names the study, `seed=` seeds its sampler). Trials
+        run in parallel, up to `max_workers`, on `backend` (with `backend_options`), under one parent
         MLflow run. Returns a SweepResult: `.best` (params, metric, run_id), `.trials` (a DataFrame).
-        `on_trial(trial)` is called as each trial ends. Ctrl-C stops every trial.
+        `on_trial(trial)` is called as each trial ends; `echo=False` prints nothing. Ctrl-C stops every
+        trial. (All options: `scanflow_nb.experiments.sweep.sweep`.)
         """
         from .experiments.sweep import sweep
 
-        return sweep(
-            self,
-            executor,
-            grid,
-            search=search,
-            space=space,
-            trials=trials,
-            metric=metric,
-            direction=direction,
-            backend=backend,
-            max_workers=max_workers,
-            name=name,
-            seed=seed,
-            backend_options=backend_options,
-            on_trial=on_trial,
-            echo=echo,
-        )
+        return sweep(self, executor, grid, **options)
 
     def ui(self, port: int = 0):
         """An MLflow UI (`mlflow server`) on the app's store at 127.0.0.1 (`port` 0: a free one); `.uri` is

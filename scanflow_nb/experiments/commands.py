@@ -26,9 +26,16 @@ def cmd_rerun(args, load_app) -> int:
 
 
 def cmd_sweep(args, load_app) -> int:
+    result = sweep_from_args(load_app(args), args)
+    print(result.trials.drop(columns=["error"]).to_string(index=False))
+    return 0 if any(t.status == "succeeded" for t in result.trial_list) else 1
+
+
+def sweep_from_args(app, args, **options):
+    """`App.sweep` from the options `scanflow sweep` and `%scanflow sweep` share (text grids and spaces)."""
     from .sweep import parse_grid, parse_space
 
-    result = load_app(args).sweep(
+    return app.sweep(
         args.executor,
         parse_grid(args.grid),
         search=args.search,
@@ -40,9 +47,8 @@ def cmd_sweep(args, load_app) -> int:
         max_workers=args.max_workers,
         name=args.name,
         seed=args.seed,
+        **options,
     )
-    print(result.trials.drop(columns=["error"]).to_string(index=False))
-    return 0 if any(t.status == "succeeded" for t in result.trial_list) else 1
 
 
 def cmd_ui(args, load_app) -> int:

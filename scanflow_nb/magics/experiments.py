@@ -83,34 +83,19 @@ def sweep(ctx, args):
     within --space. Trials run in parallel under one MLflow parent run; a table shows them as they end.
     Ctrl-C stops every trial; an Optuna search resumes when run again.
     """
-    from ..experiments.sweep import parse_grid, parse_space
+    from ..experiments.commands import sweep_from_args
 
     app = ctx.app
-    direction = "maximize" if args.maximize else "minimize"
     on_trial = None
     if getattr(ctx.shell, "kernel", None) is not None:
         from ..widgets.sweep import SweepView
 
         wf, ex = app.find_executor(args.executor)
-        view = SweepView(f"{wf.name}/{ex.name}", args.metric, direction)
+        view = SweepView(f"{wf.name}/{ex.name}", args.metric, "maximize" if args.maximize else "minimize")
         _display(view)
         on_trial = view.add
     try:
-        return app.sweep(
-            args.executor,
-            parse_grid(args.grid),
-            search=args.search,
-            space=parse_space(args.space),
-            trials=args.trials,
-            metric=args.metric,
-            direction=direction,
-            backend=args.backend,
-            max_workers=args.max_workers,
-            name=args.name,
-            seed=args.seed,
-            on_trial=on_trial,
-            echo=on_trial is None,
-        )
+        return sweep_from_args(app, args, on_trial=on_trial, echo=on_trial is None)
     except KeyboardInterrupt:
         print("interrupted: every trial was stopped")
         return None
