@@ -93,7 +93,9 @@ def sweep_figures(root: Path, repeat: int) -> None:
     app = App(root / "sweep-app")
     trial = Executor("busy", code=BUSY.format(seconds=0.5), parameters={"seed": 0})
     app.add(Workflow("main", executors=[trial]))
-    app.add(Workflow("chain", executors=[Executor(f"s{i}", code=trial.code, parameters={"seed": i}) for i in range(16)]))
+    app.add(
+        Workflow("chain", executors=[Executor(f"s{i}", code=trial.code, parameters={"seed": i}) for i in range(16)])
+    )
     grid = {"seed": list(range(16))}
     app.run("chain", echo=False)  # the store exists before anything is timed
     script = app.workspace.script("main", trial)
