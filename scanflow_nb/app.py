@@ -12,6 +12,7 @@ import yaml
 from .errors import NotFoundError, ScanflowError, ValidationError
 from .events import Listener
 from .files import atomic_write
+from .resources import Resources
 from .run.result import RunResult
 from .run.workspace import Workspace
 from .schedule import resolve, task_key
@@ -114,6 +115,10 @@ class App:
         """The tracker, checker, improver or planner that applies to `workflow` (see `Workflow.special`)."""
         return self.root_of(workflow).special(workflow, kind)
 
+    def resource_defaults(self, workflow: str) -> Resources:
+        """The CPUs, memory and GPUs `workflow` gives its executors, inherited ones included."""
+        return self.root_of(workflow).resource_defaults(workflow)
+
     def experiment_name(self, workflow: str) -> str:
         """The MLflow experiment of a workflow's runs: its top-level workflow's name."""
         return self.root_of(workflow).name
@@ -158,9 +163,16 @@ class App:
         parent: str | None = None,
         tracker: Tracker | None = None,
         save: bool = True,
+        cpus: float | str | None = None,
+        memory: int | str | None = None,
+        gpus: int | None = None,
     ) -> tuple[Workflow, bool]:
-        """Create workflow `name`, or update it if it exists at the same place. Returns (workflow, created)."""
+        """Create workflow `name`, or update it if it exists at the same place. Returns (workflow, created).
+
+        `cpus`, `memory` and `gpus` are defaults for the executors inside it, at any depth.
+        """
         check_name(name, "workflow")
+        Resources.parse(cpus, memory, gpus, f"workflow {name!r}")
         if parent is not None:
             self.find(parent)
         existing = next((wf for wf in self.all_workflows() if wf.name == name), None)
@@ -170,9 +182,10 @@ class App:
                 now = f"under {where.name!r}" if where else "at the top level"
                 raise ValidationError(f"workflow {name!r} already exists {now}")
             existing.parallel, existing.tracker = parallel, tracker
+            existing.cpus, existing.memory, existing.gpus = cpus, memory, gpus
             created, wf = False, existing
         else:
-            wf = Workflow(name, parallel=parallel, tracker=tracker)
+            wf = Workflow(name, parallel=parallel, tracker=tracker, cpus=cpus, memory=memory, gpus=gpus)
             self.add(wf, parent)
             created = True
         if save:
@@ -223,6 +236,7 @@ class App:
         only: str | None = None,
         from_: str | None = None,
         max_workers: int | None = None,
+        cpus: float | None = None,
         listeners: Iterable[Listener] = (),
         echo: bool = True,
         background: bool = False,
@@ -231,7 +245,8 @@ class App:
         """Run `workflow`; returns a RunResult (or a RunHandle when `background=True`).
 
         `backend`: a registered name ("local", "docker", "swarm") or a back-end instance;
-        `backend_options`: the named back end's options, e.g. {"isolated": True} for local.
+        `backend_options`: the named back end's options, e.g. {"isolated": True} for local;
+        `cpus`: the CPUs the executors that declare theirs share (default: all the nodes have).
         """
         from .run.engine import Run, RunHandle
 
@@ -243,6 +258,7 @@ class App:
             only=only,
             from_=from_,
             max_workers=max_workers,
+            cpus=cpus,
             listeners=listeners,
             echo=echo,
             backend_options=backend_options,

@@ -24,6 +24,7 @@ def cmd_run(args) -> int:
         only=args.only,
         from_=args.from_,
         max_workers=args.max_workers,
+        cpus=args.cpus,
         echo=not args.quiet,
     )
     print(result.summary())
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--only", metavar="EXECUTOR")
     run.add_argument("--from", dest="from_", metavar="EXECUTOR")
     run.add_argument("--max-workers", type=int, metavar="N")
+    run.add_argument("--cpus", metavar="N", help="CPUs shared by the executors that declare theirs")
     run.add_argument("--quiet", "-q", action="store_true", help="do not stream executor output")
     run.set_defaults(func=cmd_run)
     status = sub.add_parser("status", help="the last run of each workflow")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import NotFoundError, RunError
+from .resources import Resources
 from .spec import Executor, Workflow
 
 
@@ -23,27 +24,33 @@ class Task:
     executor: Executor
     lineage: tuple[str, ...]  # workflow names from the run's root down to `workflow`
     deps: set[str] = field(default_factory=set)
+    resources: Resources = field(default_factory=Resources)  # the executor's own, else inherited
 
 
 def task_key(workflow: str, executor: str) -> str:
     return f"{workflow}/{executor}"
 
 
-def plan(root: Workflow) -> list[Task]:
+def plan(root: Workflow, defaults: Resources | None = None) -> list[Task]:
     """Every executor under `root`, in run order, each with the keys it must wait for.
 
     In a sequential workflow each child waits for the one before it (so a failure stops the rest);
     in a parallel one a child waits only for its `depends_on`. A child workflow's tasks inherit
     what the child waits for; waiting for a child workflow means waiting for all its executors.
+    Each task's resources are its executor's, else its workflows' (`defaults`: those that the
+    workflows around `root` give).
     """
     tasks: list[Task] = []
-    _plan_level(root, (root.name,), set(), tasks)
+    _plan_level(root, (root.name,), set(), tasks, defaults or Resources())
     if not tasks:
         raise RunError(f"workflow {root.name!r} has no executors: declare some before running it")
     return tasks
 
 
-def _plan_level(wf: Workflow, lineage: tuple[str, ...], inherited: set[str], out: list[Task]) -> set[str]:
+def _plan_level(
+    wf: Workflow, lineage: tuple[str, ...], inherited: set[str], out: list[Task], defaults: Resources
+) -> set[str]:
+    defaults = wf.resources.over(defaults)
     by_name = {c.name: c for c in wf.children()}
     done: dict[str, set[str]] = {}  # child name -> keys of all its tasks
     previous: set[str] = set()
@@ -56,10 +63,10 @@ def _plan_level(wf: Workflow, lineage: tuple[str, ...], inherited: set[str], out
             deps |= previous
         if isinstance(child, Executor):
             key = task_key(wf.name, child.name)
-            out.append(Task(key, wf.name, child, lineage, deps))
+            out.append(Task(key, wf.name, child, lineage, deps, child.resources.over(defaults)))
             done[name] = {key}
         else:
-            done[name] = _plan_level(child, lineage + (child.name,), deps, out)
+            done[name] = _plan_level(child, lineage + (child.name,), deps, out, defaults)
         previous = done[name]
     mine = set().union(set(), *done.values())
     return mine or inherited  # an empty workflow stands for what it waited for

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import ValidationError
+from .resources import Resources
 
 NAME_RULE = "letters, digits, '-' and '_', starting with a letter or digit, at most 63 characters"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
@@ -49,6 +50,8 @@ class Executor:
     `file` is relative to the app folder; `code` is inline source used when there is no file.
     `requirements` is either a list of pip specifiers or the name of a requirements file.
     `inputs`/`outputs` are paths relative to the app folder; inputs take part in caching.
+    `cpus`, `memory` ("512M", "2G") and `gpus` are what one run of it needs; each one not given is
+    taken from the nearest enclosing workflow that gives it.
     """
 
     name: str
@@ -64,10 +67,14 @@ class Executor:
     outputs: list[str] = field(default_factory=list)
     retries: int = 0
     timeout: float | None = None
+    cpus: float | str | None = None
+    memory: int | str | None = None
+    gpus: int | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name, "executor")
         where = f"executor {self.name!r}"
+        self.resources  # noqa: B018 (validates cpus, memory and gpus)
         if not (self.file or self.code or self.image or self.dockerfile):
             raise ValidationError(f"{where} has nothing to run: give file=, code=, image= or dockerfile=")
         for attr in ("file", "dockerfile", "image"):
@@ -106,6 +113,11 @@ class Executor:
             isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or self.timeout <= 0
         ):
             raise ValidationError(f"{where}: timeout must be a positive number of seconds, got {self.timeout!r}")
+
+    @property
+    def resources(self) -> Resources:
+        """What this executor itself asks for (see `Workflow.resource_defaults` for what it inherits)."""
+        return Resources.parse(self.cpus, self.memory, self.gpus, f"executor {self.name!r}")
 
     def command_args(self) -> list[str]:
         """The executor's parameters as command-line arguments (`--key value`)."""
@@ -212,6 +224,7 @@ class Workflow:
     reordered only as `depends_on` requires; a failure stops everything after it.
     Parallel: children start as soon as their `depends_on` are done; a failure stops only its dependents.
     A `depends_on` entry names a sibling executor or a sibling workflow.
+    `cpus`, `memory` and `gpus` are defaults for every executor inside it, nested workflows included.
     """
 
     name: str
@@ -222,9 +235,13 @@ class Workflow:
     checker: Checker | None = None
     improver: Improver | None = None
     planner: Planner | None = None
+    cpus: float | str | None = None
+    memory: int | str | None = None
+    gpus: int | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name, "workflow")
+        self.resources  # noqa: B018 (validates cpus, memory and gpus)
         self.executors = list(self.executors)
         self.workflows = list(self.workflows)
         for attr, kind in SPECIALS.items():
@@ -277,6 +294,20 @@ class Workflow:
             current = self.parent_of(current.name)
         return None
 
+    @property
+    def resources(self) -> Resources:
+        """The defaults this workflow itself gives its executors."""
+        return Resources.parse(self.cpus, self.memory, self.gpus, f"workflow {self.name!r}")
+
+    def resource_defaults(self, name: str) -> Resources:
+        """The defaults workflow `name` gives its executors: its own, each missing one from the
+        nearest workflow around it (up to this one) that gives it."""
+        defaults, current = Resources(), self.find(name)
+        while current is not None:
+            defaults = defaults.over(current.resources)
+            current = self.parent_of(current.name)
+        return defaults
+
     # -- validation ------------------------------------------------------------------------
     def validate(self) -> None:
         """Raise ValidationError for duplicates, unknown dependencies and cycles, anywhere in the tree."""
@@ -288,6 +319,7 @@ class Workflow:
             wf._validate_level()
 
     def _validate_level(self) -> None:
+        self.resources  # noqa: B018 (a field changed since __post_init__ is checked again)
         names: set[str] = set()
         for child in self.children():
             kind = "executor" if isinstance(child, Executor) else "workflow"
@@ -297,6 +329,7 @@ class Workflow:
                 raise ValidationError(f"workflow {self.name!r}: {kind}s must be Executor/Workflow objects")
             names.add(child.name)
         for ex in self.executors:
+            ex.resources  # noqa: B018
             for dep in ex.depends_on:
                 if dep not in names:
                     raise ValidationError(f"executor {ex.name!r} in workflow {self.name!r} depends on unknown {dep!r}")
@@ -354,6 +387,7 @@ class Workflow:
         data: dict[str, Any] = {"name": self.name}
         if self.parallel:
             data["parallel"] = True
+        data.update({k: getattr(self, k) for k in ("cpus", "memory", "gpus") if getattr(self, k) is not None})
         for attr in SPECIALS:
             value = getattr(self, attr)
             if value is not None:

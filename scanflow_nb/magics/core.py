@@ -22,18 +22,43 @@ def _key_values(pairs, option: str, typed: bool) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UsageError(f"{option} expects KEY=VALUE, got {pair!r}")
-        if typed:
-            try:
-                parsed = yaml.safe_load(value)
-            except yaml.YAMLError:
-                parsed = value
-            value = parsed if isinstance(parsed, (str, int, float, bool)) else value
-        out[key] = value
+        out[key] = _scalar(value) if typed else value
     return out
 
 
 def _flat(groups) -> list[str]:
     return [item for group in groups or [] for item in group]
+
+
+def _resources(args) -> dict:
+    """The --cpus/--memory/--gpus options as keyword arguments, numbers as numbers ("1.5" -> 1.5)."""
+    return {k: _scalar(getattr(args, k)) for k in ("cpus", "memory", "gpus")}
+
+
+def _scalar(text: str | None):
+    """A command-line value read as a YAML scalar ("3" -> 3, "true" -> True), else kept as text."""
+    if text is None:
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (str, int, float, bool)) else text
+
+
+def _resource_options(note: str):
+    """The --cpus, --memory and --gpus options of a subcommand, each help ending with `note`."""
+
+    def add(func):
+        for flags, metavar, what in (
+            ("--gpus", "N", "GPUs"),
+            ("--memory", "SIZE", "memory, a hard limit, e.g. 512M or 2G"),
+            ("--cpus", "N", "CPUs, e.g. 2 or 0.5"),
+        ):
+            func = argument(flags, metavar=metavar, help=f"{what} ({note})")(func)
+        return func
+
+    return add
 
 
 @subcommand("app")
@@ -66,12 +91,15 @@ def app(ctx, args):
     metavar="PORT",
     help="track runs with a real `mlflow server` on PORT (0 or no value: a free port); default: the embedded store",
 )
+@_resource_options("the default of every executor inside, at any depth")
 def workflow(ctx, args):
     """Declare a workflow (or change one declared before), at the top level or inside --parent."""
     from ..spec import Tracker
 
     tracker = Tracker(port=args.tracker) if args.tracker is not None else None
-    wf, created = ctx.app.declare_workflow(args.name, parallel=args.parallel, parent=args.parent, tracker=tracker)
+    wf, created = ctx.app.declare_workflow(
+        args.name, parallel=args.parallel, parent=args.parent, tracker=tracker, **_resources(args)
+    )
     where = f" inside {args.parent!r}" if args.parent else ""
     kind = "parallel" if wf.parallel else "sequential"
     print(f"{'declared' if created else 'updated'} {kind} workflow {wf.name!r}{where}")
@@ -97,6 +125,7 @@ def workflow(ctx, args):
 @argument("--env", action="append", metavar="KEY=VALUE", help="an environment variable (repeatable)")
 @argument("--retries", type=int, default=0, help="extra attempts after a failure (default 0)")
 @argument("--timeout", type=float, metavar="SECONDS", help="kill an attempt after SECONDS")
+@_resource_options("one run of it; default: its workflow's")
 @argument("--run", action="store_true", help="run this executor now")
 def executor(ctx, args, cell):
     """Save the cell as the executor's file <app>/<WORKFLOW>/<NAME>.py and declare it.
@@ -119,6 +148,7 @@ def executor(ctx, args, cell):
         outputs=args.output or [],
         retries=args.retries,
         timeout=args.timeout,
+        **_resources(args),
     )
     print(f"{outcome.capitalize()} {args.workflow}/{args.name}.py and declared executor {args.workflow}/{args.name}")
     if args.run:
@@ -134,6 +164,7 @@ def executor(ctx, args, cell):
 @argument("--only", metavar="EXECUTOR", help="run just this executor")
 @argument("--from", dest="from_", metavar="EXECUTOR", help="run this executor and everything after it")
 @argument("--max-workers", type=int, metavar="N", help="at most N executors at once (default: the CPU count)")
+@argument("--cpus", metavar="N", help="CPUs shared by the executors that declare theirs (default: the machine's)")
 @argument("--isolated", action="store_true", help="local: run executors with requirements in their own venv")
 @argument("--quiet", "-q", action="store_true", help="do not stream executor output")
 @argument("--no-graph", action="store_true", help="do not show the live graph widget")
@@ -158,6 +189,7 @@ def run(ctx, args):
             only=args.only,
             from_=args.from_,
             max_workers=args.max_workers,
+            cpus=_scalar(args.cpus),
             listeners=listeners,
             echo=not (args.quiet or args.background),
             background=args.background,

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import RunError
+from ..resources import Node, Resources, Usage
 from ..spec import Executor
 
 # name -> "module:Class". Adding a back end: its module, plus one line here.
@@ -36,6 +37,8 @@ class Launch:
     args: list[str]  # command-line arguments (`--key value`)
     env: dict[str, str]  # extra environment, MLflow variables included
     attempt: int  # 1 for the first try
+    resources: Resources = field(default_factory=Resources)  # what it needs, inherited ones included
+    gpus: tuple[str, ...] = ()  # the GPU ids the engine gave it (back ends that place GPUs themselves ignore them)
 
 
 @dataclass
@@ -58,6 +61,9 @@ class Handle(Protocol):
     def kill(self) -> None:
         """Stop the attempt and everything it started. Safe to call more than once."""
 
+    def usage(self) -> Usage:
+        """After `wait`: its peak memory and CPU time as far as known, and whether it was killed for memory."""
+
 
 class Backend(Protocol):
     name: str  # recorded with every run and part of cache keys
@@ -66,8 +72,11 @@ class Backend(Protocol):
     def open(self, app_dir: Path, workflow: str, tracking: Tracking) -> Tracking:
         """Prepare the world for a run (images, networks, tracker); return the tracking to use."""
 
+    def nodes(self) -> list[Node]:
+        """What the machines executors run on offer (CPUs, memory, GPU ids); callable before `open`."""
+
     def launch(self, launch: Launch) -> Handle:
-        """Start one attempt."""
+        """Start one attempt (its `resources` as limits, its `gpus` as its devices)."""
 
     def close(self) -> None:
         """Remove whatever `open` and `launch` created. Called on success, failure and interrupt."""

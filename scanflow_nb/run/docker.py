@@ -25,6 +25,7 @@ from ..containers.images import ImageBuilder
 from ..containers.names import LABEL_APP, LABEL_KEY, LABEL_RUN, LABEL_WORKFLOW, app_id, extra_labels, shorten
 from ..errors import RunError, TrackerError
 from ..files import state_dir
+from ..resources import Usage
 from ..track.server import SERVER_ENV, server_command
 from ..track.store import artifact_root, embedded_uri
 from .backend import Launch, Tracking
@@ -71,6 +72,11 @@ class ContainerHandle:
             self.container.kill()
         except docker.errors.APIError:  # already gone or not running any more
             pass
+
+    def usage(self) -> Usage:
+        """Whether the engine killed it for memory (`State.OOMKilled`)."""
+        self.container.reload()
+        return Usage(out_of_memory=bool(self.container.attrs["State"].get("OOMKilled")))
 
 
 def wait_healthy(exec_probe: Callable[[], bool], failed: Callable[[], str | None], timeout: float) -> None:

@@ -22,11 +22,13 @@ from typing import Any
 from .. import events as ev
 from ..errors import NotFoundError, RunError, ScanflowError
 from ..files import digest
+from ..resources import Usage, format_bytes, parse_cpus, thread_count
 from ..schedule import Task, cache_key, plan, select
 from ..sources import code_path
 from ..spec import Executor
 from ..track.provenance import Provenance, executor_provenance, git_state, workflow_provenance
 from ..track.runs import RunTree
+from .admission import Admission
 from .backend import Backend, Launch, Tracking, resolve_backend
 from .console import ConsoleListener
 from .result import ExecutorResult, RunResult
@@ -48,6 +50,7 @@ class Run:
         only: str | None = None,
         from_: str | None = None,
         max_workers: int | None = None,
+        cpus: float | None = None,
         listeners: Iterable[ev.Listener] = (),
         echo: bool = True,
         backend_options: dict | None = None,
@@ -60,7 +63,8 @@ class Run:
         """
         self.app = app
         self.root = app.find(workflow)
-        self.tasks = plan(self.root)
+        self.tasks = plan(self.root, app.resource_defaults(workflow))
+        self.cpus = parse_cpus(cpus, "the run")
         self.selected = select(self.tasks, only, from_)
         self.force = force
         if max_workers is not None and max_workers < 1:
@@ -86,6 +90,7 @@ class Run:
         self.configure = configure
         self._started_with: dict[str, tuple[bytes | None, dict[str, str]]] = {}  # code and input digests
         self._git: dict[str, str] = {}  # the app folder's git commit and dirty flag as the run starts
+        self._usage: dict[str, Usage] = {}
 
     # -- public ------------------------------------------------------------------------------
     def cancel(self) -> None:
@@ -141,6 +146,11 @@ class Run:
     # -- before anything starts --------------------------------------------------------------
     def _preflight(self) -> None:
         """Every problem that can be known before starting is reported before starting."""
+        chosen = [t for t in self.tasks if t.key in self.selected]
+        asked = self.cpus is not None or any(t.resources for t in chosen)
+        self.admission = Admission(self.backend.nodes() if asked else [], self.cpus)
+        for task in chosen:
+            self.admission.check(task.key, task.resources)
         for task in self.tasks:
             if task.key not in self.selected:
                 continue
@@ -202,7 +212,11 @@ class Run:
             if blocked is not None:
                 self._record(task, ev.SKIPPED, error=f"upstream {blocked} {self.states[blocked]}")
                 continue
-            ready = running < self.max_workers and all(self.states[d] in (ev.SUCCEEDED, ev.CACHED) for d in waits)
+            ready = (
+                running < self.max_workers
+                and all(self.states[d] in (ev.SUCCEEDED, ev.CACHED) for d in waits)
+                and self.admission.fits(task.resources)
+            )
             if ready and self._start(task):
                 running += 1
 
@@ -243,6 +257,8 @@ class Run:
             ex.command_args(),
             self._executor_env(task, run_id),
             attempt=1,
+            resources=task.resources,
+            gpus=self.admission.take(task.key, task.resources),
         )
         worker = threading.Thread(target=self._attempts, args=(task, launch), daemon=True, name=f"scanflow-{task.key}")
         self._workers.append(worker)
@@ -251,7 +267,9 @@ class Run:
         return True
 
     def _executor_env(self, task: Task, run_id: str) -> dict[str, str]:
+        cpus = task.resources.cpus
         return {
+            **({"OMP_NUM_THREADS": str(thread_count(cpus))} if cpus else {}),  # math libraries' threads
             **task.executor.env,
             "PYTHONUNBUFFERED": "1",
             "MLFLOW_TRACKING_URI": self.tracking.executor_uri,
@@ -319,9 +337,23 @@ class Run:
         reader.join(10)
         with self._lock:
             self._handles.pop(key, None)
+        usage = self._measure(handle, key)
+        if usage.out_of_memory:
+            limit = launch.resources.memory
+            error = f"out of memory (limit {format_bytes(limit)})" if limit else "out of memory"
         if error is None and code != 0:
             error = f"exit code {code}"
         return code, error
+
+    def _measure(self, handle, key: str) -> Usage:
+        """What the attempt used, added to the executor's earlier attempts (kept until it is done)."""
+        try:
+            usage = handle.usage()
+        except Exception as exc:  # measuring must not fail the attempt
+            log.warning("could not measure %s: %s", key, exc)
+            usage = Usage()
+        self._usage[key] = self._usage.get(key, Usage()).add(usage)
+        return usage
 
     # -- messages from workers (on the run's own thread) --------------------------------------
     def _handle(self, message: tuple) -> None:
@@ -335,7 +367,9 @@ class Run:
             task = next(t for t in self.tasks if t.key == key)
             result = self.results[key]
             duration = time.time() - self._started[key]
-            metrics = {"duration_s": duration, "attempts": attempts}
+            self.admission.release(key)
+            usage = self._usage.pop(key, Usage())
+            metrics = {"duration_s": duration, "attempts": attempts, **usage.metrics()}
             if code is not None:
                 metrics["exit_code"] = code
             record = self._provenance(task)
@@ -349,7 +383,15 @@ class Run:
             if state == ev.SUCCEEDED:
                 self.workspace.remember(key, self._digests[key], result.run_id)
             self._record(
-                task, state, attempts=attempts, exit_code=code, duration=duration, run_id=result.run_id, error=error
+                task,
+                state,
+                attempts=attempts,
+                exit_code=code,
+                duration=duration,
+                run_id=result.run_id,
+                error=error,
+                peak_rss_mb=usage.peak_rss_mb,
+                cpu_s=usage.cpu_s,
             )
 
     def _provenance(self, task: Task) -> Provenance:

@@ -1,8 +1,9 @@
 """The local back end: each executor attempt is a Python subprocess in the app folder.
 
 Each attempt gets its own process group so a timeout or an interrupt stops it and anything it
-started. With `isolated=True`, executors that declare requirements run in a virtual environment
-built once per requirements digest and reused.
+started. Its memory limit, exit code and usage are `limits.Monitor`'s business; the GPUs the engine
+gave it are its CUDA_VISIBLE_DEVICES. With `isolated=True`, executors that declare requirements run
+in a virtual environment built once per requirements digest and reused.
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
+from ..resources import Node, Usage
 from .backend import Launch, Tracking
+from .limits import Monitor, child_group
+from .machine import this_machine
 from .venvs import venv_python
 
 
 class LocalProcess:
-    def __init__(self, process: subprocess.Popen):
-        self.process = process
+    def __init__(self, process: subprocess.Popen, monitor: Monitor):
+        self.process, self.monitor = process, monitor
 
     def lines(self) -> Iterator[str]:
         assert self.process.stdout is not None
@@ -31,24 +35,21 @@ class LocalProcess:
         self.process.stdout.close()
 
     def wait(self, timeout: float | None) -> int:
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise TimeoutError from None
+        return self.monitor.wait(timeout)
+
+    def usage(self) -> Usage:
+        return self.monitor.usage()
 
     def kill(self) -> None:
         """SIGTERM to the process group, SIGKILL if it is still there after 3 s."""
         for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
-            if self.process.poll() is not None:
+            if self.monitor.exited.is_set():
                 return
             try:
                 os.killpg(self.process.pid, sig)
             except ProcessLookupError:
                 return
-            try:
-                self.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                continue
+            self.monitor.exited.wait(grace)
 
 
 class LocalBackend:
@@ -64,6 +65,9 @@ class LocalBackend:
     def open(self, app_dir: Path, workflow: str, tracking: Tracking) -> Tracking:
         return tracking
 
+    def nodes(self) -> list[Node]:
+        return [this_machine()]
+
     def launch(self, launch: Launch) -> LocalProcess:
         python = self.python
         if self.isolated and launch.executor.requirements:
@@ -72,19 +76,28 @@ class LocalBackend:
         # module (select.py, json.py) does not shadow it; the app folder is importable instead.
         pythonpath = os.pathsep.join(filter(None, [str(launch.app_dir), os.environ.get("PYTHONPATH")]))
         env = {**os.environ, **launch.env, "PYTHONPATH": pythonpath}
-        process = subprocess.Popen(
-            [python, "-P", str(launch.script), *launch.args],
-            cwd=launch.app_dir,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            errors="replace",
-            bufsize=1,
-            start_new_session=True,
-        )
-        return LocalProcess(process)
+        if launch.resources.gpus is not None:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(launch.gpus)
+        group = child_group(launch.resources)
+        argv = [python, "-P", str(launch.script), *launch.args]
+        try:
+            process = subprocess.Popen(
+                group.command(argv) if group else argv,
+                cwd=launch.app_dir,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                errors="replace",
+                bufsize=1,
+                start_new_session=True,
+            )
+        except BaseException:
+            if group is not None:
+                group.remove()
+            raise
+        return LocalProcess(process, Monitor(process, launch.resources.memory, group))
 
     def close(self) -> None:
         """Nothing to remove: each attempt's process group ends with it."""

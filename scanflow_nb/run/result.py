@@ -21,6 +21,14 @@ class ExecutorResult:
     run_id: str | None = None
     log_path: str | None = None
     error: str | None = None
+    peak_rss_mb: float | None = None  # the largest resident memory it reached, MiB
+    cpu_s: float | None = None  # CPU time it used, seconds
+
+    def usage(self) -> str:
+        """What it used, e.g. "cpu 1.2 s, peak 310 MiB"; "" when not measured."""
+        parts = [f"cpu {self.cpu_s:.2f} s"] if self.cpu_s is not None else []
+        parts += [f"peak {self.peak_rss_mb:.0f} MiB"] if self.peak_rss_mb is not None else []
+        return ", ".join(parts)
 
 
 @dataclass
@@ -60,7 +68,8 @@ class RunResult:
             took = f"{r.duration:6.2f} s" if r.duration is not None else "        "
             tries = f"  attempts={r.attempts}" if r.attempts > 1 else ""
             why = f"  {r.error}" if r.error else ""
-            rows.append(f"  {key:<{width}}  {r.status:<9} {took}{tries}{why}")
+            used = f"  {r.usage()}" if r.usage() else ""
+            rows.append(f"  {key:<{width}}  {r.status:<9} {took}{used}{tries}{why}")
         rows.append(f"MLflow: experiment {self.experiment!r}, run {self.run_id} at {self.tracking_uri}")
         return "\n".join(rows)
 
@@ -74,13 +83,13 @@ class RunResult:
         colour = {"succeeded": "#2e7d32", "cached": "#1565c0", "failed": "#c62828", "skipped": "#757575"}
         cells = "".join(
             f"<tr><td>{html.escape(k)}</td><td style='color:{colour.get(r.status, '#000')}'>{r.status}</td>"
-            f"<td>{'' if r.duration is None else f'{r.duration:.2f} s'}</td><td>{r.attempts}</td>"
+            f"<td>{'' if r.duration is None else f'{r.duration:.2f} s'}</td><td>{r.usage()}</td><td>{r.attempts}</td>"
             f"<td><code>{r.run_id or ''}</code></td><td>{html.escape(r.error or '')}</td></tr>"
             for k, r in self.executors.items()
         )
         return (
             f"<b>{html.escape(self.workflow)}</b>: {self.status} in {self.duration:.1f} s ({self.backend})"
-            "<table><tr><th>executor</th><th>status</th><th>time</th><th>attempts</th><th>MLflow run</th>"
+            "<table><tr><th>executor</th><th>status</th><th>time</th><th>used</th><th>attempts</th><th>MLflow run</th>"
             f"<th>error</th></tr>{cells}</table>MLflow experiment <code>{html.escape(self.experiment)}</code>, "
             f"run <code>{self.run_id}</code> at <code>{html.escape(self.tracking_uri)}</code>"
         )

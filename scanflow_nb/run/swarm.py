@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 from ..containers.names import LABEL_KEY
 from ..errors import BackendUnavailable, RunError
+from ..resources import Usage
 from .backend import Launch, Tracking
 from .docker import HEALTH_PROBE, TRACKER_ALIAS, TRACKER_ENV, DockerBackend, wait_healthy
 
@@ -35,18 +36,20 @@ class ServiceHandle:
         import docker.errors
 
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            task = _task(self.service)
+        while True:
+            try:
+                task = _task(self.service)
+            except docker.errors.NotFound:  # the service was removed
+                return None
             cid = (task or {}).get("Status", {}).get("ContainerStatus", {}).get("ContainerID")
             if cid:
                 try:
                     return self.docker.containers.get(cid)
                 except docker.errors.NotFound:
                     return None
-            if task and task["Status"]["State"] in ENDED:
+            if task and task["Status"]["State"] in ENDED or time.monotonic() > deadline:
                 return None
             time.sleep(0.3)
-        return None
 
     def lines(self) -> Iterator[str]:
         import docker.errors
@@ -90,6 +93,11 @@ class ServiceHandle:
             self.service.remove()
         except docker.errors.APIError:
             pass
+
+    def usage(self) -> Usage:
+        """Whether the engine killed its container for memory (`State.OOMKilled`)."""
+        container = self._container(timeout=0)
+        return Usage(out_of_memory=bool(container and container.attrs["State"].get("OOMKilled")))
 
 
 class SwarmBackend(DockerBackend):
