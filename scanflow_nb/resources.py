@@ -120,18 +120,19 @@ class Node:
     gpus: tuple[str, ...] = ()
 
 
-def shortfall(need: Resources, nodes: list[Node], budget: float | None = None) -> str | None:
-    """Why no node can ever hold `need` ("2 GPUs (this machine has none)"), or None if one can.
+def shortfall(need: Resources, nodes: list[Node], budget: float | None = None, free: bool = False) -> str | None:
+    """What no node can hold, as "2 GPUs (this machine has none)", or None if one can hold `need`.
 
-    `budget`: the run's own CPU limit, when it gives one.
+    `budget`: the run's own CPU limit, when it gives one. `free`: `nodes` say what is free now.
     """
     if not nodes:
-        return "resources (no node is available)"
+        return f"{need.describe()} (no node is available)"
     where = nodes[0].name if len(nodes) == 1 else "any node"
+    now = " free" if free else ""
     if budget is not None and need.cpus is not None and need.cpus > budget:
         return f"{need.cpus:g} CPUs (the run allows {budget:g})"
     checks = (
-        ("cpus", lambda n: n.cpus, lambda v: f"{v:g} CPUs"),
+        ("cpus", lambda n: n.cpus, lambda v: f"{v:g} CPU{'s' if v != 1 else ''}"),
         ("memory", lambda n: n.memory, format_bytes),
         ("gpus", lambda n: len(n.gpus), lambda v: f"{v} GPU{'s' if v != 1 else ''}"),
     )
@@ -140,9 +141,9 @@ def shortfall(need: Resources, nodes: list[Node], budget: float | None = None) -
         if wanted and not any(wanted <= offered(n) for n in nodes):
             most = max(offered(n) for n in nodes)
             has = "none" if not most else f"{'at most ' if len(nodes) > 1 else ''}{spell(most)}"
-            return f"{spell(wanted)} ({where} has {has})"
+            return f"{spell(wanted)}{now} ({where} has {has}{now if most else ''})"
     if not any(_fits(need, n) for n in nodes):
-        return f"{need.describe()} together (no node has all of them)"
+        return f"{need.describe()}{now} together (no node has all of them)"
     return None
 
 
@@ -180,9 +181,10 @@ def k8s_cpu(cpus: float) -> str:
     return str(milli // 1000) if milli % 1000 == 0 else f"{milli}m"
 
 
-def thread_count(cpus: float) -> int:
-    """Threads a step that asked for `cpus` should run in its math libraries (OMP_NUM_THREADS)."""
-    return max(1, int(cpus))
+def thread_env(need: Resources) -> dict[str, str]:
+    """OMP_NUM_THREADS for a step that says its CPUs, so its math libraries (BLAS, OpenMP) run as
+    many threads as it has CPUs rather than one per core of the machine."""
+    return {"OMP_NUM_THREADS": str(max(1, int(need.cpus)))} if need.cpus is not None else {}
 
 
 @dataclass

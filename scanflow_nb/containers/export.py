@@ -6,7 +6,10 @@ and the executors in the workflow's order:
 - compose: `depends_on` with `service_completed_successfully` (parallel groups side by side);
 - stack and Kubernetes, which have no such ordering: each executor waits for the marker files its
   prerequisites leave in the shared workspace volume (`.scanflow/done/<export id>/<name>.ok|.failed`).
-Retries and timeouts are part of each executor's command. Executors log to the tracker in the
+Retries and timeouts are part of each executor's command. Each executor's resources are its
+service's `deploy.resources` (compose: limits, no extra swap, GPUs as device reservations; stack:
+reservations and limits, GPUs as the generic resource NVIDIA-GPU) or its Job's requests and
+limits (GPUs as `nvidia.com/gpu`). Executors log to the tracker in the
 workflow's experiment, one run per executor (no kernel creates the nested parent runs here).
 A deployment is meant to run once: deploy again after a new export, or with fresh volumes.
 """
@@ -23,6 +26,7 @@ from typing import Any
 from .. import sources
 from ..errors import RunError, ValidationError
 from ..files import STATE_DIR
+from ..resources import Resources, docker_memory, k8s_cpu, k8s_memory, thread_env
 from ..schedule import Task, plan
 from ..spec import Workflow
 from ..track.server import SERVER_ENV, server_command
@@ -32,6 +36,43 @@ from .names import LABEL_WORKFLOW, check_image_ref, k8s_name, unique_names
 
 KINDS = {"compose": "docker-compose.yml", "stack": "docker-stack.yml", "k8s": "kubernetes.yaml"}
 TRACKER, PORT = "tracker", 5000
+SWARM_GPU, K8S_GPU = "NVIDIA-GPU", "nvidia.com/gpu"
+
+
+def compose_resources(need: Resources) -> dict[str, Any]:
+    """A compose service's resource keys: limits, memory without extra swap, GPUs as device reservations."""
+    limits = {"cpus": f"{need.cpus:g}"} if need.cpus is not None else {}
+    if need.memory is not None:
+        limits["memory"] = docker_memory(need.memory)
+    resources: dict[str, Any] = {"limits": limits} if limits else {}
+    if need.gpus:
+        resources["reservations"] = {"devices": [{"capabilities": ["gpu"], "count": need.gpus}]}
+    keys: dict[str, Any] = {"deploy": {"resources": resources}} if resources else {}
+    if need.memory is not None:
+        keys["memswap_limit"] = docker_memory(need.memory)
+    return keys
+
+
+def stack_resources(need: Resources) -> dict[str, Any]:
+    """A stack service's `deploy.resources`: reserved (so the swarm places it where it fits) and capped."""
+    limits = {"cpus": f"{need.cpus:g}"} if need.cpus is not None else {}
+    if need.memory is not None:
+        limits["memory"] = docker_memory(need.memory)
+    reservations: dict[str, Any] = dict(limits)
+    if need.gpus:
+        reservations["generic_resources"] = [{"discrete_resource_spec": {"kind": SWARM_GPU, "value": need.gpus}}]
+    return {name: part for name, part in (("limits", limits), ("reservations", reservations)) if part}
+
+
+def k8s_resources(need: Resources) -> dict[str, Any]:
+    """A container's requests and limits (equal: the pod gets what it asks for, and no more)."""
+    amounts = {"cpu": k8s_cpu(need.cpus)} if need.cpus is not None else {}
+    if need.memory is not None:
+        amounts["memory"] = k8s_memory(need.memory)
+    resources = {"requests": dict(amounts), "limits": dict(amounts)} if amounts else {}
+    if need.gpus:
+        resources.setdefault("limits", {})[K8S_GPU] = str(need.gpus)
+    return resources
 
 
 def ensure_experiment_script(base_url: str, experiment: str) -> str:
@@ -71,11 +112,12 @@ class Exporter:
         experiment: str | None = None,
         builder: ImageBuilder | None = None,
         echo: Callable[[str], None] = print,
+        defaults: Resources | None = None,
     ):
         self.app_dir, self.workflow = Path(app_dir), workflow
         self.experiment = experiment or workflow.name
         self.builder = builder or ImageBuilder(echo=echo)
-        self.tasks = plan(workflow)
+        self.tasks = plan(workflow, defaults)
         self.names = unique_names([t.key for t in self.tasks], lambda key: k8s_name(*key.split("/")))
         self.prefix = k8s_name(workflow.name)
         for task in self.tasks:
@@ -113,6 +155,7 @@ class Exporter:
     # -- shared pieces -------------------------------------------------------------------------
     def _env(self, task: Task, tracker_url: str) -> dict[str, str]:
         return {
+            **thread_env(task.resources),
             **task.executor.env,
             "MLFLOW_TRACKING_URI": tracker_url,
             "MLFLOW_EXPERIMENT_NAME": self.experiment,
@@ -198,6 +241,7 @@ class Exporter:
                 "depends_on": depends,
                 "restart": "no",
                 "labels": {LABEL_WORKFLOW: task.workflow, "scanflow.key": task.key},
+                **compose_resources(task.resources),
             }
         return {"services": services, "networks": {"scanflow": {}}, "volumes": {"workspace": {}, "tracker-data": {}}}
 
@@ -215,7 +259,11 @@ class Exporter:
                 "environment": self._env(task, url),
                 "volumes": [f"workspace:{df.WORKSPACE}"],
                 "networks": ["scanflow"],
-                "deploy": {"restart_policy": {"condition": "none"}, "endpoint_mode": "dnsrr"},
+                "deploy": {
+                    "restart_policy": {"condition": "none"},
+                    "endpoint_mode": "dnsrr",
+                    **({"resources": stack_resources(task.resources)} if task.resources else {}),
+                },
                 "labels": {LABEL_WORKFLOW: task.workflow, "scanflow.key": task.key},
             }
         return {
@@ -321,6 +369,7 @@ class Exporter:
                                         "workingDir": df.WORKSPACE,
                                         "env": [{"name": k, "value": v} for k, v in self._env(task, url).items()],
                                         "volumeMounts": [{"name": "workspace", "mountPath": df.WORKSPACE}],
+                                        **({"resources": k8s_resources(task.resources)} if task.resources else {}),
                                     }
                                 ],
                                 "volumes": [{"name": "workspace", "persistentVolumeClaim": {"claimName": workspace}}],
@@ -353,4 +402,5 @@ def export(
     """Build `workflow`'s images and write its `kind` ("compose", "stack" or "k8s") file into `out_dir`."""
     wf = app.find(workflow)
     builder = ImageBuilder(base_image, echo=echo)
-    return Exporter(app.path, wf, app.experiment_name(workflow), builder, echo).write(kind, out_dir)
+    defaults = app.resource_defaults(workflow)
+    return Exporter(app.path, wf, app.experiment_name(workflow), builder, echo, defaults).write(kind, out_dir)

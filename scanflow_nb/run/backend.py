@@ -56,7 +56,8 @@ class Handle(Protocol):
         """Output lines (stdout and stderr merged) until the attempt ends."""
 
     def wait(self, timeout: float | None) -> int:
-        """The exit code; raises TimeoutError if the attempt is still running after `timeout` s."""
+        """The exit code; raises TimeoutError if the attempt is still running after `timeout` s, and a
+        ScanflowError saying why if it can never run (e.g. no node has the resources it asks for)."""
 
     def kill(self) -> None:
         """Stop the attempt and everything it started. Safe to call more than once."""

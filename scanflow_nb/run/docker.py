@@ -6,6 +6,10 @@ absolute path and is the working directory, so scripts, relative inputs/outputs 
 file artifact locations line up with the local back end. Containers run as the owner of the app
 folder (files they write belong to that user; when the app folder belongs to root, that is root).
 
+Each executor gets the CPU quota, memory limit (with no swap beyond it) and GPUs its resources
+ask for; a container the engine killed for memory is reported as out of memory; what it used is
+measured inside the container (`measure`).
+
 Everything created carries the labels `scanflow.app` (a hash of the app folder) and `scanflow.run`;
 `close()` removes exactly the objects of its run, and `remove_leftovers()` those of an app.
 """
@@ -13,6 +17,7 @@ Everything created carries the labels `scanflow.app` (a hash of the app folder) 
 from __future__ import annotations
 
 import atexit
+import shutil
 import threading
 import time
 import uuid
@@ -25,10 +30,12 @@ from ..containers.images import ImageBuilder
 from ..containers.names import LABEL_APP, LABEL_KEY, LABEL_RUN, LABEL_WORKFLOW, app_id, extra_labels, shorten
 from ..errors import RunError, TrackerError
 from ..files import state_dir
-from ..resources import Usage
+from ..resources import Node, Usage
 from ..track.server import SERVER_ENV, server_command
 from ..track.store import artifact_root, embedded_uri
 from .backend import Launch, Tracking
+from .machine import gpu_ids
+from .measure import measured, recorded
 
 TRACKER_ALIAS, TRACKER_PORT = "tracker", 5000
 HEALTH_PROBE = [
@@ -44,8 +51,8 @@ TRACKER_ENV = {**SERVER_ENV, "HOME": "/tmp"}
 class ContainerHandle:
     """One executor attempt running as a container."""
 
-    def __init__(self, container):
-        self.container = container
+    def __init__(self, container, record: Path | None = None):
+        self.container, self.record = container, record
 
     def lines(self) -> Iterator[str]:
         pending = b""
@@ -74,9 +81,9 @@ class ContainerHandle:
             pass
 
     def usage(self) -> Usage:
-        """Whether the engine killed it for memory (`State.OOMKilled`)."""
+        """What it used, and whether the engine killed it for memory (`State.OOMKilled`)."""
         self.container.reload()
-        return Usage(out_of_memory=bool(self.container.attrs["State"].get("OOMKilled")))
+        return recorded(self.record, bool(self.container.attrs["State"].get("OOMKilled")))
 
 
 def wait_healthy(exec_probe: Callable[[], bool], failed: Callable[[], str | None], timeout: float) -> None:
@@ -96,6 +103,20 @@ def wait_healthy(exec_probe: Callable[[], bool], failed: Callable[[], str | None
 def _tail(logs: bytes, n: int = 5) -> str:
     lines = [line for line in logs.decode(errors="replace").splitlines() if line.strip()]
     return " | ".join(lines[-n:]) or "no output"
+
+
+def container_limits(launch: Launch) -> dict:
+    """docker run options for the attempt's resources: CPU quota, memory without extra swap, GPUs."""
+    import docker.types
+
+    need, limits = launch.resources, {}
+    if need.cpus is not None:
+        limits["nano_cpus"] = round(need.cpus * 1e9)
+    if need.memory is not None:
+        limits.update(mem_limit=need.memory, memswap_limit=need.memory)
+    if need.gpus:
+        limits["device_requests"] = [docker.types.DeviceRequest(device_ids=list(launch.gpus), capabilities=[["gpu"]])]
+    return limits
 
 
 def app_owner(app_dir: Path) -> str:
@@ -178,6 +199,8 @@ class DockerBackend:
         self.app_dir, self.workflow = Path(app_dir).absolute(), workflow  # the path the engine uses
         self.app, self.run_token = app_id(self.app_dir), uuid.uuid4().hex[:10]
         self.user = app_owner(self.app_dir)
+        self.records = state_dir(self.app_dir) / "usage" / self.run_token
+        self.records.mkdir(parents=True, exist_ok=True)
         self._open = True
         _open_backends.add(self)
         tracker_image = self.builder.tracker_image()
@@ -190,17 +213,25 @@ class DockerBackend:
         self.start_tracker(tracker_image, server_command(store, artifacts, "0.0.0.0", TRACKER_PORT, (TRACKER_ALIAS,)))
         return Tracking(tracking.uri, f"http://{TRACKER_ALIAS}:{TRACKER_PORT}")
 
+    def nodes(self) -> list[Node]:
+        """The engine's machine; its GPUs when the engine has the NVIDIA runtime."""
+        info = client().info()
+        gpus = gpu_ids() if "nvidia" in (info.get("Runtimes") or {}) else ()
+        return [Node("the Docker engine", float(info["NCPU"]), int(info["MemTotal"]), gpus)]
+
     def launch(self, launch: Launch) -> ContainerHandle:
         image = self.builder.executor_image(launch.app_dir, launch.workflow, launch.executor)
         self.images[launch.key] = image
-        command = (
-            ["python", "-P", str(launch.script), *launch.args] if launch.script is not None else launch.args or None
-        )
+        command, record = launch.args or None, None  # an image's own command
+        if launch.script is not None:
+            name = self.object_name(launch.workflow, launch.executor.name, str(launch.attempt))
+            record = self.records / f"{name}.json"
+            command = measured(["python", "-P", str(launch.script), *launch.args], record)
         env = {**launch.env, "PYTHONPATH": str(self.app_dir), "HOME": "/tmp"}
         with self._lock:
             if not self._open:
                 raise RunError("the docker back end is closed: the run was stopped")
-            return self.start_executor(launch, image, command, env)
+            return self.start_executor(launch, image, command, env, record)
 
     def environment(self, key: str) -> dict[str, str]:
         """The image executor `key` ran in and its digest (the registry digest if it has one, else its id)."""
@@ -221,7 +252,10 @@ class DockerBackend:
             was_open, self._open = self._open, False
         if was_open:
             _open_backends.discard(self)
-            remove_run(self.docker, self.run_token)
+            try:
+                remove_run(self.docker, self.run_token)
+            finally:
+                shutil.rmtree(self.records, ignore_errors=True)
 
     # -- what differs between Docker and Swarm -----------------------------------------------------
     def network_options(self) -> dict:
@@ -263,7 +297,9 @@ class DockerBackend:
 
         wait_healthy(probe, failed, self.tracker_timeout)
 
-    def start_executor(self, launch: Launch, image: str, command, env: dict[str, str]) -> ContainerHandle:
+    def start_executor(
+        self, launch: Launch, image: str, command, env: dict[str, str], record: Path | None
+    ) -> ContainerHandle:
         import docker.errors
 
         name = self.object_name(launch.workflow, launch.executor.name, str(launch.attempt))
@@ -279,10 +315,11 @@ class DockerBackend:
                 working_dir=str(self.app_dir),
                 user=self.user,
                 environment=env,
+                **container_limits(launch),
             )
         except docker.errors.APIError as exc:
             raise RunError(f"cannot start a container for {launch.key}: {exc.explanation or exc}") from None
-        return ContainerHandle(container)
+        return ContainerHandle(container, record)
 
 
 def remove_run(docker_client, run_token: str) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from .. import events as ev
 from ..errors import NotFoundError, RunError, ScanflowError
 from ..files import digest
-from ..resources import Usage, format_bytes, parse_cpus, thread_count
+from ..resources import Usage, format_bytes, parse_cpus, thread_env
 from ..schedule import Task, cache_key, plan, select
 from ..sources import code_path
 from ..spec import Executor
@@ -267,9 +267,8 @@ class Run:
         return True
 
     def _executor_env(self, task: Task, run_id: str) -> dict[str, str]:
-        cpus = task.resources.cpus
         return {
-            **({"OMP_NUM_THREADS": str(thread_count(cpus))} if cpus else {}),  # math libraries' threads
+            **thread_env(task.resources),
             **task.executor.env,
             "PYTHONUNBUFFERED": "1",
             "MLFLOW_TRACKING_URI": self.tracking.executor_uri,
@@ -334,6 +333,9 @@ class Run:
         except TimeoutError:
             handle.kill()
             code, error = None, f"timed out after {timeout:g} s"
+        except ScanflowError as exc:  # the back end says it can never run (e.g. no node has room)
+            handle.kill()
+            code, error = None, str(exc)
         reader.join(10)
         with self._lock:
             self._handles.pop(key, None)

@@ -4,20 +4,30 @@ Same world as the docker back end (labels, the app folder bind-mounted at its ow
 reachable as `tracker`), on an overlay network. Tested on a single-node swarm: on several nodes the
 app folder must exist at the same path on every node (a shared file system) and the images must be
 in a registry the nodes can pull from.
+
+An executor's resources become the service's reservations and limits (GPUs as the generic resource
+`NVIDIA-GPU`, which nodes advertise in their daemon.json), so the swarm's own scheduler places it
+on a node that fits. A task the swarm leaves pending for want of resources that no other executor
+of the run will give back is stopped after `pending_timeout` seconds, naming the resource.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
-from ..containers.names import LABEL_KEY
+from ..containers.names import LABEL_KEY, LABEL_RUN
 from ..errors import BackendUnavailable, RunError
-from ..resources import Usage
+from ..resources import Node, Resources, Usage, shortfall
 from .backend import Launch, Tracking
 from .docker import HEALTH_PROBE, TRACKER_ALIAS, TRACKER_ENV, DockerBackend, wait_healthy
+from .measure import recorded
 
 ENDED = {"complete", "failed", "rejected", "shutdown", "orphaned", "remove"}
+GPU_KIND = "NVIDIA-GPU"  # the generic resource nodes advertise their GPUs as
+NO_ROOM = "insufficient resources"  # in a pending task's Err
 
 
 def _task(service) -> dict | None:
@@ -25,11 +35,81 @@ def _task(service) -> dict | None:
     return max(tasks, key=lambda t: t["CreatedAt"]) if tasks else None
 
 
+def _node(attrs: dict) -> Node:
+    described = attrs["Description"]
+    offered = described.get("Resources", {})
+    gpus: list[str] = []
+    for spec in offered.get("GenericResources") or []:
+        discrete, named = spec.get("DiscreteResourceSpec"), spec.get("NamedResourceSpec")
+        if discrete and discrete["Kind"] == GPU_KIND:
+            gpus += [f"{attrs['ID']}:{i}" for i in range(int(discrete["Value"]))]
+        elif named and named["Kind"] == GPU_KIND:
+            gpus.append(named["Value"])
+    name = described.get("Hostname") or attrs["ID"]
+    return Node(name, offered.get("NanoCPUs", 0) / 1e9, int(offered.get("MemoryBytes", 0)), tuple(gpus))
+
+
+def swarm_nodes(docker_client) -> dict[str, Node]:
+    """Node id -> what it offers, for every node that is ready and takes tasks."""
+    return {
+        n.id: _node(n.attrs)
+        for n in docker_client.nodes.list()
+        if n.attrs["Status"]["State"] == "ready" and n.attrs["Spec"].get("Availability") == "active"
+    }
+
+
+def free_nodes(docker_client, run_token: str | None) -> list[Node]:
+    """What each node has left after the reservations of the tasks running on it, except those of
+    run `run_token` (they end as the run goes on)."""
+    nodes = swarm_nodes(docker_client)
+    used = {node: [0.0, 0, 0] for node in nodes}
+    for task in docker_client.api.tasks(filters={"desired-state": "running"}):
+        labels = task["Spec"].get("ContainerSpec", {}).get("Labels") or {}
+        if task.get("NodeID") not in used or (run_token and labels.get(LABEL_RUN) == run_token):
+            continue
+        held = task["Spec"].get("Resources", {}).get("Reservations", {})
+        gpus = sum(
+            int(g["DiscreteResourceSpec"]["Value"]) if "DiscreteResourceSpec" in g else 1
+            for g in held.get("GenericResources") or []
+            if GPU_KIND in json.dumps(g)
+        )
+        for i, value in enumerate((held.get("NanoCPUs", 0) / 1e9, held.get("MemoryBytes", 0), gpus)):
+            used[task["NodeID"]][i] += value
+    return [Node(n.name, n.cpus - used[i][0], n.memory - used[i][1], n.gpus[used[i][2] :]) for i, n in nodes.items()]
+
+
+def service_resources(need: Resources):
+    """The service's reservations and limits: what the executor asks for, both guaranteed and capped."""
+    import docker.types as dt
+
+    if not need:
+        return None
+    nano = round(need.cpus * 1e9) if need.cpus is not None else None
+    return dt.Resources(
+        cpu_limit=nano,
+        mem_limit=need.memory,
+        cpu_reservation=nano,
+        mem_reservation=need.memory,
+        generic_resources={GPU_KIND: need.gpus} if need.gpus else None,
+    )
+
+
 class ServiceHandle:
     """One executor attempt running as a one-shot swarm service."""
 
-    def __init__(self, docker_client, service):
-        self.docker, self.service = docker_client, service
+    def __init__(
+        self,
+        docker_client,
+        service,
+        key: str = "",
+        need: Resources | None = None,
+        run_token: str | None = None,
+        record: Path | None = None,
+        pending_timeout: float = 5.0,
+    ):
+        self.docker, self.service, self.key = docker_client, service, key
+        self.need, self.run_token, self.record = need or Resources(), run_token, record
+        self.pending_timeout = pending_timeout
 
     def _container(self, timeout: float = 120.0):
         """The task's container on this node, once the task has one (None if it ended without one)."""
@@ -56,7 +136,10 @@ class ServiceHandle:
 
         container = self._container()
         if container is None:
-            task = _task(self.service) or {}
+            try:
+                task = _task(self.service) or {}
+            except docker.errors.NotFound:  # removed: stopped, or never placed (wait says why)
+                return
             yield f"[swarm] task ended without a container: {task.get('Status', {}).get('Err', 'unknown reason')}"
             return
         pending = b""
@@ -75,6 +158,7 @@ class ServiceHandle:
         import docker.errors
 
         deadline = None if timeout is None else time.monotonic() + timeout
+        pending_since = None
         while True:
             try:
                 task = _task(self.service)
@@ -82,9 +166,24 @@ class ServiceHandle:
                 return 137  # the service was removed: killed
             if task and task["Status"]["State"] in ENDED:
                 return int(task["Status"].get("ContainerStatus", {}).get("ExitCode", 125))
+            if task and task["Status"]["State"] == "pending" and NO_ROOM in (task["Status"].get("Err") or ""):
+                pending_since = pending_since or time.monotonic()
+                if time.monotonic() - pending_since > self.pending_timeout:
+                    self._give_up_if_nothing_frees()
+                    pending_since = time.monotonic()
+            else:
+                pending_since = None
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError
             time.sleep(0.3)
+
+    def _give_up_if_nothing_frees(self) -> None:
+        """RunError (the service removed) if no node will have room for it: not even once the run's
+        other executors are done."""
+        why = shortfall(self.need, free_nodes(self.docker, self.run_token), free=True)
+        if why:
+            self.kill()
+            raise RunError(f"{self.key} stayed pending: no swarm node has {why}")
 
     def kill(self) -> None:
         import docker.errors
@@ -95,9 +194,9 @@ class ServiceHandle:
             pass
 
     def usage(self) -> Usage:
-        """Whether the engine killed its container for memory (`State.OOMKilled`)."""
+        """What it used, and whether the engine killed its container for memory (`State.OOMKilled`)."""
         container = self._container(timeout=0)
-        return Usage(out_of_memory=bool(container and container.attrs["State"].get("OOMKilled")))
+        return recorded(self.record, bool(container and container.attrs["State"].get("OOMKilled")))
 
 
 class SwarmBackend(DockerBackend):
@@ -106,20 +205,35 @@ class SwarmBackend(DockerBackend):
     name = "swarm"
     network_driver = "overlay"
 
-    def open(self, app_dir, workflow: str, tracking: Tracking) -> Tracking:
+    def __init__(self, *args, pending_timeout: float = 5.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pending_timeout = pending_timeout
+
+    @staticmethod
+    def _swarm():
         from ..containers.docker_client import client
 
-        if client().info().get("Swarm", {}).get("LocalNodeState") != "active":
+        docker_client = client()
+        if docker_client.info().get("Swarm", {}).get("LocalNodeState") != "active":
             raise BackendUnavailable(
                 "this Docker engine is not in a swarm: run `docker swarm init "
                 "--advertise-addr 127.0.0.1` (a single-node swarm), or use --backend docker"
             )
+        return docker_client
+
+    def open(self, app_dir, workflow: str, tracking: Tracking) -> Tracking:
+        self._swarm()
         return super().open(app_dir, workflow, tracking)
+
+    def nodes(self) -> list[Node]:
+        return list(swarm_nodes(self._swarm()).values())
 
     def network_options(self) -> dict:
         return {"attachable": True, "scope": "swarm"}
 
-    def _service(self, image: str, command, name: str, labels: dict, env: dict, aliases=None, workdir=None):
+    def _service(
+        self, image: str, command, name: str, labels: dict, env: dict, aliases=None, workdir=None, resources=None
+    ):
         import docker.types as dt
 
         # dnsrr: the alias resolves to the task itself; the virtual-IP load balancer is not needed
@@ -138,6 +252,7 @@ class SwarmBackend(DockerBackend):
             restart_policy=dt.RestartPolicy(condition="none"),
             mode=dt.ServiceMode("replicated", replicas=1),
             endpoint_spec=dt.EndpointSpec(mode="dnsrr"),
+            resources=resources,
         )
 
     def start_tracker(self, image: str, command: list[str]) -> None:
@@ -161,14 +276,25 @@ class SwarmBackend(DockerBackend):
 
         wait_healthy(probe, failed, self.tracker_timeout)
 
-    def start_executor(self, launch: Launch, image: str, command, env: dict[str, str]) -> ServiceHandle:
+    def start_executor(
+        self, launch: Launch, image: str, command, env: dict[str, str], record: Path | None
+    ) -> ServiceHandle:
         import docker.errors
 
         name = self.object_name(launch.workflow, launch.executor.name, str(launch.attempt))
+        labels = self.labels(**{LABEL_KEY: launch.key})
         try:
             service = self._service(
-                image, command, name, self.labels(**{LABEL_KEY: launch.key}), env, workdir=str(self.app_dir)
+                image,
+                command,
+                name,
+                labels,
+                env,
+                workdir=str(self.app_dir),
+                resources=service_resources(launch.resources),
             )
         except docker.errors.APIError as exc:
             raise RunError(f"cannot create a swarm service for {launch.key}: {exc.explanation or exc}") from None
-        return ServiceHandle(self.docker, service)
+        return ServiceHandle(
+            self.docker, service, launch.key, launch.resources, self.run_token, record, self.pending_timeout
+        )
