@@ -1,0 +1,91 @@
+"""Declared CPUs versus none: a parallel group of CPU-heavy steps, measured in one run.
+
+Each step multiplies matrices with numpy, whose BLAS uses every core unless told otherwise. The
+same group of N steps runs three ways on the local back end:
+  none     no `cpus`: all steps at once (max_workers = the CPU count), each with every core;
+  all      `cpus` = the machine's CPUs: one step at a time, each with every core;
+  one      `cpus=1`: as many at once as there are CPUs, each single-threaded (OMP_NUM_THREADS=1).
+Goals: total time with `cpus` no worse than without, and no step slower than alone by more than 10%.
+Also prints the CPU time and peak memory every step recorded in MLflow.
+
+Usage: python bench/resources.py [--steps N] [--size N] [--rounds N] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+STEP = """\
+import numpy as np
+rng = np.random.default_rng(0)
+a = rng.random(({size}, {size}))
+for _ in range({rounds}):
+    a = a @ a
+    a /= np.abs(a).max()
+"""
+
+
+def run(app, name: str):
+    result = app.run(name, echo=False, force=True)
+    assert result.ok, result.summary()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=4, help="steps in the parallel group (default 4)")
+    parser.add_argument("--size", type=int, default=1500, help="matrix size (default 1500)")
+    parser.add_argument("--rounds", type=int, default=12, help="multiplications per step (default 12)")
+    parser.add_argument("--quick", action="store_true", help="2 steps, 6 rounds")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.rounds = 2, 6
+
+    from scanflow_nb import App, Executor, Workflow
+    from scanflow_nb.run.machine import this_machine
+
+    cpus = this_machine().cpus
+    code = STEP.format(size=args.size, rounds=args.rounds)
+    root = Path(tempfile.mkdtemp(prefix="scanflow-bench-resources-"))
+    app = App(root / "app")
+    app.path.mkdir(parents=True)
+    steps = lambda **kw: [Executor(f"s{i}", code=code, **kw) for i in range(args.steps)]  # noqa: E731
+    app.add(Workflow("alone", executors=[Executor("s", code=code)]))
+    app.add(Workflow("alone1", executors=[Executor("s", code=code, cpus=1)]))
+    app.add(Workflow("none", parallel=True, executors=steps()))
+    app.add(Workflow("all", parallel=True, executors=steps(cpus=cpus)))
+    app.add(Workflow("one", parallel=True, executors=steps(cpus=1)))
+    run(app, "alone")  # warms the store, the page cache and numpy's import
+
+    alone = statistics.median(run(app, "alone").executors["alone/s"].duration for _ in range(3))
+    alone1 = statistics.median(run(app, "alone1").executors["alone1/s"].duration for _ in range(3))
+    print(f"{args.steps} steps of {args.rounds} products of {args.size}x{args.size} matrices, {cpus:g} CPUs")
+    print(f"alone: {alone:.2f} s with every core, {alone1:.2f} s single-threaded")
+    print(f"{'group':<6} {'total s':>8} {'step s (median, max)':>22} {'max / alone':>12}  cpu_s  peak MiB")
+    totals = {}
+    for name, reference in (("none", alone), ("all", alone), ("one", alone1)):
+        started = time.perf_counter()
+        result = run(app, name)
+        totals[name] = time.perf_counter() - started
+        durations = [r.duration for r in result.executors.values()]
+        cpu = statistics.median(r.cpu_s for r in result.executors.values())
+        peak = statistics.median(r.peak_rss_mb for r in result.executors.values())
+        print(
+            f"{name:<6} {totals[name]:8.2f} {statistics.median(durations):14.2f} {max(durations):7.2f}"
+            f" {max(durations) / reference:12.2f}  {cpu:5.2f}  {peak:8.0f}"
+        )
+    print(
+        f"total with cpus / without: all {totals['all'] / totals['none']:.2f}, one {totals['one'] / totals['none']:.2f}"
+    )
+    print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
