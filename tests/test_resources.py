@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 import yaml
+from docker_support import new_app
 
 from scanflow_nb import App, Executor, Workflow
 from scanflow_nb.errors import RunError, ValidationError
@@ -36,14 +37,6 @@ def stamps(app):
 
 def overlap(a, b):
     return a["start"] < b["end"] and b["start"] < a["end"]
-
-
-def new_app(app_dir, *workflows):
-    app = App(app_dir)
-    app.path.mkdir(parents=True, exist_ok=True)
-    for wf in workflows:
-        app.add(wf)
-    return app
 
 
 # -- declaring -----------------------------------------------------------------------------------
@@ -315,3 +308,14 @@ def test_cgroup_v2_groups_get_the_limits_and_their_oom_events_are_read(app_dir, 
     }
     assert result.executors["w/fits"].status == "succeeded"
     assert result.executors["w/over"].error == "out of memory (limit 64 MiB)"
+
+
+def test_the_command_line_takes_the_runs_cpus(app_dir, capsys):
+    from scanflow_nb.cli import main
+
+    app = new_app(app_dir, Workflow("w", executors=[stamping("a", cpus=2)]))
+    app.save()
+    assert main(["--file", str(app.path), "run", "w", "--cpus", "0"]) == 2
+    assert "scanflow: the run: cpus must be at least 0.01, got '0'" in capsys.readouterr().err
+    assert main(["--file", str(app.path), "run", "w", "--cpus", "1", "--quiet"]) == 2
+    assert "executor 'w/a' asks for 2 CPUs (the run allows 1)" in capsys.readouterr().err
