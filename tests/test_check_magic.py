@@ -46,8 +46,17 @@ def test_start_status_stop_from_the_notebook(shell, digits_app, capsys):
         while len(monitor.points) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert [p["drift"] for p in monitor.points] == [False, True]
-        assert "DRIFT" in monitor.alert.value and "1 of 2 batches drifted" in monitor.alert.value
-        assert monitor.plot.value[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "DRIFT" in monitor.alert and "1 of 2 batches drifted" in monitor.alert and monitor.level == "drift"
+        drifted_run = monitor.points[1]["batch"]
+        monitor.selected = drifted_run  # what a click on the batch does: its most anomalous samples are read
+        while len(monitor.details.get("samples", [])) < 8 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        samples = monitor.details["samples"]
+        record = monitor.watcher.records[1]
+        assert [s["index"] for s in samples] == record.result.indices[:8].tolist()
+        assert all(s["image"].startswith("data:image/png;base64,") for s in samples)
+        assert monitor.details["note"] == "the 8 most anomalous samples, highest score first"
+        assert any(row[0] == "verdict" and "drift" in row[1] for row in monitor.details["rows"])
         again = shell.run_line_magic("scanflow", "checker start serve --reference reference.npy")
         assert again.watcher is monitor.watcher, "a running checker is reused, not doubled"
         capsys.readouterr()
@@ -99,7 +108,7 @@ def test_monitor_updates_from_another_thread():
     from scanflow_nb.widgets.drift import DriftMonitor
 
     monitor = DriftMonitor()
-    assert "no batch checked yet" in monitor.alert.value
+    assert "no batch checked yet" in monitor.alert
 
     def feed():
         for i, p in enumerate([0.4, 0.3, 0.001]):
@@ -111,7 +120,13 @@ def test_monitor_updates_from_another_thread():
     thread.start()
     thread.join()
     assert [p["drift"] for p in monitor.points] == [False, False, True, False]
-    assert "3 of 4 batches" not in monitor.alert.value and "4 batches checked, 1 drifted" in monitor.alert.value
+    assert "3 of 4 batches" not in monitor.alert and "4 batches checked, 1 drifted" in monitor.alert
+    assert [p["p_value"] for p in monitor.points] == [0.4, 0.3, 0.001, None] and monitor.points[3]["error"]
     monitor.note("tracker unreachable; retrying in 2.0 s")
-    assert "retrying" in monitor.info.value
-    assert len(monitor.plot.value) > 1000
+    assert "retrying" in monitor.problem
+    monitor.selected = "b2"  # no watcher: the check's verdict is shown, and why the samples are not
+    deadline = time.monotonic() + 10
+    while monitor.details["note"] == "reading the batch…" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "no watcher, so no tracker to read the batch from" in monitor.details["note"]
+    assert ["verdict", "<b>drift</b>: p = 0.001 (alpha 0.05)"] in monitor.details["rows"]

@@ -1,6 +1,7 @@
 """The labeling panel through its Python methods: the same calls its buttons and keys make."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -45,12 +46,14 @@ def store(tmp_path):
 def test_label_stores_at_once_and_shows_the_next_sample(store):
     panel = LabelingPanel(improver(), store=store, retrain_every=50)
     first = panel.current
-    assert panel._view.children == (panel._image,) and bytes(panel._image.value).startswith(b"\x89PNG")
-    assert "model guess" in panel._guess_html.value
+    view = panel.widget
+    assert view.sample["id"] == first and view.sample["image"].startswith("data:image/png;base64,iVBOR")
+    assert re.fullmatch(r"\d \(\d+%\)", view.guess)  # the model's guess and its confidence
     panel.label(truth(first))
     assert store.labels("default") == {first: truth(first)}
     assert panel.current != first and first in panel.improver.taught
-    assert panel.n_labels == 1 and panel._progress.value == 1 and "1 / 290 labeled" in panel._counts.value
+    assert view.sample["id"] == panel.current
+    assert panel.n_labels == 1 and view.progress["done"] == 1 and "1 / 290 labeled" in view.counts
 
 
 def test_keys_digit_enter_backspace_and_s(store):
@@ -72,12 +75,15 @@ def test_keys_digit_enter_backspace_and_s(store):
 
 
 def test_buttons_click_through_the_same_methods(store):
+    """What labeling.js sends for a click reaches the panel as it does from the browser (the widget's messages)."""
     panel = LabelingPanel(improver(), store=store, retrain_every=50)
     first = panel.current
-    button = next(b for b in panel._buttons if b.description == "4")
-    button.click()
-    panel._skip_button.click()
-    panel._undo_button.click()
+    buttons = [c["label"] for c in panel.widget.classes]
+    panel.widget._handle_custom_msg({"action": "label", "index": buttons.index("4")}, [])
+    panel.widget._handle_custom_msg({"action": "skip"}, [])
+    panel.widget._handle_custom_msg({"action": "undo"}, [])
+    panel.widget._handle_custom_msg({"action": "press", "key": "s"}, [])
+    panel.widget._handle_custom_msg({"action": "undo"}, [])
     assert store.actions("default") == [(first, "label", 4)]
 
 
@@ -94,7 +100,7 @@ def test_multi_step_undo_then_nothing_to_undo(store):
     with pytest.raises(ValidationError, match="nothing to undo"):
         panel.undo()
     panel.press("Backspace")  # from the keyboard: shown in the panel, not raised
-    assert "nothing to undo" in panel._status.value and panel.errors
+    assert "nothing to undo" in panel.widget.status["text"] and panel.errors
 
 
 def test_label_outside_the_classes_is_refused_and_nothing_is_lost(store):
@@ -125,21 +131,21 @@ def test_retrain_runs_in_the_background_every_k_labels(store):
     GatedLogistic.gate.clear()
     for _ in range(3):
         panel.label(truth(panel.current))
-    assert panel.retraining and "retraining" in panel._status.value
+    assert panel.retraining and "retraining" in panel.widget.status["text"]
     for _ in range(2):  # the panel keeps serving samples while the model trains
         panel.label(truth(panel.current))
     assert panel.retraining and panel.n_labels == 5 and len(store.labels("default")) == 5
     GatedLogistic.gate.set()
     panel.wait()
     assert [n for n, _ in panel.scores] == [10, 13]  # after the retrain on 3 labels (plus 10 seeds)
-    assert "score after retrain on 13 labels" in panel._status.value
+    assert "score after retrain on 13 labels" in panel.widget.status["text"]
     panel.label(truth(panel.current))  # 3 labels since the last retrain began: the next one starts
     panel.wait()
     assert [n for n, _ in panel.scores] == [10, 13, 16]
     panel.label(truth(panel.current))
     assert not panel.retraining  # 1 label since the last retrain < 3
     panel.finish().join(30)
-    assert panel.scores[-1][0] == 17 and imp.n_trained == 17 and "finished" in panel._status.value
+    assert panel.scores[-1][0] == 17 and imp.n_trained == 17 and "finished" in panel.widget.status["text"]
 
 
 def test_a_failing_retrain_is_reported_in_the_panel(store):
@@ -148,7 +154,7 @@ def test_a_failing_retrain_is_reported_in_the_panel(store):
     imp.estimator = LogisticRegression(max_iter=-1)
     panel.label(truth(panel.current))
     panel.wait()
-    assert "retrain failed" in panel._status.value and "max_iter" in panel.errors[-1]
+    assert "retrain failed" in panel.widget.status["text"] and "max_iter" in panel.errors[-1]
     assert store.labels("default")  # the label itself is kept
 
 
@@ -196,10 +202,10 @@ def test_empty_pool_shows_nothing_left(store):
     panel = LabelingPanel(imp, store=store, retrain_every=10, budget=5)
     panel.label(truth(panel.current))
     panel.skip()
-    assert panel.current is None and "nothing left to label" in panel._text.value
+    assert panel.current is None and panel.widget.sample == {}
     with pytest.raises(ValidationError, match="nothing left to label"):
         panel.label(3)
-    assert all(b.disabled for b in panel._buttons)
+    assert panel.widget.idle  # class buttons, keys and skip do nothing
 
 
 def test_budget_reached_finishes_with_a_final_retrain(store):
@@ -226,7 +232,7 @@ def test_tabular_and_text_samples():
 def test_text_samples_shown_for_vectorised_features(store):
     texts = [f"review number {i}: " + ("great" if y % 2 else "awful") for i, y in enumerate(Y[POOL])]
     panel = LabelingPanel(improver(), store=store, samples=texts)
-    assert panel._view.children == (panel._text,) and texts[panel.current] in panel._text.value
+    assert "image" not in panel.widget.sample and texts[panel.current] in panel.widget.sample["html"]
 
 
 def test_images_render_as_png_of_any_square_grey_or_rgb_array():
@@ -283,12 +289,3 @@ def test_a_store_that_cannot_be_written_loses_nothing(tmp_path):
     with pytest.raises(LabelStoreError, match=f"cannot store the label of sample {first}"):
         panel.label(3)
     assert panel.current == first and first in panel.improver.pool_ids and panel.n_labels == 0
-
-
-def test_without_ipyevents_the_buttons_still_work_and_the_panel_says_so(store, monkeypatch):
-    monkeypatch.setitem(sys.modules, "ipyevents", None)  # as if the package were not installed
-    panel = LabelingPanel(improver(), store=store, retrain_every=50)
-    assert panel._events is None and "keyboard shortcuts need the ipyevents package" in panel._status.value
-    first = panel.current
-    next(b for b in panel._buttons if b.description == "2").click()
-    assert store.actions("default") == [(first, "label", 2)]

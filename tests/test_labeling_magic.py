@@ -24,7 +24,7 @@ def test_label_opens_a_panel_that_stores_in_the_app_and_logs_to_the_workflow(she
     shell.run_cell(SETUP)
     panel = shell.run_line_magic("scanflow", "label imp --session s1 -w serve --samples texts --test X y")
     assert panel.retrain_every == 3 and panel.experiment == "serve" and panel.tracking_uri.startswith("sqlite:")
-    assert "digit sample" in panel._text.value
+    assert "digit sample" in panel.widget.sample["html"]
     first = panel.current
     panel.press("5")
     assert LabelStore(app_dir / ".scanflow" / "labels.sqlite").actions("s1") == [(first, "label", 5)]

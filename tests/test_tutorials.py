@@ -43,6 +43,7 @@ def test_committed_clean_with_badges_and_a_colab_install_cell(path):
     setup = code[0].source
     assert setup.count(f"https://github.com/{REPOSITORY}") == 1, "the repository URL is written in one place"
     assert 'if "google.colab" in sys.modules:' in setup and "%pip install" in setup and "git+$REPOSITORY" in setup
+    assert "output.enable_custom_widget_manager()" in setup, "Colab shows third-party widgets only with it"
     assert "SCANFLOW_SMALL" in setup
 
 

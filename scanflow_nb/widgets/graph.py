@@ -77,7 +77,6 @@ class GraphWidget(anywidget.AnyWidget):
     ):
         if not isinstance(workflow, Workflow):
             raise ScanflowError(f"GraphWidget needs a Workflow, got {type(workflow).__name__}")
-        super().__init__()
         self.workflow, self.app = workflow, app
         self.progress = RunProgress(workflow)
         self.refresh_interval, self.tick_interval, self.log_tail = refresh_interval, tick_interval, log_tail
@@ -96,18 +95,23 @@ class GraphWidget(anywidget.AnyWidget):
         self._draw_lock = threading.RLock()  # re-entered when an update selects a failed executor
         self._lines_lock = threading.Lock()
         self._static: tuple[dict, str] | None = None  # (snapshot, svg) of the last static rendering
-        self.title = workflow.name
-        self.palette = {state: [FILL[state], BORDER[state]] for state in FILL}
-        self.info = {key: self._static_rows(key) for key in self.progress.keys}
-        self.observe(self._on_select, names="selected")
-        self.on_msg(self._on_front_end)
+        self._text_mode = False  # no `dot`: the text tree is drawn instead
+        state = {
+            "title": workflow.name,
+            "palette": {state: [FILL[state], BORDER[state]] for state in FILL},
+            "info": {key: self._static_rows(key) for key in self.progress.keys},
+        }
         if not self.progress.keys:
-            self.message = _note(
+            state["message"] = _note(
                 f"workflow {workflow.name!r} has no executors yet: add one with "
                 f"%%scanflow executor NAME --workflow {workflow.name}"
             )
-        self._safely(self._draw_layout)
-        self.flush()
+        state.update(self._layout())
+        state.update(self._live_state()[0])
+        super().__init__(**state)  # the whole first state goes with the widget's creation, not in later updates
+        self.renders = 1
+        self.observe(self._on_select, names="selected")
+        self.on_msg(self._on_front_end)
 
     # -- feeding it ------------------------------------------------------------------------------
     def on_event(self, event: ev.RunEvent) -> None:
@@ -172,9 +176,13 @@ class GraphWidget(anywidget.AnyWidget):
             try:
                 draw(*args)
             except Exception as exc:  # a display problem must not break the run that feeds it
-                self.errors.append(f"{type(exc).__name__}: {exc}")
-                log.error("graph widget update failed:\n%s", traceback.format_exc())
-                self.message = _note(f"could not redraw the graph: {exc}", error=True)
+                self.message = self._failed(exc)
+
+    def _failed(self, exc: Exception) -> str:
+        """Record a drawing failure; the note that says so in the widget."""
+        self.errors.append(f"{type(exc).__name__}: {exc}")
+        log.error("graph widget update failed:\n%s", traceback.format_exc())
+        return _note(f"could not redraw the graph: {exc}", error=True)
 
     def _schedule(self) -> None:
         with self._schedule_lock:
@@ -238,43 +246,59 @@ class GraphWidget(anywidget.AnyWidget):
                 self.send({"tails": tails})
 
     # -- drawing ---------------------------------------------------------------------------------
-    def _draw_layout(self) -> None:
-        """Lay the workflow out with `dot` (states as they are now), or fall back to the text tree."""
+    def _layout(self) -> dict:
+        """The drawing as `dot` lays it out (states as they are now), or the text tree without `dot`."""
         states = self.progress.snapshot()
-        if dot_available():
-            self.svg = render_svg(self.workflow, states)
-            self._static = (states, self.svg)
-        else:
-            self.message = _note(
-                f"graphviz's `dot` program is not installed, so the graph is shown as text; {INSTALL_HINT}"
-            )
-            self.text = text_tree(self.workflow, states)
+        self._text_mode = not dot_available()
+        if self._text_mode:
+            return {
+                "message": _note(
+                    f"graphviz's `dot` program is not installed, so the graph is shown as text; {INSTALL_HINT}"
+                ),
+                "text": text_tree(self.workflow, states),
+            }
+        try:
+            svg = render_svg(self.workflow, states)
+        except Exception as exc:  # shown in the widget, never raised: the run it follows goes on
+            return {"message": self._failed(exc)}
+        self._static = (states, svg)
+        return {"svg": svg}
 
-    def _update(self) -> None:
-        """One message with every state, the summary and the progress; then the new log lines."""
+    def _live_state(self) -> tuple[dict, dict[str, list[str]]]:
+        """Every state, the summary and the progress as trait values; the log tails that changed."""
         snapshot = self.progress.snapshot()
         summary = self.progress.summary()
         uri = self._tracking_uri()
-        nodes = {key: self._node(key, status, uri) for key, status in snapshot.items()}
         with self._lines_lock:
             fresh, self._fresh = self._fresh, set()
             tails = {key: list(self._lines[key]) for key in fresh}
-        with self.hold_sync():
-            self.nodes = nodes
-            self.summary = self._summary_text(summary)
-            self.bar = {
+        state = {
+            "nodes": {key: self._node(key, status, uri) for key, status in snapshot.items()},
+            "summary": self._summary_text(summary),
+            "bar": {
                 "done": summary.done,
                 "total": summary.total,
                 "style": "danger" if summary.failed else ("success" if summary.finished else "info"),
-            }
-            self.clock = time.time()
-            if self.text:
-                self.text = text_tree(self.workflow, snapshot)
-            if self.selected in fresh:
+            },
+            "clock": time.time(),
+        }
+        if self._text_mode:
+            state["text"] = text_tree(self.workflow, snapshot)
+        return state, tails
+
+    def _update(self) -> None:
+        """One message with every state, the summary and the progress (never one without the other); then
+        the new log lines."""
+        state, tails = self._live_state()
+        with self.hold_sync():
+            for name, value in state.items():
+                setattr(self, name, value)
+            if self.selected in tails:
                 self.log = "\n".join(tails[self.selected])
         if tails:
             self.send({"tails": tails})
         self.renders += 1
+        summary = self.progress.summary()
         if summary.failed and summary.finished and not self.selected:
             self.selected = summary.failed[0]  # a finished run that failed opens on its first failure
 

@@ -1,68 +1,81 @@
 """The labeling panel: a labeling session shown one sample at a time, a button per class, keyboard shortcuts.
 
 The session (`scanflow_nb.improve.session.LabelingSession`) holds the state and does the work; the panel
-draws it and turns clicks and keys into its methods. `label`, `skip`, `undo`, `accept_guess`, `press` and
-`finish` are plain methods, so scripts and tests drive the panel exactly as clicks and key presses do.
+draws it (`LabelingView`, an anywidget whose ES module, labeling.js, handles the clicks and keys) and turns
+what the front end sends into the session's methods. `label`, `skip`, `undo`, `accept_guess`, `press`,
+`add_class` and `finish` are plain methods, so scripts and tests drive the panel exactly as clicks and key
+presses do.
 """
 
-import html
-import io
 import threading
+from pathlib import Path
 
-import numpy as np
+import anywidget
+import traitlets as t
 
 from ..errors import ScanflowError
+from .fallback import text_repr
+from .samples import image_png, is_image, sample_html, sample_view
 
-KEYS = "keys (mouse over the panel): a digit labels · Enter accepts the guess · Backspace undoes · s skips"
-
-
-def image_png(array, size: int = 160) -> bytes:
-    """PNG bytes of a grey (H, W) or colour (H, W, 3|4) array, scaled up without smoothing."""
-    from PIL import Image
-
-    a = np.asarray(array, dtype=float)
-    lo, hi = float(a.min(initial=0.0)), float(a.max(initial=0.0))
-    if lo >= 0 and hi <= 1:
-        lo, hi = 0.0, 1.0
-    elif lo >= 0 and hi <= 255:
-        lo, hi = 0.0, 255.0
-    scaled = np.clip((a - lo) / ((hi - lo) or 1.0) * 255, 0, 255).astype(np.uint8)
-    picture = Image.fromarray(scaled)
-    factor = max(1, size // max(scaled.shape[:2]))
-    picture = picture.resize((scaled.shape[1] * factor, scaled.shape[0] * factor), Image.NEAREST)
-    out = io.BytesIO()
-    picture.save(out, format="PNG")
-    return out.getvalue()
+__all__ = ["KEYS", "LabelingPanel", "LabelingView", "image_png", "is_image", "sample_html"]
+HERE = Path(__file__).parent
+DIGITS = "1234567890"
+KEYS = "keys (pointer over the panel): a digit labels · Enter accepts the guess · Backspace undoes · s skips · + new"
 
 
-def is_image(sample) -> bool:
-    return isinstance(sample, np.ndarray) and (sample.ndim == 2 or (sample.ndim == 3 and sample.shape[2] in (3, 4)))
+class LabelingView(anywidget.AnyWidget):
+    """The panel's front end: what it shows is set from Python, what the person does comes back as messages."""
+
+    _esm = HERE / "labeling.js"
+    _css = HERE / "labeling.css"
+
+    heading = t.Unicode("").tag(sync=True)
+    sample = t.Dict().tag(sync=True)  # {"id", "image": data URL} or {"id", "html"}; {} when nothing is left
+    guess = t.Unicode("").tag(sync=True)
+    classes = t.List().tag(sync=True)  # [{"label", "key"}], in the improver's order of classes
+    counts = t.Unicode("").tag(sync=True)
+    progress = t.Dict().tag(sync=True)  # {"done", "budget"}
+    status = t.Dict().tag(sync=True)  # {"text", "error"}
+    idle = t.Bool(False).tag(sync=True)  # nothing to label: class buttons, keys and skip do nothing
+    help = t.Unicode(KEYS).tag(sync=True)
+
+    def _repr_mimebundle_(self, **kwargs):
+        data, metadata = super()._repr_mimebundle_(**kwargs)
+        showing = f"; showing sample {self.sample['id']}" if self.sample else "; nothing left to label"
+        data["text/plain"] = text_repr(
+            f"labeling panel ({self.heading})",
+            self.counts + showing,
+            "panel.label(value), panel.skip(), panel.undo() and panel.press(key) do what its buttons and keys do",
+        )
+        return data, metadata
 
 
-def sample_html(sample, feature_names=None) -> str:
-    """A text sample as wrapped text, a tabular row (array, Series, dict) as a two-column table."""
-    if isinstance(sample, str):
-        return f"<div style='white-space:pre-wrap;max-width:40em'>{html.escape(sample)}</div>"
-    if hasattr(sample, "items"):
-        pairs = list(sample.items())
-    else:
-        values = np.ravel(sample)
-        names = feature_names if feature_names is not None else [f"x{i}" for i in range(len(values))]
-        pairs = list(zip(names, values))
-    rows = "".join(
-        f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(str(k))}</th>"
-        f"<td>{html.escape(f'{v:.4g}' if isinstance(v, (float, np.floating)) else str(v))}</td></tr>"
-        for k, v in pairs
-    )
-    return f"<table>{rows}</table>"
+def _key_map(classes, taken: dict | None = None) -> dict[str, object]:
+    """Number keys for classes, stable as classes are added: a single-digit class keeps its own digit, the
+    others get the free digits 1..9, 0 in order of the classes."""
+    keys = dict(taken or {})
+    known = set(map(repr, keys.values()))
+    for cls in classes:
+        name = str(cls)
+        if repr(cls) not in known and len(name) == 1 and name.isdigit() and name not in keys:
+            keys[name], known = cls, known | {repr(cls)}
+    for cls in classes:
+        free = [d for d in DIGITS if d not in keys]
+        if repr(cls) not in known and free and not (len(str(cls)) == 1 and str(cls).isdigit()):
+            keys[free[0]], known = cls, known | {repr(cls)}
+    return keys
 
 
-def _key_map(classes) -> dict[str, object]:
-    """Number keys for classes: the class itself when classes are single digits, else 1..9 in order."""
-    names = [str(c) for c in classes]
-    if all(len(n) == 1 and n.isdigit() for n in names):
-        return dict(zip(names, classes))
-    return {str(i + 1): c for i, c in enumerate(classes[:9])}
+def _as_class(text: str, classes):
+    """A typed class name as the type of the known classes (e.g. "10" -> 10 when classes are integers)."""
+    text = text.strip()
+    for kind in (int, float):
+        if classes and all(isinstance(c, kind) and not isinstance(c, bool) for c in classes):
+            try:
+                return kind(text)
+            except ValueError:
+                return text
+    return text
 
 
 class LabelingPanel:
@@ -98,9 +111,12 @@ class LabelingPanel:
         self.samples, self.feature_names = samples, feature_names
         self.session = LabelingSession(improver, **session_options)
         self.keys = _key_map(improver.classes)
-        self._build()
+        self._render_lock = threading.Lock()
+        heading = f"session {self.session.name} · strategy {improver.strategy}"
+        self.widget = LabelingView(heading=heading, **self._state())  # the first state comes with the widget
+        self.widget.add_class("scanflow-labeling")
+        self.widget.on_msg(self._on_front_end)
         self.session.watch(self._render)
-        self._render()
 
     def __getattr__(self, name: str):
         if name in LabelingPanel.STATE:
@@ -120,6 +136,12 @@ class LabelingPanel:
     def accept_guess(self) -> None:
         self.session.accept_guess()
 
+    def add_class(self, name: str) -> None:
+        """Label the current sample with a class that was not known when the session started."""
+        if not str(name).strip():
+            raise ScanflowError("type the name of the new class first")
+        self.session.label(_as_class(str(name), self.session.improver.classes))
+
     def retrain(self) -> threading.Thread:
         return self.session.retrain()
 
@@ -134,104 +156,58 @@ class LabelingPanel:
         actions = {"Enter": self.accept_guess, "Backspace": self.undo, "s": self.skip, "S": self.skip}
         self._from_ui(lambda: self.label(self.keys[key]) if key in self.keys else actions.get(key, lambda: None)())
 
-    # ---- the widgets
-    def _build(self) -> None:
-        import ipywidgets as w
-
-        session = self.session
-        self._view = w.Box(layout=w.Layout(min_height="170px", align_items="center"))
-        self._image = w.Image(format="png")
-        self._text = w.HTML()
-        self._guess_html = w.HTML()
-        self._buttons = []
-        for key, cls in ((k, c) for c in session.improver.classes for k in [self._key_of(c)]):
-            button = w.Button(
-                description=str(cls),
-                tooltip=f"label as {cls}" + (f" (key {key})" if key else ""),
-                layout=w.Layout(width="auto", min_width="3em"),
-            )
-            button.add_class(f"scanflow-class-{cls}")
-            button.on_click(lambda _, cls=cls: self._from_ui(self.label, cls))
-            self._buttons.append(button)
-        self._skip_button = w.Button(description="Skip (s)", icon="forward")
-        self._undo_button = w.Button(description="Undo (⌫)", icon="undo")
-        self._finish_button = w.Button(description="Finish", icon="check", button_style="success")
-        self._skip_button.on_click(lambda _: self._from_ui(self.skip))
-        self._undo_button.on_click(lambda _: self._from_ui(self.undo))
-        self._finish_button.on_click(lambda _: self._from_ui(self.finish))
-        self._progress = w.IntProgress(min=0, max=max(1, session.budget), description="labels")
-        self._counts = w.HTML()
-        self._status = w.HTML()
-        self.widget = w.VBox(
-            [
-                w.HTML(
-                    f"<b>Labeling</b> · session <code>{html.escape(session.name)}</code> · "
-                    f"strategy {html.escape(session.improver.strategy)}"
-                ),
-                w.HBox([self._view, self._guess_html], layout=w.Layout(align_items="center", grid_gap="1em")),
-                w.HBox(self._buttons, layout=w.Layout(flex_flow="row wrap")),
-                w.HBox([self._skip_button, self._undo_button, self._finish_button]),
-                w.HBox([self._progress, self._counts]),
-                self._status,
-                w.HTML(f"<small>{KEYS}</small>"),
-            ],
-            layout=w.Layout(border="1px solid #ccc", padding="8px", width="fit-content"),
-        )
-        self.widget.add_class("scanflow-labeling")
-        try:
-            from ipyevents import Event
-        except ImportError:
-            self._events = None
-            self._status.value = "keyboard shortcuts need the ipyevents package; the buttons work without it"
-        else:
-            self._events = Event(source=self.widget, watched_events=["keydown"], prevent_default_action=True)
-            self._events.on_dom_event(lambda event: self.press(event.get("key", "")))
-
-    def _key_of(self, cls):
-        return next((k for k, c in self.keys.items() if c == cls), None)
+    # ---- the front end
+    def _on_front_end(self, _widget, content, _buffers) -> None:
+        """A click or a key in the browser: {"action": "press", "key"} | {"action": "label", "index"} | ..."""
+        action = content.get("action") if isinstance(content, dict) else None
+        if action == "press":
+            self.press(str(content.get("key", "")))
+        elif action == "label":
+            classes = self.session.improver.classes
+            index = content.get("index")
+            if isinstance(index, int) and 0 <= index < len(classes):
+                self._from_ui(self.label, classes[index])
+        elif action == "add":
+            self._from_ui(self.add_class, str(content.get("name", "")))
+        elif action in ("skip", "undo", "finish"):
+            self._from_ui(getattr(self, action))
 
     def _from_ui(self, action, *args) -> None:
         try:
             action(*args)
         except ScanflowError as exc:
             self.session.errors.append(str(exc))
-            self._show_status(str(exc), error=True)
-
-    def _show_status(self, message: str, error: bool) -> None:
-        colour = "#b00020" if error else "#333"
-        self._status.value = f"<span style='color:{colour}'>{html.escape(message)}</span>" if message else ""
+            self.widget.status = {"text": str(exc), "error": True}
 
     def _render(self) -> None:
+        """Show the session as it is now (called after every change, from whichever thread made it)."""
+        with self._render_lock, self.widget.hold_sync():
+            for name, value in self._state().items():
+                setattr(self.widget, name, value)
+
+    def _state(self) -> dict:
+        """What the view shows, as trait values."""
         session = self.session
+        classes = list(session.improver.classes)
+        self.keys = _key_map(classes, self.keys)
+        keys = {repr(c): k for k, c in self.keys.items()}
         sample = session.current
-        idle = sample is None or session.finished
-        for button in (*self._buttons, self._skip_button):
-            button.disabled = idle
-        self._progress.max = max(1, session.budget, session.n_labels)
-        self._progress.value = session.n_labels
         left = session.improver.pool_size - len(session.skipped)
-        self._counts.value = (
-            f"&nbsp;{session.n_labels} / {session.budget} labeled · {len(session.skipped)} skipped · "
-            f"{max(0, left)} in the pool"
-        )
+        guess = session.guess(sample) if sample is not None else None
+        state = {
+            "classes": [{"label": str(c), "key": keys.get(repr(c))} for c in classes],
+            "sample": {}
+            if sample is None
+            else {"id": int(sample), **sample_view(self._shown(sample), self.feature_names)},
+            "guess": f"{guess[0]} ({guess[1]:.0%})" if guess else ("" if sample is None else "no model yet"),
+            "idle": sample is None or session.finished,
+            "progress": {"done": session.n_labels, "budget": max(1, session.budget, session.n_labels)},
+            "counts": f"{session.n_labels} / {session.budget} labeled · {len(session.skipped)} skipped · "
+            f"{max(0, left)} in the pool",
+        }
         if session.message[0]:
-            self._show_status(*session.message)
-        if sample is None:
-            self._text.value = "<i>nothing left to label</i>"
-            self._view.children = [self._text]
-            self._guess_html.value = ""
-            return
-        shown = self._shown(sample)
-        if is_image(shown):
-            self._image.value = image_png(shown)
-            self._view.children = [self._image]
-        else:
-            self._text.value = sample_html(shown, self.feature_names)
-            self._view.children = [self._text]
-        guess = session.guess(sample)
-        self._guess_html.value = (
-            f"model guess: <b>{html.escape(str(guess[0]))}</b> ({guess[1]:.0%})" if guess else "<i>no model yet</i>"
-        )
+            state["status"] = {"text": session.message[0], "error": session.message[1]}
+        return state
 
     def _shown(self, sample: int):
         if self.samples is None:
@@ -240,7 +216,5 @@ class LabelingPanel:
             return self.samples.iloc[sample]
         return self.samples[sample]
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
