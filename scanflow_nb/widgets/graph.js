@@ -36,6 +36,7 @@ function render({ model, el }) {
   const tip = $(".sf-tip");
   const tails = new Map(); // key -> the latest log lines, pushed by the kernel as they arrive
   let shapes = new Map(); // key -> the node's <g>
+  let room = new Map(); // key -> the width its state line may take
   let painted = {}; // key -> what was last painted, to touch only nodes that changed
   let offset = 0; // browser clock minus kernel clock, so running durations tick here
 
@@ -58,6 +59,7 @@ function render({ model, el }) {
       drawing.firstChild.textContent = model.get("text");
     }
     shapes = new Map();
+    room = new Map();
     painted = {};
     for (const title of drawing.querySelectorAll("title")) {
       const g = title.parentNode; // native tooltips would cover ours: keep the names as data
@@ -70,20 +72,28 @@ function render({ model, el }) {
       title.remove();
     }
     for (const a of drawing.querySelectorAll("a")) a.removeAttributeNS(XLINK, "title");
+    for (const [key, g] of shapes) {
+      const width = g.querySelector("path, polygon")?.getBBox().width; // 0 while the output is hidden
+      room.set(key, width > 0 ? width - 6 : Infinity);
+    }
     paint();
     showSelection(false);
   }
 
   function paint() {
+    // writes first, then one measuring pass, then the squeezes: one layout however many nodes changed
     const nodes = model.get("nodes");
     const palette = model.get("palette");
+    const relabelled = [];
     for (const [key, g] of shapes) {
       const n = nodes[key];
       if (!n) continue;
       const text = label(key);
       if (painted[key] === n.state + text) continue;
       painted[key] = n.state + text;
-      for (const cls of [...g.classList]) if (cls.startsWith("sf-") && cls !== "sf-executor" && cls !== "sf-selected") g.classList.remove(cls);
+      for (const cls of [...g.classList]) {
+        if (cls.startsWith("sf-") && cls !== "sf-executor" && cls !== "sf-selected") g.classList.remove(cls);
+      }
       g.classList.add(`sf-${n.state}`);
       const shape = g.querySelector("path, polygon");
       const [fill, border] = palette[n.state] || ["#ffffff", "#888888"];
@@ -94,17 +104,15 @@ function render({ model, el }) {
       }
       const texts = g.querySelectorAll("text");
       const line = texts[texts.length - 1];
-      if (texts.length > 1 && line.textContent !== text) fit(line, text, shape);
+      if (texts.length > 1 && line.textContent !== text) {
+        line.removeAttribute("textLength");
+        line.textContent = text;
+        relabelled.push([key, line]);
+      }
     }
-  }
-
-  function fit(line, text, shape) {
-    line.removeAttribute("textLength");
-    line.textContent = text;
-    if (!shape || !line.getComputedTextLength) return;
-    const room = shape.getBBox().width - 6;
-    if (room > 0 && line.getComputedTextLength() > room) {
-      line.setAttribute("textLength", String(room));
+    const squeeze = relabelled.filter(([key, line]) => line.getComputedTextLength() > room.get(key));
+    for (const [key, line] of squeeze) {
+      line.setAttribute("textLength", String(room.get(key)));
       line.setAttribute("lengthAdjust", "spacingAndGlyphs");
     }
   }
