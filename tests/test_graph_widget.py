@@ -256,3 +256,19 @@ def test_resources_used_by_a_run_are_read_from_its_mlflow_run(app):
         time.sleep(0.1)  # read in a background thread, then sent to the front end with the next update
     assert re.search(r"<th>used</th><td>peak memory \d+ MB, CPU \d+\.\d s</td>", widget.details_html())
     assert "<th>resources</th>" not in widget.details_html()  # nothing declared
+
+
+def test_the_widgets_es_modules_are_installed_and_load_nothing_from_the_network():
+    """VS Code and offline machines cannot fetch widget code: each ES module is a file of the package
+    (tests/test_packaging.py checks the wheel holds it) and imports nothing from a URL."""
+    from pathlib import Path
+
+    import scanflow_nb.widgets
+
+    folder = Path(scanflow_nb.widgets.__file__).parent
+    modules = {p.name: p.read_text() for p in folder.glob("*.js")}
+    assert {"graph.js", "labeling.js", "drift.js"} <= set(modules)
+    for name, text in modules.items():
+        assert "export default" in text, name
+        assert not re.search(r"""(from\s+|import\s*\(?\s*)["']https?://""", text), f"{name} loads code from the network"
+    assert {"graph.css", "labeling.css", "drift.css"} <= {p.name for p in folder.glob("*.css")}
