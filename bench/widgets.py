@@ -100,6 +100,7 @@ window.__scanflow_bench = (kind, selector, expected) => {
   const shown = () => (expected !== null ? key() === expected : seen() !== before);
   let start = null;
   window.__scanflow_timing = new Promise((resolve) => {
+    setTimeout(() => resolve(null), 60000); // never shown: counted as a miss
     const done = () => requestAnimationFrame(() => resolve(performance.now() - start));
     const observer = new MutationObserver(() => {
       if (start !== null && shown()) { observer.disconnect(); done(); }
@@ -178,7 +179,7 @@ def main() -> None:
                         "([s, k]) => window.__scanflow_bench('click', s, k)", [".scanflow-graph .sf-details", key]
                     )
                     node.click()
-                    clicks.append(page.evaluate("window.__scanflow_timing"))
+                    clicks.append(page.evaluate("window.__scanflow_timing") or float("inf"))
                 if i < args.keys:
                     panel.hover()
                     page.evaluate(
@@ -186,7 +187,8 @@ def main() -> None:
                     )
                     guess = panel.locator(".sf-guess").text_content() or ""
                     page.keyboard.press(guess[13] if guess.startswith("model guess: ") else "0")
-                    presses.append(page.evaluate("window.__scanflow_timing"))
+                    presses.append(page.evaluate("window.__scanflow_timing") or float("inf"))
+                print(f"  {i + 1} rounds measured", file=sys.stderr, flush=True)
                 if i % 10 == 0:
                     started = time.perf_counter()
                     out = bs.run_cell(page, f"print('pong {i}')").locator(".jp-OutputArea-output")

@@ -1,16 +1,23 @@
 """The drift monitor in a real browser, in JupyterLab 4 and Notebook 7: the background checker watches a
 workflow, every logged batch adds a point to the p-value plot, a drifted batch turns the banner red, and a
-click on it shows its most anomalous samples. Every check waits for the state it asserts."""
+click on it shows its most anomalous samples. Every check waits for the state it asserts.
+
+SCANFLOW_UPDATE_DOCS_IMAGES=1 writes the monitor's screenshot to docs/images/drift_monitor.png.
+"""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+from pathlib import Path
 
 import pytest
-from browser_support import open_notebook, run_cell
+from browser_support import open_notebook, run_cell, screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 expect = pytest.importorskip("playwright.sync_api", reason="playwright is not installed").expect
+DOCS_IMAGE = Path(__file__).resolve().parents[1] / "docs" / "images" / "drift_monitor.png"
 
 SETUP = """\
 import numpy as np, yaml
@@ -28,7 +35,7 @@ clean, drifted = X[order[1000:1100]], corrupt(X[order[1100:1200]], "rotate", sev
 %scanflow app app"""
 
 
-def test_each_batch_adds_a_point_and_a_click_shows_its_anomalous_samples(lab, page):
+def test_each_batch_adds_a_point_and_a_click_shows_its_anomalous_samples(lab, page, tmp_path):
     open_notebook(page, lab, "drift.ipynb")
     run_cell(page, SETUP)
     cell = run_cell(page, "monitor = %scanflow checker start serve --reference reference.npy\nmonitor")
@@ -57,6 +64,9 @@ def test_each_batch_adds_a_point_and_a_click_shows_its_anomalous_samples(lab, pa
     expect(monitor.locator(".sf-note")).to_have_text("the 8 most anomalous samples, highest score first")
     scores = [float(re.search(r"score ([\d.e+-]+)", caption).group(1)) for caption in samples.all_inner_texts()]
     assert scores == sorted(scores, reverse=True)
+    shot = screenshot(monitor, tmp_path / "drift_monitor.png")
+    if os.environ.get("SCANFLOW_UPDATE_DOCS_IMAGES") == "1" and lab.front_end == "lab":
+        shutil.copyfile(shot, DOCS_IMAGE)
     shown = run_cell(page, "print(monitor.selected == monitor.points[1]['batch'])")
     expect(shown.locator(".jp-OutputArea-output")).to_have_text("True\n")
     run_cell(page, "%scanflow checker stop serve")
