@@ -61,8 +61,9 @@ def faulty_workflow():
     )
 
 
-def tree(result):
-    """The MLflow run tree under the result's parent run, without ids, times or back-end names."""
+def tree(result, usage: bool = True):
+    """The MLflow run tree under the result's parent run, without ids, times or back-end names
+    (nor the resource.* metrics unless `usage`)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(result.tracking_uri)
@@ -75,7 +76,9 @@ def tree(result):
             "status": run.info.status,
             "kind": run.data.tags["scanflow.kind"],
             "params": run.data.params,
-            "metrics": sorted(k for k in run.data.metrics if k != "duration_s"),
+            "metrics": sorted(
+                k for k in run.data.metrics if k != "duration_s" and (usage or not k.startswith("resource."))
+            ),
             "value": run.data.metrics.get("value"),
             "children": sorted((node(c) for c in children), key=lambda n: n["name"]),
         }
@@ -134,5 +137,9 @@ def test_failures_retries_and_timeouts_agree(tmp_path, docker_backend):
             "faulty/needs_bad": ("skipped", 0, None, "upstream faulty/bad failed"),
         }
     )
-    assert tree(local) == tree(docker)
+    # A container killed at its timeout cannot report what it used; everything else agrees, usage included.
+    assert tree(local, usage=False) == tree(docker, usage=False)
+    for result in (local, docker):
+        measured = tree(result)["children"]
+        assert {n["name"] for n in measured if "resource.cpu_s" in n["metrics"]} >= {"bad", "flaky"}
     assert "broken" in both["docker"][0].logs("faulty/bad")

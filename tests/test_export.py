@@ -195,8 +195,11 @@ def test_names_that_docker_or_kubernetes_refuse_are_reported(tmp_path, monkeypat
     with pytest.raises(ValidationError, match="invalid base image name 'Python:Latest!'"):
         export(app, "w", "compose", tmp_path / "out", base_image="Python:Latest!")
     monkeypatch.setenv("SCANFLOW_BASE_IMAGE", "no spaces allowed")
+    valid = new_app(tmp_path / "valid", Workflow("w", executors=[Executor("a", code="1")]))
     with pytest.raises(ValidationError, match="invalid base image name 'no spaces allowed'"):
-        export(app, "w", "compose", tmp_path / "out")
+        export(valid, "w", "compose", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    monkeypatch.delenv("SCANFLOW_BASE_IMAGE")
     with pytest.raises(ValidationError, match="unknown export kind 'helm'"):
         export(
             new_app(tmp_path / "ok", Workflow("v", executors=[Executor("a", code="1")])),
