@@ -11,6 +11,7 @@ import pytest
 
 from scanflow_nb import App, Executor, Workflow
 from scanflow_nb.errors import NotFoundError
+from scanflow_nb.resources import PEAK_RSS_MB
 from scanflow_nb.track import get_client
 
 TRAIN = """\
@@ -97,22 +98,47 @@ def test_sqlite_reader_and_mlflow_reader_agree(app_dir):
 def test_compare_shows_the_changed_line_and_parameter(app_dir, run_cell):
     app = make_app(app_dir)
     first = app.run("main", echo=False)
-    edit_train(app, TRAIN.replace("score = args.k * x", "score = args.k * x + 1"), k=5)
+    hungry = "score = args.k * x + 1\nballast = b'x' * (400 * 2**20)  # 400 MiB more at its peak"
+    edit_train(app, TRAIN.replace("score = args.k * x", hungry), k=5)
     second = app.run("main", echo=False)
     diff = app.compare(first.run_id, second.run_id[:8])
     train = diff["train"]
     assert "-score = args.k * x" in train.code and "+score = args.k * x + 1" in train.code
+    # what the code logged, apart from what it cost: the usage metrics only when they moved beyond noise
     assert train.parameters == {"k": (2, 5)} and train.metrics == {"score": (6.0, 16.0)}
+    before, after = train.resources[PEAK_RSS_MB]
+    assert after - before > 300 and diff["prep"].resources == {}
     assert train.inputs == {} and train.requirements == []
     assert diff["prep"].status == ("succeeded", "cached") and diff.changed == ["main/prep", "main/train"]
     text = str(diff)
     assert "k: 2 -> 5" in text and "+score = args.k * x + 1" in text and "score: 6 -> 16" in text
+    header = next(line for line in text.splitlines() if line.startswith("main/train:"))
+    assert f"peak memory {before:.3g} -> {after:.3g} MiB" in header
     assert "+score = args.k * x + 1" in diff._repr_html_()
     run_cell("%scanflow app " + str(app_dir))
     result, out, _ = run_cell(f"%scanflow compare {first.run_id} {second.run_id}")
     assert result.result.executors["main/train"].parameters == {"k": (2, 5)}
     result, out, err = run_cell("%scanflow compare abcdefg " + second.run_id)
     assert err.startswith("UsageError: no run 'abcdefg' in this app's MLflow store") and len(err.splitlines()) == 1
+
+
+def test_compare_keeps_usage_noise_out_of_the_report():
+    """CPU time and memory that moved as much as they do between identical runs are not reported."""
+    from scanflow_nb.resources import CPU_S
+    from scanflow_nb.track.compare import diff_executor
+    from scanflow_nb.track.history import RunRecord
+    from scanflow_nb.track.recorded import ExecutorRecord
+
+    def record(score, cpu, peak):
+        metrics = {"score": score, CPU_S: cpu, PEAK_RSS_MB: peak}
+        return ExecutorRecord("wf/ex", RunRecord("r", "ex", "e", "FINISHED", 0.0, 1.0, metrics=metrics))
+
+    noise = diff_executor("wf/ex", record(1.0, 6.5, 217.0), record(1.0, 7.6, 260.0))
+    assert noise.metrics == {} and noise.resources == {} and not noise.changed
+    tiny = diff_executor("wf/ex", record(1.0, 0.2, 20.0), record(1.0, 0.9, 70.0))  # 4x, but under a second
+    assert tiny.resources == {}
+    moved = diff_executor("wf/ex", record(1.0, 6.5, 217.0), record(2.0, 13.0, 217.0))
+    assert moved.metrics == {"score": (1.0, 2.0)} and moved.resources == {CPU_S: (6.5, 13.0)}
 
 
 def test_provenance_of_an_executor_run(app_dir):

@@ -1,7 +1,9 @@
 """Compare two recorded workflow runs: per executor, what differs and so may explain a different result.
 
 Code (a unified diff of the code each ran), parameters, requirements, input and output digests,
-image, where it ran (Python, back end, git commit), its state and the metrics it logged.
+image, where it ran (Python, back end, git commit), its state and the metrics it logged. What it cost
+(duration, CPU time, peak memory) varies from run to run even when nothing changed, so it is shown
+apart, beside the executor's name, and CPU and memory only when they moved by more than noise.
 """
 
 from __future__ import annotations
@@ -11,10 +13,17 @@ import html
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..resources import CPU_S, PEAK_RSS_MB
 from ..schedule import resolve
 from .recorded import ExecutorRecord, RecordedRun, load_run
 
 Pair = tuple[Any, Any]
+
+# A usage metric differs when the larger value is RESOURCE_RATIO times the smaller and the gap exceeds its floor
+# (CPU time of one script moves ~10% between identical runs, more on a busy machine).
+RESOURCE_RATIO = 1.5
+RESOURCE_FLOOR = {CPU_S: 1.0, PEAK_RSS_MB: 64.0}
+RESOURCE_LABEL = {CPU_S: "CPU {} s", PEAK_RSS_MB: "peak memory {} MiB"}
 
 
 @dataclass
@@ -29,8 +38,9 @@ class ExecutorDiff:
     inputs: dict[str, Pair] = field(default_factory=dict)
     outputs: dict[str, Pair] = field(default_factory=dict)
     environment: dict[str, Pair] = field(default_factory=dict)  # image, python, backend, git
-    metrics: dict[str, Pair] = field(default_factory=dict)
+    metrics: dict[str, Pair] = field(default_factory=dict)  # what the code logged; usage metrics apart
     durations: Pair = (None, None)
+    resources: dict[str, Pair] = field(default_factory=dict)  # usage metrics that moved by more than noise
 
     @property
     def only_in(self) -> str | None:
@@ -39,7 +49,7 @@ class ExecutorDiff:
 
     @property
     def changed(self) -> bool:
-        """Whether anything but the duration differs."""
+        """Whether anything but the cost (duration, CPU time, memory) differs."""
         return bool(
             self.only_in
             or self.status[0] != self.status[1]
@@ -136,7 +146,9 @@ def diff_executor(key: str, a: ExecutorRecord | None, b: ExecutorRecord | None) 
     diff.durations = (a.run.duration, b.run.duration)
     pa, pb = a.provenance or {}, b.provenance or {}
     diff.parameters = _pairs(a.parameters, b.parameters)
-    diff.metrics = _pairs(a.metrics, b.metrics)
+    (logged_a, usage_a), (logged_b, usage_b) = _split(a.metrics), _split(b.metrics)
+    diff.metrics = _pairs(logged_a, logged_b)
+    diff.resources = {k: (x, y) for k, (x, y) in _pairs(usage_a, usage_b).items() if _moved(k, x, y)}
     if a.code != b.code:
         diff.code = _unified(a.code or "", b.code or "", _code_path(pa, key), _code_path(pb, key))
     if pa.get("requirements") != pb.get("requirements"):
@@ -145,6 +157,22 @@ def diff_executor(key: str, a: ExecutorRecord | None, b: ExecutorRecord | None) 
     diff.outputs = _pairs(pa.get("outputs") or {}, pb.get("outputs") or {})
     diff.environment = _pairs(_environment(a), _environment(b))
     return diff
+
+
+def _split(metrics: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """(metrics the code logged, usage metrics the engine measured)."""
+    return (
+        {k: v for k, v in metrics.items() if k not in RESOURCE_FLOOR},
+        {k: v for k, v in metrics.items() if k in RESOURCE_FLOOR},
+    )
+
+
+def _moved(metric: str, a: float | None, b: float | None) -> bool:
+    """Whether usage metric `metric` went from `a` to `b` by more than run-to-run noise (both known)."""
+    if a is None or b is None:
+        return False
+    low, high = sorted((a, b))
+    return high - low > RESOURCE_FLOOR[metric] and high >= RESOURCE_RATIO * low
 
 
 def _code_path(provenance: dict[str, Any], key: str) -> str:
@@ -201,7 +229,11 @@ def _short(value: Any) -> str:
 def _durations(diff: ExecutorDiff) -> str:
     a, b = diff.durations
     fmt = lambda d: "?" if d is None else f"{d:.2f} s"  # noqa: E731
-    return f"{fmt(a)} -> {fmt(b)}" if diff.status[0] and diff.status[1] else ""
+    if not (diff.status[0] and diff.status[1]):
+        return ""
+    costs = [f"{fmt(a)} -> {fmt(b)}"]
+    costs += [RESOURCE_LABEL[k].format(f"{x:.3g} -> {y:.3g}") for k, (x, y) in diff.resources.items()]
+    return "; ".join(costs)
 
 
 def _html_lines(title: str, lines: list[str]) -> str:
