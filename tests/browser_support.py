@@ -40,6 +40,11 @@ from pathlib import Path
 
 import pytest
 
+try:
+    from playwright.sync_api import expect  # auto-retrying assertions: wait for a state, with a timeout
+except ImportError:  # the fixtures skip every browser test then
+    expect = None
+
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -55,6 +60,7 @@ USER_SETTINGS = {  # no news or update pop-ups; widget state saved with the note
     "@jupyter-widgets/jupyterlab-manager/plugin.jupyterlab-settings": {"saveState": True},
 }
 VIEWPORT = {"width": 1400, "height": 1000}
+DOCS_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
 FRONT_ENDS = {"lab": ("jupyterlab", "lab/tree"), "notebook": ("notebook", "notebooks")}  # module, notebook URL
 
 
@@ -265,6 +271,14 @@ def screenshot(target, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     target.screenshot(path=str(path))
     return path
+
+
+def docs_screenshot(target, lab: Lab, folder: Path, name: str) -> Path:
+    """A screenshot into `folder`; with SCANFLOW_UPDATE_DOCS_IMAGES=1, JupyterLab's also into docs/images/."""
+    shot = screenshot(target, Path(folder) / name)
+    if os.environ.get("SCANFLOW_UPDATE_DOCS_IMAGES") == "1" and lab.front_end == "lab":
+        shutil.copyfile(shot, DOCS_IMAGES / name)
+    return shot
 
 
 @pytest.fixture(params=["lab", "notebook"], ids=["jupyterlab4", "notebook7"])

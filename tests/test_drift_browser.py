@@ -7,17 +7,12 @@ SCANFLOW_UPDATE_DOCS_IMAGES=1 writes the monitor's screenshot to docs/images/dri
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-from pathlib import Path
 
 import pytest
-from browser_support import open_notebook, run_cell, screenshot
+from browser_support import docs_screenshot, expect, open_notebook, run_cell
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-expect = pytest.importorskip("playwright.sync_api", reason="playwright is not installed").expect
-DOCS_IMAGE = Path(__file__).resolve().parents[1] / "docs" / "images" / "drift_monitor.png"
 
 SETUP = """\
 import numpy as np, yaml
@@ -64,9 +59,7 @@ def test_each_batch_adds_a_point_and_a_click_shows_its_anomalous_samples(lab, pa
     expect(monitor.locator(".sf-note")).to_have_text("the 8 most anomalous samples, highest score first")
     scores = [float(re.search(r"score ([\d.e+-]+)", caption).group(1)) for caption in samples.all_inner_texts()]
     assert scores == sorted(scores, reverse=True)
-    shot = screenshot(monitor, tmp_path / "drift_monitor.png")
-    if os.environ.get("SCANFLOW_UPDATE_DOCS_IMAGES") == "1" and lab.front_end == "lab":
-        shutil.copyfile(shot, DOCS_IMAGE)
+    docs_screenshot(monitor, lab, tmp_path, "drift_monitor.png")
     shown = run_cell(page, "print(monitor.selected == monitor.points[1]['batch'])")
     expect(shown.locator(".jp-OutputArea-output")).to_have_text("True\n")
     run_cell(page, "%scanflow checker stop serve")

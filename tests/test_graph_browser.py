@@ -7,18 +7,13 @@ SCANFLOW_UPDATE_DOCS_IMAGES=1 writes the screenshot of the clicked graph to docs
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-from pathlib import Path
 
 import pytest
-from browser_support import eventually, open_notebook, run_cell, screenshot, wait_for_cell
+from browser_support import docs_screenshot, eventually, expect, open_notebook, run_cell, wait_for_cell
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-expect = pytest.importorskip("playwright.sync_api", reason="playwright is not installed").expect
 
-DOCS_IMAGE = Path(__file__).resolve().parents[1] / "docs" / "images" / "graph_widget.png"
 KEYS = ["pipeline/prepare", "pipeline/train", "evaluate/score_a", "evaluate/score_b", "report/publish"]
 SLOW = 120_000  # ms: a run on a busy 2-core machine
 
@@ -59,6 +54,7 @@ def test_click_keys_and_python_selection_in_the_live_graph(lab, page, tmp_path):
     expect(graph.locator(".scanflow-details")).to_contain_text(re.compile(r"parameters\s*epochs=4"))
     expect(graph.locator(".scanflow-details")).to_contain_text(re.compile(r"state\s*running · \d+\.\d s"))
     page.keyboard.press("Enter")  # opens the log
+    expect(graph.locator(".scanflow-log")).to_be_visible()
     expect(graph.locator(".scanflow-log")).to_contain_text("epoch 1 loss 0.5", timeout=SLOW)
     expect(cell.locator(".jp-InputArea-prompt")).to_have_text(re.compile(r"\[\*\]"))  # the run was still going
 
@@ -93,11 +89,11 @@ def test_click_keys_and_python_selection_in_the_live_graph(lab, page, tmp_path):
     publish = graph.locator("g.sf-executor[data-key='report/publish']")
     expect(publish).to_have_class(re.compile(r"\bsf-selected\b"))
     expect(graph.locator(".sf-key")).to_have_text("report/publish")
+    graph.locator(".sf-drawing").focus()  # the keys go to the graph once it has the focus
     page.keyboard.press("Enter")
+    expect(graph.locator(".scanflow-log")).to_be_visible()
     expect(graph.locator(".scanflow-log")).to_have_text("published")
-    shot = screenshot(graph, tmp_path / "graph_widget.png")
-    if os.environ.get("SCANFLOW_UPDATE_DOCS_IMAGES") == "1" and lab.front_end == "lab":
-        shutil.copyfile(shot, DOCS_IMAGE)
+    docs_screenshot(graph, lab, tmp_path, "graph_widget.png")
 
     # shown again: the same drawing, selection and log tail, not an empty box
     cell = run_cell(page, "display(g)")

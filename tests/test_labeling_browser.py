@@ -6,20 +6,16 @@ SCANFLOW_UPDATE_DOCS_IMAGES=1 writes the panel's screenshot to docs/images/label
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
-from browser_support import eventually, open_notebook, run_cell, screenshot
+from browser_support import docs_screenshot, eventually, expect, open_notebook, run_cell
 
 from scanflow_nb.improve import LabelStore
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-expect = pytest.importorskip("playwright.sync_api", reason="playwright is not installed").expect
 
-DOCS_IMAGE = Path(__file__).resolve().parents[1] / "docs" / "images" / "labeling_panel.png"
 
 SETUP = """\
 import numpy as np
@@ -70,6 +66,8 @@ def test_clicks_and_keys_label_skip_undo_and_add_a_class(lab, page, tmp_path):
     expect(panel.locator(".sf-counts")).to_contain_text("1 / 20 labeled")
     assert [label for _, _, label in stored(db, 1)] == [7]
 
+    docs_screenshot(panel, lab, tmp_path, "labeling_panel.png")
+
     # a class nobody declared: "+" opens a field, Enter labels the sample with it
     page.keyboard.press("+")
     name = panel.locator(".sf-new-name")
@@ -85,7 +83,3 @@ def test_clicks_and_keys_label_skip_undo_and_add_a_class(lab, page, tmp_path):
         assert [label for _, _, label in stored(db, 1)] == [7]
     else:
         assert [label for _, _, label in stored(db, 2)] == [7, 10]
-
-    shot = screenshot(panel, tmp_path / "labeling_panel.png")
-    if os.environ.get("SCANFLOW_UPDATE_DOCS_IMAGES") == "1" and lab.front_end == "lab":
-        shutil.copyfile(shot, DOCS_IMAGE)
