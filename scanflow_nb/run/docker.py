@@ -17,6 +17,8 @@ Everything created carries the labels `scanflow.app` (a hash of the app folder) 
 from __future__ import annotations
 
 import atexit
+import logging
+import math
 import shutil
 import threading
 import time
@@ -36,6 +38,9 @@ from ..track.store import artifact_root, embedded_uri
 from .backend import Launch, Tracking
 from .machine import gpu_ids
 from .measure import measured, recorded
+from .processes import GRACE_S
+
+log = logging.getLogger(__name__)
 
 TRACKER_ALIAS, TRACKER_PORT = "tracker", 5000
 HEALTH_PROBE = [
@@ -49,10 +54,12 @@ TRACKER_ENV = {**SERVER_ENV, "HOME": "/tmp"}
 
 
 class ContainerHandle:
-    """One executor attempt running as a container."""
+    """One executor attempt running as a container: the container is its process tree."""
 
-    def __init__(self, container, record: Path | None = None):
+    def __init__(self, container, record: Path | None = None, grace: float = GRACE_S):
         self.container, self.record = container, record
+        self.grace = grace
+        self._stopping = threading.Event()
 
     def lines(self) -> Iterator[str]:
         pending = b""
@@ -73,12 +80,20 @@ class ContainerHandle:
             raise TimeoutError from None
 
     def kill(self) -> None:
+        """SIGTERM (docker-init passes it on), SIGKILL to every process after the grace period; returns at once."""
+        if not self._stopping.is_set():
+            self._stopping.set()
+            threading.Thread(target=self._stop, daemon=True, name=f"scanflow-stop-{self.container.name}").start()
+
+    def _stop(self) -> None:
         import docker.errors
 
         try:
-            self.container.kill()
-        except docker.errors.APIError:  # already gone or not running any more
+            self.container.stop(timeout=math.ceil(self.grace))
+        except docker.errors.NotFound:  # removed already
             pass
+        except Exception as exc:
+            log.warning("could not stop container %s: %s", self.container.name, exc)
 
     def usage(self) -> Usage:
         """What it used, and whether the engine killed it for memory (`State.OOMKilled`)."""
@@ -316,6 +331,7 @@ class DockerBackend:
                 user=self.user,
                 environment=env,
                 **container_limits(launch),
+                init=True,  # signals reach the script, and orphans are reaped
             )
         except docker.errors.APIError as exc:
             raise RunError(f"cannot start a container for {launch.key}: {exc.explanation or exc}") from None

@@ -1,55 +1,27 @@
 """The local back end: each executor attempt is a Python subprocess in the app folder.
 
-Each attempt gets its own process group so a timeout or an interrupt stops it and anything it
-started. Its memory limit, exit code and usage are `limits.Monitor`'s business; the GPUs the engine
-gave it are its CUDA_VISIBLE_DEVICES. With `isolated=True`, executors that declare requirements run
-in a virtual environment built once per requirements digest and reused.
+Each attempt is a process tree that ends with it (`processes.py`): a timeout, an interrupt or
+the kernel's own end stops the script and everything it started. Its memory limit, exit code and
+usage are `limits.Monitor`'s business; the GPUs the engine gave it are its CUDA_VISIBLE_DEVICES.
+With `isolated=True`, executors that declare requirements run in a virtual environment built once
+per requirements digest and reused.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
-from ..resources import Node, Usage
+from ..resources import Node
+from . import processes
 from .backend import Launch, Tracking
 from .limits import Monitor, child_group
 from .machine import this_machine
 from .venvs import venv_python
-
-
-class LocalProcess:
-    def __init__(self, process: subprocess.Popen, monitor: Monitor):
-        self.process, self.monitor = process, monitor
-
-    def lines(self) -> Iterator[str]:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            yield line.rstrip("\n")
-        self.process.stdout.close()
-
-    def wait(self, timeout: float | None) -> int:
-        return self.monitor.wait(timeout)
-
-    def usage(self) -> Usage:
-        return self.monitor.usage()
-
-    def kill(self) -> None:
-        """SIGTERM to the process group, SIGKILL if it is still there after 3 s."""
-        for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
-            if self.monitor.exited.is_set():
-                return
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                return
-            self.monitor.exited.wait(grace)
 
 
 class LocalBackend:
@@ -58,9 +30,10 @@ class LocalBackend:
     name = "local"
     runs_images = False
 
-    def __init__(self, isolated: bool = False, python: str | None = None):
+    def __init__(self, isolated: bool = False, python: str | None = None, grace: float = processes.GRACE_S):
         self.isolated = isolated
         self.python = python or sys.executable
+        self.grace = grace
 
     def open(self, app_dir: Path, workflow: str, tracking: Tracking) -> Tracking:
         return tracking
@@ -68,7 +41,7 @@ class LocalBackend:
     def nodes(self) -> list[Node]:
         return [this_machine()]
 
-    def launch(self, launch: Launch) -> LocalProcess:
+    def launch(self, launch: Launch) -> processes.ProcessTree:
         python = self.python
         if self.isolated and launch.executor.requirements:
             python = venv_python(launch.app_dir, launch.executor)
@@ -79,28 +52,17 @@ class LocalBackend:
         if launch.resources.gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(launch.gpus)
         group = child_group(launch.resources)
-        argv = [python, "-P", str(launch.script), *launch.args]
+        argv = processes.command(python, launch.script, launch.args, self.grace)
         try:
-            process = subprocess.Popen(
-                group.command(argv) if group else argv,
-                cwd=launch.app_dir,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                text=True,
-                errors="replace",
-                bufsize=1,
-                start_new_session=True,
-            )
+            process = processes.spawn(group.command(argv) if group else argv, launch.app_dir, env)
         except BaseException:
             if group is not None:
                 group.remove()
             raise
-        return LocalProcess(process, Monitor(process, launch.resources.memory, group))
+        return processes.ProcessTree(process, Monitor(process, launch.resources.memory, group), self.grace)
 
     def close(self) -> None:
-        """Nothing to remove: each attempt's process group ends with it."""
+        """Nothing to remove: each attempt's process tree ends with it."""
 
     def environment(self, key: str) -> dict[str, str]:
         """Where executors ran, for their provenance: the interpreter's Python version."""
