@@ -1,15 +1,20 @@
-"""An app: a folder holding executor files, its workflows (saved as scanflow.yaml) and run state."""
+"""An app: a folder holding executor files, its workflows (saved as scanflow.yaml) and run state.
+
+`App(path)` opens what is in the folder. Every save is a locked, merged write (`appfile`): a
+declaration changes only its own entry, and what another kernel or an editor changed on disk
+meanwhile is kept and reloaded, never overwritten.
+"""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .errors import NotFoundError, ScanflowError, ValidationError
+from . import appfile
+from .errors import ConflictError, NotFoundError, ValidationError
 from .events import Listener
 from .files import atomic_write
 from .resources import Resources
@@ -18,20 +23,28 @@ from .run.workspace import Workspace
 from .schedule import resolve, task_key
 from .spec import Executor, Tracker, Workflow, check_name
 
-CONFIG = "scanflow.yaml"
+CONFIG = appfile.CONFIG
 
 
 class App:
-    """The app folder and its top-level workflows. Workflow names are unique across the app."""
+    """The app folder and its top-level workflows. Workflow names are unique across the app.
+
+    `App(path)` loads the folder's scanflow.yaml if there is one; `workflows` are then added,
+    each replacing one of the same name (a script run again).
+    """
 
     def __init__(self, path: str | Path, workflows: Iterable[Workflow] = ()):
         self.path = Path(path).expanduser().resolve()
         if self.path.exists() and not self.path.is_dir():
             raise ValidationError(f"app path {self.path} is a file, not a folder")
-        self.workflows: list[Workflow] = []
+        self.workspace = Workspace(self.path)
+        seen = appfile.signature(self.config_file)
+        self.workflows: list[Workflow] = appfile.read(self.config_file) or []
+        self._base = appfile.entries(self.workflows)  # the file as this app last read or wrote it
+        self._seen = seen
+        self.disk_changes: list[str] = []  # what the last change, save or refresh took from the file on disk
         for wf in workflows:
             self.add(wf)
-        self.workspace = Workspace(self.path)
 
     def __repr__(self) -> str:
         return f"App({str(self.path)!r}, workflows={[w.name for w in self.workflows]})"
@@ -44,46 +57,79 @@ class App:
     def config_file(self) -> Path:
         return self.path / CONFIG
 
-    # -- opening and saving --------------------------------------------------------------------
-    @classmethod
-    def open(cls, path: str | Path) -> App:
-        """The app in folder `path`: loaded from its scanflow.yaml if there is one, else empty."""
-        folder = Path(path).expanduser().resolve()
-        return cls.load(folder / CONFIG) if (folder / CONFIG).is_file() else cls(folder)
-
+    # -- the app file ------------------------------------------------------------------------------
     @classmethod
     def load(cls, file: str | Path) -> App:
-        """An app from a scanflow.yaml file; the app folder is the file's folder."""
+        """The app in `file`'s folder, with the workflows of `file` (any YAML file in the app's format) added."""
         file = Path(file).expanduser().resolve()
         if not file.is_file():
             raise NotFoundError(f"no workflow file at {file}")
-        try:
-            data = yaml.safe_load(file.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValidationError(f"{file} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict) or not isinstance(data.get("workflows", []), list):
-            raise ValidationError(f"{file}: expected a mapping with a 'workflows' list")
-        unknown = sorted(set(data) - {"version", "workflows"})
-        if unknown:
-            raise ValidationError(f"{file}: unknown top-level field(s) {', '.join(unknown)}")
-        try:
-            workflows = [Workflow.from_dict(w) for w in data.get("workflows") or []]
-        except TypeError as exc:
-            raise ValidationError(f"{file}: {exc}") from None
-        except ScanflowError as exc:
-            raise ValidationError(f"{file}: {exc}") from None
-        return cls(file.parent, workflows)
+        app = cls(file.parent)
+        if file != app.config_file:
+            for wf in appfile.read(file) or []:
+                app.add(wf)
+        return app
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": 1, "workflows": [wf.to_dict() for wf in self.workflows]}
 
     def save(self, file: str | Path | None = None) -> Path:
-        """Write the workflows to `file` (default: scanflow.yaml in the app folder), atomically."""
+        """Write the workflows to scanflow.yaml, merged with what is on disk (see `appfile`).
+
+        Given another `file`, write a plain copy of the workflows there, atomically.
+        """
         target = Path(file).expanduser() if file else self.config_file
         if not target.is_absolute():
             target = self.path / target
-        atomic_write(target, yaml.safe_dump(self.to_dict(), sort_keys=False))
+        if target.resolve() == self.config_file:
+            self.disk_changes = []
+            self._sync(write=True)
+        else:
+            appfile.write(target, self.workflows)
         return target
+
+    def refresh(self) -> list[str]:
+        """Take what changed in scanflow.yaml on disk since this app last read or wrote it; returns what it took."""
+        self.disk_changes = []
+        self._sync(write=False)
+        return list(self.disk_changes)
+
+    def _sync(self, write: bool, decided: Iterable[appfile.Key] = ()) -> None:
+        """Merge memory with the file on disk; with `write`, under the lock, and write the result."""
+        with appfile.locked(self.path) if write else nullcontext():
+            seen = appfile.signature(self.config_file)
+            if seen == self._seen:
+                theirs = self._base
+            else:
+                theirs = appfile.entries(appfile.read(self.config_file) or [])
+            ours = appfile.entries(self.workflows)
+            result, taken = appfile.merge(self._base, ours, theirs, decided)
+            workflows = self.workflows
+            if result != ours:
+                try:
+                    workflows = appfile.workflows(result)
+                except ValidationError as exc:
+                    raise ConflictError(
+                        f"{CONFIG} changed on disk and cannot be merged with this change: {exc}; nothing was written"
+                    ) from None
+            if write and (result != theirs or seen is None):
+                appfile.write(self.config_file, workflows)
+                seen = appfile.signature(self.config_file)
+            self.workflows, self._seen = workflows, seen
+            self._base = result if write else theirs
+            self.disk_changes += [appfile.describe(key) for key in taken]
+
+    def _change(self, apply: Callable[[], Any], decided: appfile.Key, save: bool) -> Any:
+        """Apply a declaration to memory and save it; on any failure memory is as it was."""
+        before = copy.deepcopy(self.workflows)
+        try:
+            outcome = apply()
+            if save:
+                self._sync(write=True, decided=[decided])
+        except BaseException:
+            self.workflows = before
+            raise
+        return outcome
 
     # -- looking things up ---------------------------------------------------------------------
     def all_workflows(self) -> list[Workflow]:
@@ -147,14 +193,51 @@ class App:
 
     # -- changing (used by the magics: each change is validated, then saved) ---------------------
     def add(self, workflow: Workflow, parent: str | None = None) -> None:
-        """Add a workflow at the top level or under `parent`; names must be new in the app."""
-        taken = {wf.name for wf in self.all_workflows()} & {wf.name for wf in workflow.walk()}
+        """Add a workflow at the top level or under `parent`, replacing one of the same name there.
+
+        A name the new workflow (or one nested in it) shares with a workflow elsewhere in the app is refused.
+        """
+        siblings = self.workflows if parent is None else self.find(parent).workflows
+        old = next((wf for wf in siblings if wf.name == workflow.name), None)
+        replaced = {wf.name for wf in old.walk()} if old else set()
+        taken = ({wf.name for wf in self.all_workflows()} - replaced) & {wf.name for wf in workflow.walk()}
         if taken:
             raise ValidationError(f"workflow name {sorted(taken)[0]!r} is already used in this app")
-        if parent is None:
-            self.workflows.append(workflow)
+        if parent is not None:
+            self.find(parent).add(workflow, replace=True)
+        elif old is not None:
+            self.workflows[self.workflows.index(old)] = workflow
         else:
-            self.find(parent).add(workflow)
+            self.workflows.append(workflow)
+
+    def remove(self, ref: str, save: bool = True) -> None:
+        """Remove workflow `ref` (with everything in it) or executor `ref` ("workflow/name") and save."""
+        self.disk_changes = []
+        if "/" in ref:
+            workflow, name = ref.split("/", 1)
+            wf = self.find(workflow)
+            if wf.executor(name) is None:
+                raise NotFoundError(f"workflow {workflow!r} has no executor {name!r}")
+            users = [ex.name for ex in wf.executors if name in ex.depends_on]
+            if users:
+                raise ValidationError(f"executor {ref} is needed by {', '.join(users)}: remove or change those first")
+
+            def apply() -> None:
+                wf.executors = [ex for ex in wf.executors if ex.name != name]
+
+            key: appfile.Key = ("executor", workflow, name)
+        else:
+            self.find(ref)
+            parent = self.parent_of(ref)
+            siblings = self.workflows if parent is None else parent.workflows
+            if parent is not None and any(ref in ex.depends_on for ex in parent.executors):
+                raise ValidationError(f"workflow {ref!r} is a dependency in {parent.name!r}: change that first")
+
+            def apply() -> None:
+                siblings[:] = [wf for wf in siblings if wf.name != ref]
+
+            key = ("workflow", ref)
+        self._change(apply, key, save)
 
     def declare_workflow(
         self,
@@ -173,6 +256,9 @@ class App:
         """
         check_name(name, "workflow")
         Resources.parse(cpus, memory, gpus, f"workflow {name!r}")
+        self.disk_changes = []
+        if save:
+            self.refresh()
         if parent is not None:
             self.find(parent)
         existing = next((wf for wf in self.all_workflows() if wf.name == name), None)
@@ -181,16 +267,17 @@ class App:
             if (where.name if where else None) != parent:
                 now = f"under {where.name!r}" if where else "at the top level"
                 raise ValidationError(f"workflow {name!r} already exists {now}")
-            existing.parallel, existing.tracker = parallel, tracker
-            existing.cpus, existing.memory, existing.gpus = cpus, memory, gpus
-            created, wf = False, existing
-        else:
-            wf = Workflow(name, parallel=parallel, tracker=tracker, cpus=cpus, memory=memory, gpus=gpus)
-            self.add(wf, parent)
-            created = True
-        if save:
-            self.save()
-        return wf, created
+
+        def apply() -> tuple[Workflow, bool]:
+            wf = self.find(name) if existing is not None else Workflow(name)
+            wf.parallel, wf.tracker = parallel, tracker
+            wf.cpus, wf.memory, wf.gpus = cpus, memory, gpus
+            if existing is None:
+                self.add(wf, parent)
+            return wf, existing is None
+
+        wf, created = self._change(apply, ("workflow", name), save)
+        return self.find(wf.name), created
 
     def declare_executor(
         self, workflow: str, name: str, source: str | None = None, save: bool = True, **options: Any
@@ -198,8 +285,11 @@ class App:
         """Declare executor `name` in `workflow`, writing `source` as its file <workflow>/<name>.py.
 
         Re-declaring an executor replaces it (a notebook cell run again). Returns "wrote" or
-        "overwrote" for the file. Nothing is written unless the declaration is valid.
+        "overwrote" for the file. Nothing is written unless the declaration is valid and saved.
         """
+        self.disk_changes = []
+        if save:
+            self.refresh()
         wf = self.find(workflow)
         if source is not None:
             options["file"] = f"{workflow}/{name}.py"
@@ -210,18 +300,15 @@ class App:
         trial.add(executor, replace=True)  # validates; raises before anything changes
         outcome = "wrote"
         old_source = None
-        if source is not None:
-            target = self.path / options["file"]
+        target = self.path / options["file"] if source is not None else None
+        if target is not None:
             if target.exists():
                 outcome, old_source = "overwrote", target.read_bytes()
             atomic_write(target, source)
         try:
-            wf.add(executor, replace=True)
-            if save:
-                self.save()
+            self._change(lambda: self.find(workflow).add(executor, replace=True), ("executor", workflow, name), save)
         except BaseException:
-            if source is not None:
-                target = self.path / options["file"]
+            if target is not None:
                 target.unlink() if old_source is None else atomic_write(target, old_source)
             raise
         return outcome
@@ -250,6 +337,7 @@ class App:
         """
         from .run.engine import Run, RunHandle
 
+        self.refresh()
         run = Run(
             self,
             workflow,

@@ -13,6 +13,10 @@ class NotFoundError(ScanflowError):
     """A named workflow, executor, file or run does not exist."""
 
 
+class ConflictError(ScanflowError):
+    """A change here and a change made elsewhere (another kernel, an editor) cannot both be kept."""
+
+
 class RunError(ScanflowError):
     """A workflow could not be started or run (empty workflow, back end unavailable...)."""
 

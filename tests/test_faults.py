@@ -15,9 +15,11 @@ import time
 import uuid
 
 import pytest
+import yaml
 from docker_support import new_app
 
-from scanflow_nb import Executor, Workflow
+from scanflow_nb import App, Executor, Workflow
+from scanflow_nb.errors import ConflictError
 
 
 def wait_for(condition, timeout: float, what: str):
@@ -128,3 +130,94 @@ def test_a_container_timeout_sends_sigterm_first_then_ends_the_container(app_dir
     assert r.error == "timed out after 10 s" and r.duration < 10 + 3 + 10
     assert "got SIGTERM" in app.logs("slow")
     assert leftovers(app.path) == []
+
+
+# -- 2. declarations are never lost ----------------------------------------------------------------
+KERNEL = """\
+import sys, time
+from pathlib import Path
+from IPython.core.interactiveshell import InteractiveShell
+ip = InteractiveShell.instance()
+ip.run_line_magic("load_ext", "scanflow_nb")
+who, app, go = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+ip.run_line_magic("scanflow", f"app {app}")
+while not go.exists():
+    time.sleep(0.01)
+for i in range(20):
+    result = ip.run_cell(f"%%scanflow executor {who}{i} -w w --param i={i}\\nprint({i})\\n")
+    assert result.success, result.error_in_exec
+"""
+
+
+def test_two_kernels_declaring_at_once_lose_nothing(tmp_path, run_cell, app_dir):
+    run_cell(f"%scanflow app {app_dir}")
+    run_cell("%scanflow workflow w")
+    (tmp_path / "kernel.py").write_text(KERNEL)
+    go = tmp_path / "go"
+    kernels = [
+        subprocess.Popen([sys.executable, str(tmp_path / "kernel.py"), who, str(app_dir), str(go)]) for who in "ab"
+    ]
+    time.sleep(1)
+    go.touch()
+    assert [k.wait(300) for k in kernels] == [0, 0]
+    saved = yaml.safe_load((app_dir / "scanflow.yaml").read_text())
+    names = sorted(ex["name"] for ex in saved["workflows"][0]["executors"])
+    assert names == sorted(f"{who}{i}" for who in "ab" for i in range(20))
+    _, out, _ = run_cell("%%scanflow executor mine -w w\nprint('mine')")  # this kernel read the file before them
+    assert "kept from it" in out and "executor w/a0" in out
+    assert len(App(app_dir).find("w").executors) == 41
+
+
+def test_a_hand_edit_is_merged_and_a_broken_file_is_never_overwritten(run_cell, app_dir):
+    run_cell(f"%scanflow app {app_dir}")
+    run_cell("%scanflow workflow w")
+    run_cell("%%scanflow executor a -w w\nprint('a')")
+    config = app_dir / "scanflow.yaml"
+    edited = yaml.safe_load(config.read_text())
+    edited["workflows"][0]["executors"].append({"name": "by_hand", "code": "print('typed in an editor')"})
+    edited["workflows"].append({"name": "other", "parallel": True})
+    config.write_text(yaml.safe_dump(edited, sort_keys=False))
+    _, out, _ = run_cell("%%scanflow executor b -w w\nprint('b')")
+    assert "note: scanflow.yaml had changed on disk; kept from it:" in out
+    app = App(app_dir)
+    assert [ex.name for ex in app.find("w").executors] == ["a", "by_hand", "b"]
+    assert app.find("other").parallel
+
+    broken = config.read_text().replace("name: other", "name: [other")  # an unclosed bracket
+    config.write_text(broken)
+    result, out, err = run_cell("%%scanflow executor c -w w\nprint('c')")
+    assert not result.success and "Traceback" not in out + err
+    assert err.count("\n") == 1 and "scanflow.yaml is not valid YAML (line" in err
+    assert config.read_text() == broken, "the user's file was overwritten"
+    assert not (app_dir / "w" / "c.py").exists(), "the executor's file was written although nothing was declared"
+
+
+def test_a_change_made_on_both_sides_is_a_conflict_and_nothing_is_written(app_dir):
+    app = App(app_dir, [Workflow("w", executors=[Executor("a", code="print(1)")])])
+    app.save()
+    other = App(app_dir)  # another kernel
+    other.find("w").parallel = True
+    other.save()
+    app.find("w").executors[0].retries = 2  # a different entry: merged with the other kernel's change
+    app.save()
+    merged = App(app_dir).find("w")
+    assert merged.parallel and merged.executors[0].retries == 2
+    assert app.disk_changes == ["workflow 'w'"] and app.find("w").parallel
+    on_disk = (app_dir / "scanflow.yaml").read_text()
+    other.find("w").executors[0].retries = 5  # the same entry, changed on both sides
+    with pytest.raises(ConflictError, match="executor w/a changed both there and here: nothing was written"):
+        other.save()
+    assert (app_dir / "scanflow.yaml").read_text() == on_disk
+
+
+def test_an_app_folder_opens_with_its_workflows_and_a_save_keeps_them(app_dir):
+    App(app_dir, [Workflow("w", executors=[Executor("a", code="print(1)")])]).save()
+    app = App(app_dir)
+    assert [wf.name for wf in app.workflows] == ["w"]
+    app.add(Workflow("other"))
+    app.save()
+    assert [wf.name for wf in App(app_dir).workflows] == ["w", "other"]
+    App(app_dir, [Workflow("late")]).save()  # another process adds a workflow this app never saw
+    app.remove("other")
+    assert [wf.name for wf in App(app_dir).workflows] == ["w", "late"]
+    assert [wf.name for wf in app.workflows] == ["w", "late"]

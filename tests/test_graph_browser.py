@@ -112,7 +112,7 @@ def test_a_background_run_and_the_saved_notebook(lab, page):
         page,
         "from scanflow_nb import App\n"
         "from scanflow_nb.widgets.graph import GraphWidget\n"
-        "app = App.open('demo')\n"
+        "app = App('demo')\n"
         "live = GraphWidget(app.find('pipeline'), app)\n"
         "display(live)\n"
         "handle = app.run('pipeline', listeners=[live.on_event], background=True, echo=False)",

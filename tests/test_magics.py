@@ -45,7 +45,7 @@ def test_executor_cell_is_saved_and_registered_and_overwrite_is_reported(run_cel
     saved = yaml.safe_load((app_dir / "scanflow.yaml").read_text())
     assert saved["workflows"][0]["executors"] == [{"name": "a", "file": "w/a.py"}]
     run_cell('%%scanflow executor b -w w --param lr=0.1 --param on=true -d a --requirements "numpy scipy"\nprint(3)')
-    b = App.open(app_dir).find("w").executor("b")
+    b = App(app_dir).find("w").executor("b")
     assert b.parameters == {"lr": 0.1, "on": True} and b.depends_on == ["a"]
     assert b.requirements == ["numpy", "scipy"]
 

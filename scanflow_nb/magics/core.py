@@ -1,4 +1,4 @@
-"""Core subcommands: app, workflow, executor, run, status, logs, save, load."""
+"""Core subcommands: app, workflow, executor, remove, run, status, logs, save, load."""
 
 from __future__ import annotations
 
@@ -61,6 +61,12 @@ def _resource_options(note: str):
     return add
 
 
+def _note_disk_changes(app) -> None:
+    """One line when a save took changes another kernel or an editor made to scanflow.yaml."""
+    if app.disk_changes:
+        print(f"note: {app.config_file.name} had changed on disk; kept from it: {', '.join(app.disk_changes)}")
+
+
 @subcommand("app")
 @magic_arguments()
 @argument("path", nargs="?", help="the app folder (created on first write); loads its scanflow.yaml if present")
@@ -70,7 +76,7 @@ def app(ctx, args):
 
     if args.path is None:
         return ctx.app
-    opened = App.open(args.path)
+    opened = App(args.path)
     ctx.current_app = opened
     found = f", {len(opened.workflows)} workflow(s) loaded from {opened.config_file.name}" if opened.workflows else ""
     print(f"app {opened.path}{found}")
@@ -100,6 +106,7 @@ def workflow(ctx, args):
     wf, created = ctx.app.declare_workflow(
         args.name, parallel=args.parallel, parent=args.parent, tracker=tracker, **_resources(args)
     )
+    _note_disk_changes(ctx.app)
     where = f" inside {args.parent!r}" if args.parent else ""
     kind = "parallel" if wf.parallel else "sequential"
     print(f"{'declared' if created else 'updated'} {kind} workflow {wf.name!r}{where}")
@@ -151,9 +158,20 @@ def executor(ctx, args, cell):
         **_resources(args),
     )
     print(f"{outcome.capitalize()} {args.workflow}/{args.name}.py and declared executor {args.workflow}/{args.name}")
+    _note_disk_changes(app)
     if args.run:
         return app.run(args.workflow, only=f"{args.workflow}/{args.name}", force=True)
     return None
+
+
+@subcommand("remove")
+@magic_arguments()
+@argument("name", help="a workflow (with everything in it), or an executor as WORKFLOW/NAME")
+def remove(ctx, args):
+    """Remove a workflow or an executor from the app and from scanflow.yaml (its files stay)."""
+    ctx.app.remove(args.name)
+    print(f"removed {'executor' if '/' in args.name else 'workflow'} {args.name}")
+    _note_disk_changes(ctx.app)
 
 
 @subcommand("run")
