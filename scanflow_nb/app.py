@@ -59,6 +59,11 @@ class App:
 
     # -- the app file ------------------------------------------------------------------------------
     @classmethod
+    def open(cls, path: str | Path) -> App:
+        """The app in folder `path`: the same as `App(path)`."""
+        return cls(path)
+
+    @classmethod
     def load(cls, file: str | Path) -> App:
         """The app in `file`'s folder, with the workflows of `file` (any YAML file in the app's format) added."""
         file = Path(file).expanduser().resolve()
