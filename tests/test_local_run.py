@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -259,8 +260,9 @@ def test_background_run_can_be_cancelled(app_dir):
             ],
         ),
     )
-    handle = app.run("w", echo=False, background=True)
-    time.sleep(2)
+    up = threading.Event()
+    handle = app.run("w", echo=False, background=True, listeners=[lambda e: e.line == "up" and up.set()])
+    assert up.wait(180), "the executor never started"
     handle.cancel()
     result = handle.result(timeout=30)
     assert result.status == "interrupted"
@@ -285,7 +287,7 @@ def test_keyboard_interrupt_stops_child_processes(tmp_path):
     )
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     pid_file = tmp_path / "app" / "pid"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # opening a new MLflow store takes long on a busy machine
     while not pid_file.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     child = int(pid_file.read_text())
