@@ -19,6 +19,12 @@ NAME_RULE = "letters, digits, '-' and '_', starting with a letter or digit, at m
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 _PARAM_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+SECRET_WORDS = ("KEY", "TOKEN", "PASSWORD", "PASSWD", "SECRET", "CREDENTIAL", "CREDENTIALS")
+
+
+def looks_secret(name: str) -> bool:
+    """True for names like API_KEY, HF_TOKEN, PGPASSWORD, AWS_SECRET_ACCESS_KEY (not TOKENIZERS_PARALLELISM)."""
+    return any(part.endswith(SECRET_WORDS) for part in name.upper().split("_"))
 
 
 def check_name(name: Any, kind: str) -> str:
@@ -52,6 +58,9 @@ class Executor:
     `inputs`/`outputs` are paths relative to the app folder; inputs take part in caching.
     `cpus`, `memory` ("512M", "2G") and `gpus` are what one run of it needs; each one not given is
     taken from the nearest enclosing workflow that gives it.
+    `env` maps names to values; a name mapped to None is passed from the kernel's environment
+    at run time, and only its name is saved (the way to pass secrets: a literal value for a
+    name that looks like one is refused).
     """
 
     name: str
@@ -61,7 +70,7 @@ class Executor:
     dockerfile: str | None = None
     image: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str | None] = field(default_factory=dict)
     depends_on: list[str] = field(default_factory=list)
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
@@ -99,6 +108,13 @@ class Executor:
         for key, value in self.env.items():
             if not isinstance(key, str) or not _ENV_KEY.fullmatch(key):
                 raise ValidationError(f"{where}: invalid environment variable name {key!r}")
+            if value is None:
+                continue
+            if looks_secret(key):
+                raise ValidationError(
+                    f"{where}: {key} looks like a secret, and its value would be saved in plain text: "
+                    f"pass it by name (--env {key}, or env={{{key!r}: None}}) to use the kernel's own {key} at run time"
+                )
             self.env[key] = str(value)
         self.depends_on = _str_list(self.depends_on, f"{where}: depends_on")
         if self.name in self.depends_on:
@@ -118,6 +134,10 @@ class Executor:
     def resources(self) -> Resources:
         """What this executor itself asks for (see `Workflow.resource_defaults` for what it inherits)."""
         return Resources.parse(self.cpus, self.memory, self.gpus, f"executor {self.name!r}")
+
+    def passed_env(self) -> list[str]:
+        """The names of the variables passed from the kernel's environment at run time."""
+        return [key for key, value in self.env.items() if value is None]
 
     def command_args(self) -> list[str]:
         """The executor's parameters as command-line arguments (`--key value`)."""

@@ -153,7 +153,8 @@ class Exporter:
         return path
 
     # -- shared pieces -------------------------------------------------------------------------
-    def _env(self, task: Task, tracker_url: str) -> dict[str, str]:
+    def _env(self, task: Task, tracker_url: str) -> dict[str, str | None]:
+        """The executor's environment; a variable passed by name stays None (compose: taken from the shell)."""
         return {
             **thread_env(task.resources),
             **task.executor.env,
@@ -165,6 +166,16 @@ class Exporter:
             "SCANFLOW_WORKFLOW": task.workflow,
             "SCANFLOW_EXECUTOR": task.executor.name,
         }
+
+    def _k8s_env(self, env: dict[str, str | None]) -> list[dict[str, Any]]:
+        """Kubernetes env entries; a variable passed by name comes from the Secret `<prefix>-env`."""
+        secret = f"{self.prefix}-env"
+        return [
+            {"name": k, "value": v}
+            if v is not None
+            else {"name": k, "valueFrom": {"secretKeyRef": {"name": secret, "key": k}}}
+            for k, v in env.items()
+        ]
 
     def _program(self, task: Task) -> list[str]:
         code = sources.executor_code(self.app_dir, task.workflow, task.executor)
@@ -367,7 +378,7 @@ class Exporter:
                                         "imagePullPolicy": "IfNotPresent",
                                         "command": self._gated(task, url),
                                         "workingDir": df.WORKSPACE,
-                                        "env": [{"name": k, "value": v} for k, v in self._env(task, url).items()],
+                                        "env": self._k8s_env(self._env(task, url)),
                                         "volumeMounts": [{"name": "workspace", "mountPath": df.WORKSPACE}],
                                         **({"resources": k8s_resources(task.resources)} if task.resources else {}),
                                     }

@@ -15,14 +15,19 @@ def _display(obj) -> None:
     display(obj)
 
 
-def _key_values(pairs, option: str, typed: bool) -> dict:
-    """KEY=VALUE strings to a dict; with `typed`, values are read as YAML scalars (3 -> int)."""
-    out = {}
+def _key_values(pairs, option: str, typed: bool, name_only: bool = False) -> dict:
+    """KEY=VALUE strings to a dict; with `typed`, values are read as YAML scalars (3 -> int).
+
+    With `name_only`, a bare KEY maps to None (the value is taken at run time). A key given twice is an error.
+    """
+    out: dict = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"{option} expects KEY=VALUE, got {pair!r}")
-        out[key] = _scalar(value) if typed else value
+        if not key or not (sep or name_only):
+            raise UsageError(f"{option} expects KEY=VALUE{' or KEY' if name_only else ''}, got {pair!r}")
+        if key in out:
+            raise UsageError(f"{option} {key} is given twice: keep one")
+        out[key] = None if not sep else _scalar(value) if typed else value
     return out
 
 
@@ -129,7 +134,13 @@ def workflow(ctx, args):
 )
 @argument("--input", action="append", metavar="PATH", help="an input file (part of the cache key; repeatable)")
 @argument("--output", action="append", metavar="PATH", help="an output file (repeatable)")
-@argument("--env", action="append", metavar="KEY=VALUE", help="an environment variable (repeatable)")
+@argument(
+    "--env",
+    action="append",
+    metavar="KEY[=VALUE]",
+    help="an environment variable (repeatable); KEY alone passes the kernel's own KEY at run time and saves only "
+    "its name: the way to pass secrets",
+)
 @argument("--retries", type=int, default=0, help="extra attempts after a failure (default 0)")
 @argument("--timeout", type=float, metavar="SECONDS", help="kill an attempt after SECONDS")
 @_resource_options("one run of it; default: its workflow's")
@@ -149,7 +160,7 @@ def executor(ctx, args, cell):
         cell,
         requirements=requirements,
         parameters=_key_values(args.param, "--param", typed=True),
-        env=_key_values(args.env, "--env", typed=False),
+        env=_key_values(args.env, "--env", typed=False, name_only=True),
         depends_on=_flat(args.depends_on),
         inputs=args.input or [],
         outputs=args.output or [],

@@ -160,6 +160,12 @@ class Run:
                 raise RunError(f"executor {task.key!r} has no Python file or code: it can only run in a container")
             if script is not None and not script.is_file():
                 raise NotFoundError(f"executor {task.key!r}: file {script} does not exist")
+            unset = [name for name in ex.passed_env() if name not in os.environ]
+            if unset:
+                raise RunError(
+                    f"executor {task.key!r} is passed {', '.join(unset)} by name, "
+                    "but the kernel's environment does not have it: set it (os.environ) and run again"
+                )
             self._requirements[task.key] = self.workspace.requirements_text(ex)
             self._scripts[task.key] = script
         self._cache = self.workspace.cache()
@@ -269,7 +275,7 @@ class Run:
     def _executor_env(self, task: Task, run_id: str) -> dict[str, str]:
         return {
             **thread_env(task.resources),
-            **task.executor.env,
+            **{name: os.environ.get(name, "") if value is None else value for name, value in task.executor.env.items()},
             "PYTHONUNBUFFERED": "1",
             "MLFLOW_TRACKING_URI": self.tracking.executor_uri,
             "MLFLOW_RUN_ID": run_id,
