@@ -7,6 +7,7 @@ app folder, a real MLflow store deleted or damaged under a live kernel, an execu
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import subprocess
 import sys
@@ -221,3 +222,106 @@ def test_an_app_folder_opens_with_its_workflows_and_a_save_keeps_them(app_dir):
     app.remove("other")
     assert [wf.name for wf in App(app_dir).workflows] == ["w", "late"]
     assert [wf.name for wf in app.workflows] == ["w", "late"]
+
+
+# -- 6. secrets stay out of files, MLflow and logs; parameters are given once ---------------------------
+def test_a_secret_passes_by_name_and_is_nowhere_in_the_app_folder(run_cell, app_dir, monkeypatch):
+    secret = f"s3cr3t-{uuid.uuid4().hex}"
+    monkeypatch.setenv("API_KEY", secret)
+    run_cell(f"%scanflow app {app_dir}")
+    run_cell("%scanflow workflow w")
+    result, out, err = run_cell(f"%%scanflow executor leak -w w --env API_KEY={secret}\nprint(1)")
+    assert not result.success and "Traceback" not in out + err
+    assert "API_KEY looks like a secret" in err and "pass it by name (--env API_KEY" in err
+    assert not (app_dir / "w" / "leak.py").exists()
+
+    code = "import hashlib, os\nprint('key digest', hashlib.sha256(os.environ['API_KEY'].encode()).hexdigest()[:16])"
+    result, out, _ = run_cell(f"%%scanflow executor use -w w --env API_KEY --env MODE=fast --run\n{code}")
+    assert result.success and result.result.ok, out
+    assert f"key digest {hashlib.sha256(secret.encode()).hexdigest()[:16]}" in out  # the kernel's value arrived
+    saved = yaml.safe_load((app_dir / "scanflow.yaml").read_text())
+    assert saved["workflows"][0]["executors"][0]["env"] == {"API_KEY": None, "MODE": "fast"}
+    leaks = [p for p in app_dir.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert leaks == [], "the secret was written to disk (scanflow.yaml, logs, the MLflow store or artifacts)"
+
+    monkeypatch.delenv("API_KEY")
+    result, _, err = run_cell("%scanflow run w --force")
+    assert not result.success and "passed API_KEY by name, but the kernel's environment does not have it" in err
+
+
+def test_a_repeated_param_is_an_error_naming_the_key(run_cell, app_dir):
+    run_cell(f"%scanflow app {app_dir}")
+    run_cell("%scanflow workflow w")
+    result, _, err = run_cell("%%scanflow executor a -w w --param lr=0.1 --param epochs=3 --param lr=0.2\nprint(1)")
+    assert not result.success and "--param lr is given twice" in err and "Traceback" not in err
+    assert not (app_dir / "w" / "a.py").exists()
+
+
+@pytest.mark.docker
+def test_exports_pass_a_secret_by_name_too(tmp_path, base_image, monkeypatch):
+    from scanflow_nb.containers.export import export
+
+    secret = f"s3cr3t-{uuid.uuid4().hex}"
+    monkeypatch.setenv("API_KEY", secret)
+    ex = Executor("a", code="print(1)", env={"API_KEY": None, "MODE": "fast"})
+    app = new_app(tmp_path / "app", Workflow("w", executors=[ex]))
+    files = {kind: export(app, "w", kind, tmp_path / kind, echo=lambda line: None) for kind in ("compose", "k8s")}
+    assert all(secret not in path.read_text() for path in files.values())
+    compose = yaml.safe_load(files["compose"].read_text())
+    env = next(s["environment"] for name, s in compose["services"].items() if name != "tracker")
+    assert env["API_KEY"] is None and env["MODE"] == "fast"  # compose takes API_KEY from the deploying shell
+    job = next(d for d in yaml.safe_load_all(files["k8s"].read_text()) if d["kind"] == "Job")
+    k8s_env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert k8s_env["API_KEY"] == {"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "w-env", "key": "API_KEY"}}}
+    assert k8s_env["MODE"] == {"name": "MODE", "value": "fast"}
+
+
+# -- 3. the embedded store heals ---------------------------------------------------------------------
+def test_a_deleted_then_damaged_store_is_recreated_and_the_next_runs_succeed(run_cell, app_dir):
+    from mlflow import MlflowClient
+
+    run_cell(f"%scanflow app {app_dir}")
+    run_cell("%scanflow workflow w")
+    run_cell("%%scanflow executor a -w w\nimport mlflow\nmlflow.log_metric('m', 1.0)\nprint('ran')")
+    result, out, err = run_cell("%scanflow run w")
+    assert result.success and result.result.ok, out + err
+    db = app_dir / ".scanflow" / "mlflow.db"
+
+    db.unlink()  # a user cleaning up, or `git clean`
+    result, out, err = run_cell("%scanflow run w --force")
+    assert result.success and result.result.ok and "Traceback" not in out + err, out + err
+    assert [line for line in err.splitlines() if line.startswith("[scanflow]")] == [
+        f"[scanflow] the MLflow store {db} was deleted: created a new, empty one (earlier runs are not in it)"
+    ]
+    run = MlflowClient(f"sqlite:///{db}").get_run(result.result.executors["w/a"].run_id)
+    assert run.data.metrics["m"] == 1.0 and run.info.status == "FINISHED"
+
+    garbage = b"this is not a database\n" * 100
+    db.write_bytes(garbage)  # overwritten in place: the kernel's open connections point at it
+    result, out, err = run_cell("%scanflow run w --force")
+    assert result.success and result.result.ok and "Traceback" not in out + err, out + err
+    note = next(line for line in err.splitlines() if line.startswith("[scanflow]"))
+    assert "was damaged (not a SQLite database): kept it as mlflow.db.damaged-" in note
+    kept = next(db.parent.glob("mlflow.db.damaged-*"))
+    assert kept.read_bytes() == garbage, "the damaged file was not kept as it was"
+
+
+def test_a_store_damaged_before_the_kernel_started_is_set_aside(app_dir):
+    app = new_app(app_dir, Workflow("w", executors=[Executor("a", code="print(1)")]))
+    app.save()
+    assert app.run("w", echo=False).ok
+    db = app.state_dir / "mlflow.db"
+    with open(db, "r+b") as f:  # an interrupted copy: the header is right, the rest is missing
+        f.truncate(db.stat().st_size // 3)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from scanflow_nb import App; print(App({str(app_dir)!r}).run('w', echo=False).status)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "succeeded", out.stderr
+    assert "Traceback" not in out.stderr and "was damaged" in out.stderr and "created a new, empty one" in out.stderr

@@ -70,6 +70,16 @@ def dispatch(ctx: Any, line: str, cell: str | None) -> Any:
         return sub.func(ctx, args, cell) if sub.cell else sub.func(ctx, args)
     except ScanflowError as exc:
         raise UsageError(str(exc)) from None
+    except Exception as exc:
+        if not type(exc).__module__.startswith("mlflow"):
+            raise
+        raise UsageError(f"MLflow failed: {mlflow_reason(exc)}; running the command again reopens the store") from None
+
+
+def mlflow_reason(exc: Exception) -> str:
+    """The line of an MLflow error that says what went wrong (its messages carry SQL and links)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return next((line for line in lines if "Error)" in line), lines[0] if lines else type(exc).__name__)
 
 
 def full_help() -> str:

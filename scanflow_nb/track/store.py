@@ -1,16 +1,27 @@
-"""The embedded store: SQLite plus an artifact folder inside the app's state folder."""
+"""The embedded store: SQLite plus an artifact folder inside the app's state folder.
+
+The store heals: when a kernel finds its `mlflow.db` deleted, replaced or damaged (not a SQLite
+database any more), it reconnects every client it holds, keeps a damaged file aside, creates a
+new store (MLflow's migrations run again) and says so in one line, instead of failing every later
+run with a traceback until the kernel restarts.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import sqlite3
+import sys
 import threading
+import time
 from functools import cache
 from pathlib import Path
 
 from ..errors import NotFoundError, TrackerError
 
 _lock = threading.Lock()
+_known: dict[Path, tuple[int, int]] = {}  # store file -> (device, inode) when this kernel last found it sound
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def embedded_uri(state_dir: Path) -> str:
@@ -35,12 +46,98 @@ def _client(uri: str):
 
 
 def get_client(uri: str):
-    """One MlflowClient per tracking URI for the whole kernel (creating one for SQLite is slow)."""
+    """One MlflowClient per tracking URI for the whole kernel (creating one for SQLite is slow).
+
+    An embedded store that was deleted, replaced or damaged since the last call is healed first.
+    """
     with _lock:
         try:
+            heal(uri)
             return _client(uri)
+        except TrackerError:
+            raise
         except Exception as exc:  # mlflow raises many kinds; the user needs one line
             raise TrackerError(f"cannot open the MLflow store at {uri}: {exc}") from None
+
+
+def heal(uri: str) -> str | None:
+    """Make the SQLite store at `uri` usable again if it was deleted, replaced or damaged; returns the note said."""
+    path = sqlite_path(uri)
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        st = None
+    note = None
+    if st is None:
+        if not _dispose_engines(path):
+            return None  # never opened by this kernel: MLflow creates it on first use
+        note = f"the MLflow store {path} was deleted: created a new, empty one (earlier runs are not in it)"
+    else:
+        damage = _damage(path, st.st_size, path in _known)
+        if damage is None:
+            if _known.setdefault(path, (st.st_dev, st.st_ino)) == (st.st_dev, st.st_ino):
+                return None
+            _dispose_engines(path)  # another file now (a restored backup, another kernel's repair): reopen it
+        else:
+            aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                if Path(f"{path}{suffix}").exists():
+                    os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+            _dispose_engines(path)
+            note = f"the MLflow store {path} was damaged ({damage}): kept it as {aside.name}, created a new, empty one"
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    SqlAlchemyStore(uri, str(default_artifact_root(uri)))  # creates the tables in a new file
+    st = path.stat()
+    _known[path] = (st.st_dev, st.st_ino)
+    if note:
+        print(f"[scanflow] {note}", file=sys.stderr, flush=True)
+    return note
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
+def _damage(path: Path, size: int, known: bool) -> str | None:
+    """Why the file at `path` is not a usable SQLite database, or None if it is."""
+    if size == 0:
+        return "emptied" if known else None  # a new, empty file is how SQLite starts one
+    with open(path, "rb") as f:
+        if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+            return "not a SQLite database"
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            if known:
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            else:  # first sight in this kernel: every page (a truncated copy passes the line above)
+                verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+                if verdict != "ok":
+                    return verdict
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    return None
+
+
+def _dispose_engines(path: Path) -> bool:
+    """Close MLflow's pooled connections to `path`, so every client reopens the file; False if there were none.
+
+    MLflow keeps one SQLAlchemy engine per database URI for all its stores (tracking and registry).
+    """
+    if "mlflow" not in sys.modules:
+        return False
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    found = False
+    for store in (SqlAlchemyStore, RegistryStore):
+        for engine in list(getattr(store, "_engine_map", {}).values()):
+            if engine.url.database and Path(engine.url.database) == path:
+                engine.dispose()
+                found = True
+    return found
 
 
 def log_values(
