@@ -42,6 +42,7 @@ class App:
         self.workflows: list[Workflow] = appfile.read(self.config_file) or []
         self._base = appfile.entries(self.workflows)  # the file as this app last read or wrote it
         self._seen = seen
+        self._detached = False  # a twin (see `twin`) has no file to follow
         self.disk_changes: list[str] = []  # what the last change, save or refresh took from the file on disk
         for wf in workflows:
             self.add(wf)
@@ -96,7 +97,8 @@ class App:
     def refresh(self) -> list[str]:
         """Take what changed in scanflow.yaml on disk since this app last read or wrote it; returns what it took."""
         self.disk_changes = []
-        self._sync(write=False)
+        if not self._detached:
+            self._sync(write=False)
         return list(self.disk_changes)
 
     def _sync(self, write: bool, decided: Iterable[appfile.Key] = ()) -> None:
@@ -455,6 +457,7 @@ class App:
         Re-runs and sweeps run generated workflows through the engine this way, leaving the app as it is.
         """
         twin = copy.copy(self)
+        twin._detached = True
         twin.workflows = []
         for wf in workflows:
             twin.add(wf)
