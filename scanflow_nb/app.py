@@ -18,12 +18,14 @@ from .errors import ConflictError, NotFoundError, ValidationError
 from .events import Listener
 from .files import atomic_write
 from .resources import Resources
+from .run.output import OutputLimits, head_lines, tail_lines
 from .run.result import RunResult
 from .run.workspace import Workspace
 from .schedule import resolve, task_key
 from .spec import Executor, Tracker, Workflow, check_name
 
 CONFIG = appfile.CONFIG
+LOG_HEAD, LOG_TAIL = 20, 100  # lines of a long log shown by `logs(..., max_bytes=...)`
 
 
 class App:
@@ -335,12 +337,14 @@ class App:
         echo: bool = True,
         background: bool = False,
         backend_options: dict | None = None,
+        output: OutputLimits | None = None,
     ):
         """Run `workflow`; returns a RunResult (or a RunHandle when `background=True`).
 
         `backend`: a registered name ("local", "docker", "swarm") or a back-end instance;
         `backend_options`: the named back end's options, e.g. {"isolated": True} for local;
         `cpus`: the CPUs the executors that declare theirs share (default: all the nodes have).
+        `output`: lines shown per executor and second, log size kept (`OutputLimits`).
         """
         from .run.engine import Run, RunHandle
 
@@ -357,6 +361,7 @@ class App:
             listeners=listeners,
             echo=echo,
             backend_options=backend_options,
+            output=output,
         )
         return RunHandle(run) if background else run.execute()
 
@@ -365,13 +370,23 @@ class App:
         names = [self.find(workflow).name] if workflow else [wf.name for wf in self.workflows]
         return {name: self.workspace.last_result(name) for name in names}
 
-    def logs(self, executor: str) -> str:
-        """The log of the last run of `executor` ("name" or "workflow/name")."""
+    def logs(self, executor: str, tail: int | None = None, max_bytes: int | None = None) -> str:
+        """The log of the last run of `executor` ("name" or "workflow/name").
+
+        `tail`: only its last lines. `max_bytes`: a larger log gives its first and last lines around a
+        note naming the file, read without loading the rest.
+        """
         wf, ex = self.find_executor(executor)
         path = self.log_path(task_key(wf.name, ex.name))
         if not path.is_file():
             raise NotFoundError(f"executor {wf.name}/{ex.name} has not run yet: no log at {path}")
-        return path.read_text(errors="replace")
+        if tail is not None:
+            return "\n".join(tail_lines(path, tail)) + "\n"
+        size = path.stat().st_size
+        if max_bytes is None or size <= max_bytes:
+            return path.read_text(errors="replace")
+        note = f"[scanflow] ... log of {size / 1e6:,.1f} MB shortened here, full log: {path}"
+        return "\n".join([*head_lines(path, LOG_HEAD), note, *tail_lines(path, LOG_TAIL)]) + "\n"
 
     # -- experiments: history, compare, re-run, sweeps, the MLflow UI ----------------------------
     @property

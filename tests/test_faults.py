@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import yaml
@@ -21,6 +22,7 @@ from docker_support import new_app
 
 from scanflow_nb import App, Executor, Workflow
 from scanflow_nb.errors import ConflictError
+from scanflow_nb.run.output import tail_lines
 
 
 def wait_for(condition, timeout: float, what: str):
@@ -325,3 +327,98 @@ def test_a_store_damaged_before_the_kernel_started_is_set_aside(app_dir):
     )
     assert out.returncode == 0 and out.stdout.strip() == "succeeded", out.stderr
     assert "Traceback" not in out.stderr and "was damaged" in out.stderr and "created a new, empty one" in out.stderr
+
+
+# -- 4. output is bounded in the cell, on disk and in the kernel's memory ------------------------------
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+FLOOD = """\
+import sys
+line = "x" * 99 + "\\n"
+for _ in range(2_000_000):  # 200 MB
+    sys.stdout.write(line)
+print("the end")
+"""
+
+
+def test_an_executor_printing_200_mb_keeps_the_cell_the_log_and_the_kernel_bounded(
+    shell, run_cell, app_dir, monkeypatch
+):
+    import threading
+
+    from mlflow import MlflowClient
+
+    run_cell(f"%scanflow app {app_dir}")
+    run_cell("%scanflow workflow w")
+    run_cell(f"%%scanflow executor flood -w w\n{FLOOD}")
+    run_cell("%%scanflow executor warm -w w\nprint('warm')")
+    run_cell("%scanflow run w --only warm")  # the store and MLflow are loaded before measuring
+    magics = shell.magics_manager.registry["ScanflowMagics"]
+    monkeypatch.setattr(magics, "log_megabytes", magics.log_megabytes)  # restored after the test
+    run_cell("%config ScanflowMagics.log_megabytes = 50")
+    peak, done = [rss_mb()], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak.append(rss_mb())
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    result, out, _ = run_cell("%scanflow run w --only flood --no-graph")
+    done.set()
+    sampler.join(5)
+    assert result.success and result.result.ok, out[-2000:]
+    growth = max(peak) - peak[0]
+    assert growth < 20, f"the kernel grew by {growth:.0f} MB while the executor printed 200 MB"
+
+    r = result.result.executors["w/flood"]
+    log = app_dir / ".scanflow" / "logs" / "w" / "flood.log"
+    shown = [line for line in out.splitlines() if line.startswith("[w/flood] ")]
+    assert len(shown) <= 25 * (r.duration + 2), f"{len(shown)} lines in the cell in {r.duration:.0f} s"
+    assert f"lines hidden, full log: {log}" in out and shown[-2:] == [
+        "[w/flood] the end",
+        f"[w/flood] succeeded in {r.duration:.2f} s",
+    ]
+
+    assert 50 * 2**20 < log.stat().st_size < 50 * 2**20 + 10_000
+    last = tail_lines(log, 11)
+    assert last[0].startswith("[scanflow] log truncated at its size limit:") and last[-1] == "the end"
+    artifact = MlflowClient(result.result.tracking_uri).get_run(r.run_id).info.artifact_uri
+    linked = Path(artifact.removeprefix("file://")) / "scanflow" / "flood.log"
+    assert linked.stat().st_ino == log.stat().st_ino, "the MLflow artifact is a second copy of the log"
+
+    _, out, _ = run_cell("%scanflow logs flood")
+    assert len(out) < 100_000 and f"shortened here, full log: {log}" in out and out.rstrip().endswith("the end")
+
+
+@pytest.mark.server
+def test_a_large_log_sent_to_a_tracking_server_is_compressed(app_dir, tmp_path):
+    import gzip
+    import socket
+
+    from mlflow import MlflowClient
+
+    from scanflow_nb import Tracker
+    from scanflow_nb.track import embedded_uri, get_client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = "for i in range(40_000):\n    print(f'line {i:08d} ' + 'y' * 40)\n"  # 2 MB
+    app = new_app(app_dir, Workflow("w", tracker=Tracker(port=port), executors=[Executor("loud", code=code)]))
+    app.state_dir.mkdir()
+    get_client(embedded_uri(app.state_dir)).search_experiments()  # the store's tables, before the server starts
+    result = app.run("w", echo=False)
+    assert result.ok, result.summary()
+    client = MlflowClient(result.tracking_uri)
+    run_id = result.executors["w/loud"].run_id
+    assert not client.get_run(run_id).info.artifact_uri.startswith("file:")  # served: a copy is unavoidable
+    assert {f.path for f in client.list_artifacts(run_id, "scanflow")} == {"scanflow/loud.log.gz", "scanflow/loud.py"}
+    packed = client.download_artifacts(run_id, "scanflow/loud.log.gz", str(tmp_path))
+    log = app.state_dir / "logs" / "w" / "loud.log"
+    assert gzip.decompress(Path(packed).read_bytes()) == log.read_bytes()
+    assert Path(packed).stat().st_size < log.stat().st_size / 5

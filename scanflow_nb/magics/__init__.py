@@ -10,7 +10,9 @@ import importlib
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
+from traitlets import Integer
 
+from ..run.output import OutputLimits
 from . import registry
 
 SUBCOMMAND_MODULES = ("core", "graph", "checker", "label", "containers", "serve", "experiments")
@@ -18,7 +20,19 @@ SUBCOMMAND_MODULES = ("core", "graph", "checker", "label", "containers", "serve"
 
 @magics_class
 class ScanflowMagics(Magics):
-    """Holds the notebook's current app; every subcommand gets it through `ctx.app`."""
+    """Holds the notebook's current app; every subcommand gets it through `ctx.app`.
+
+    Settings (`%config ScanflowMagics.lines_per_second = 50`) limit what a run prints into the cell.
+    """
+
+    lines_per_second = Integer(
+        OutputLimits.lines_per_second, help="executor output lines shown per executor and second"
+    ).tag(config=True)
+    tail_lines = Integer(OutputLimits.tail_lines, help="last hidden lines shown when an executor ends").tag(config=True)
+    log_megabytes = Integer(
+        OutputLimits.log_bytes // 2**20, help="an executor's log is kept whole up to this many MiB"
+    ).tag(config=True)
+    cell_log_bytes = Integer(1024 * 1024, help="%scanflow logs shows a longer log as head and tail").tag(config=True)
 
     def __init__(self, shell):
         super().__init__(shell)

@@ -6,6 +6,7 @@ import yaml
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument, magic_arguments
 
+from ..run.output import OutputLimits
 from .registry import subcommand
 
 
@@ -206,6 +207,7 @@ def run(ctx, args):
     """Run a workflow; output streams live and the result lists each executor and its MLflow run."""
     app = ctx.app
     options = {"isolated": True} if args.isolated else None
+    output = OutputLimits(ctx.lines_per_second, ctx.tail_lines, ctx.log_megabytes * 2**20)
     listeners = []
     if not args.no_graph and _in_kernel(ctx.shell):
         listeners.append(_live_graph(app, args.workflow))
@@ -222,6 +224,7 @@ def run(ctx, args):
             listeners=listeners,
             echo=not (args.quiet or args.background),
             background=args.background,
+            output=output,
         )
     except KeyboardInterrupt:
         print(f"interrupted: the running executors of {args.workflow!r} were stopped")
@@ -258,10 +261,8 @@ def status(ctx, args):
 @argument("executor", help="an executor, as NAME or WORKFLOW/NAME")
 @argument("--tail", "-n", type=int, metavar="N", help="only the last N lines")
 def logs(ctx, args):
-    """Print the log of an executor's last run."""
-    text = ctx.app.logs(args.executor)
-    lines = text.splitlines()
-    print("\n".join(lines[-args.tail :] if args.tail else lines))
+    """Print the log of an executor's last run (a long one: its first and last lines, and where it is)."""
+    print(ctx.app.logs(args.executor, tail=args.tail, max_bytes=ctx.cell_log_bytes), end="")
 
 
 @subcommand("save")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from .. import events as ev
+from .output import tail_lines
 from .workspace import Workspace
 
 TAIL_LINES = 15
@@ -13,7 +14,8 @@ TAIL_LINES = 15
 class ConsoleListener:
     """Prints each executor's output prefixed by its key, and a line per state change.
 
-    A failed executor's last lines are printed again under its failure, so the reason is in view.
+    The engine has already limited the lines per second (`output.OutputLimits`). A failed
+    executor's last lines are printed again under its failure, so the reason is in view.
     """
 
     def __init__(self, workspace: Workspace, stream=None):
@@ -40,7 +42,7 @@ class ConsoleListener:
             self._print(f"[{key}] FAILED: {event.error} (attempts: {event.attempt})")
             log = self.workspace.log_path(key)
             if log.is_file():
-                tail = log.read_text(errors="replace").splitlines()[-TAIL_LINES:]
+                tail = tail_lines(log, TAIL_LINES)
                 if tail:
                     self._print(f"[{key}] last lines of {log}:\n" + "\n".join(f"    {line}" for line in tail))
         elif event.kind == ev.SKIPPED and event.error != "not selected":

@@ -31,6 +31,7 @@ from ..track.runs import RunTree
 from .admission import Admission
 from .backend import Backend, Launch, Tracking, resolve_backend
 from .console import ConsoleListener
+from .output import LogWriter, OutputLimits, Throttle
 from .result import ExecutorResult, RunResult
 from .workspace import Workspace
 
@@ -56,6 +57,7 @@ class Run:
         backend_options: dict | None = None,
         tags: dict[str, str] | None = None,
         configure: Callable[[Task], Executor] | None = None,
+        output: OutputLimits | None = None,
     ):
         """`tags`: extra tags of the run's root MLflow run (a sweep's or a re-run's links).
         `configure`: called on the run's thread just before a task starts, returns the executor to
@@ -72,6 +74,7 @@ class Run:
         self.max_workers = max_workers or os.cpu_count() or 2
         self.backend = resolve_backend(backend, **(backend_options or {}))
         self.workspace = Workspace(app.path)
+        self.output = output or OutputLimits()
         self.listeners = [*([ConsoleListener(self.workspace)] if echo else []), *listeners]
         self.cancelled = threading.Event()
         self._queue: queue.Queue = queue.Queue()
@@ -91,6 +94,7 @@ class Run:
         self._started_with: dict[str, tuple[bytes | None, dict[str, str]]] = {}  # code and input digests
         self._git: dict[str, str] = {}  # the app folder's git commit and dirty flag as the run starts
         self._usage: dict[str, Usage] = {}
+        self._logs: set[LogWriter] = set()  # open executor logs, flushed by the run's thread
 
     # -- public ------------------------------------------------------------------------------
     def cancel(self) -> None:
@@ -191,6 +195,7 @@ class Run:
 
     # -- the loop ------------------------------------------------------------------------------
     def _loop(self) -> None:
+        self._flushed = time.monotonic()
         for task in self.tasks:
             if task.key in self.selected:
                 self.states[task.key] = ev.PENDING
@@ -205,8 +210,19 @@ class Run:
             try:
                 message = self._queue.get(timeout=0.2)
             except queue.Empty:
+                self._flush_logs()
                 continue
             self._handle(message)
+            if time.monotonic() - self._flushed > 0.2:
+                self._flush_logs()
+
+    def _flush_logs(self) -> None:
+        """Logs are buffered for speed; a few times a second they reach the disk, so they can be followed."""
+        with self._lock:
+            logs = list(self._logs)
+        for log in logs:
+            log.flush()
+        self._flushed = time.monotonic()
 
     def _schedule(self) -> None:
         running = sum(state == ev.RUNNING for state in self.states.values())
@@ -291,32 +307,36 @@ class Run:
     def _attempts(self, task: Task, launch: Launch) -> None:
         ex, post = task.executor, self._queue.put
         log_path = self.workspace.log_path(task.key)
-        attempt, code, error = 0, None, None
+        attempt, code, error, log = 0, None, None, None
         try:
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(log_path, "w", buffering=1) as log:
+            with LogWriter(log_path, self.output) as log:
+                with self._lock:
+                    self._logs.add(log)
                 for attempt in range(1, ex.retries + 2):
                     if self.cancelled.is_set():
                         error = "interrupted"
                         break
                     if attempt > 1:
-                        log.write(f"--- attempt {attempt} of {ex.retries + 1} ---\n")
+                        log.write(f"--- attempt {attempt} of {ex.retries + 1} ---")
                         post(("retrying", task.key, attempt, error))
                     code, error = self._one_attempt(replace(launch, attempt=attempt), ex.timeout, log)
                     if code == 0 and error is None:
                         break
         except Exception as exc:  # never let a worker die silently
             code, error = None, f"internal error: {type(exc).__name__}: {exc}"
+        finally:
+            with self._lock:
+                self._logs.discard(log)
         if self.cancelled.is_set() and not (code == 0 and error is None):
             error = "interrupted"
         post(("done", task.key, ev.SUCCEEDED if code == 0 and error is None else ev.FAILED, attempt, code, error))
 
-    def _one_attempt(self, launch: Launch, timeout: float | None, log) -> tuple[int | None, str | None]:
+    def _one_attempt(self, launch: Launch, timeout: float | None, log: LogWriter) -> tuple[int | None, str | None]:
         key = launch.key
         try:
             handle = self.backend.launch(launch)
         except ScanflowError as exc:
-            log.write(f"{exc}\n")
+            log.write(str(exc))
             return None, str(exc)
         with self._lock:
             self._handles[key] = handle
@@ -324,12 +344,18 @@ class Run:
             handle.kill()
 
         def pump() -> None:
+            """Every line to the log; to listeners, what the throttle lets through (memory stays flat)."""
+            throttle = Throttle(self.output, log.path)
             try:
                 for line in handle.lines():
-                    log.write(line + "\n")
-                    self._queue.put(("line", key, line))
+                    log.write(line)
+                    for shown in throttle.admit(line):
+                        self._queue.put(("line", key, shown))
             except Exception as exc:
+                log.write(f"[scanflow] output stream broke: {exc}")
                 self._queue.put(("line", key, f"[scanflow] output stream broke: {exc}"))
+            for shown in throttle.end():
+                self._queue.put(("line", key, shown))
 
         reader = threading.Thread(target=pump, daemon=True, name=f"scanflow-log-{key}")
         reader.start()
@@ -386,7 +412,8 @@ class Run:
                 state,
                 metrics,
                 {**record.tags, **({"scanflow.error": error} if error else {})},
-                [self.workspace.log_path(key), *record.files],
+                artifacts=record.files,
+                logs=[self.workspace.log_path(key)],
             )
             if state == ev.SUCCEEDED:
                 self.workspace.remember(key, self._digests[key], result.run_id)
@@ -511,11 +538,10 @@ class Run:
         return result
 
     def _close_open_runs(self) -> None:
-        """After an unexpected error: leave no MLflow run marked as running."""
+        """After an unexpected error or an interrupt: leave no MLflow run marked as running."""
         if self.tree is None:
             return
-        open_runs = [r.run_id for r in self.results.values() if r.status == ev.RUNNING and r.run_id]
-        for run_id in [*open_runs, *self.workflow_runs.values()]:
+        for run_id in list(self.tree.open):
             try:
                 self.tree.client.set_terminated(run_id, "FAILED")
             except Exception as exc:  # the run's own error is the one to raise

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..events import CACHED, FAILED, SKIPPED, SUCCEEDED
+from .artifacts import attach
 from .store import log_values
 
 MLFLOW_STATUS = {
@@ -24,6 +25,8 @@ MLFLOW_STATUS = {
 class RunTree:
     def __init__(self, client, experiment_id: str, common_tags: dict[str, str]):
         self.client, self.experiment_id, self.common_tags = client, experiment_id, common_tags
+        self.artifact_uris: dict[str, str] = {}
+        self.open: set[str] = set()  # runs started and not finished yet: what an interrupted run must close
 
     def start(
         self,
@@ -38,6 +41,8 @@ class RunTree:
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        self.open.add(run.info.run_id)
+        self.artifact_uris[run.info.run_id] = run.info.artifact_uri
         if params:
             log_values(self.client, run.info.run_id, params=params)
         return run.info.run_id
@@ -49,10 +54,17 @@ class RunTree:
         metrics: dict[str, float] | None = None,
         tags: dict[str, str] | None = None,
         artifacts: list[Path] = (),
+        logs: list[Path] = (),
     ) -> None:
-        """Record the outcome of a run and close it with the matching MLflow status."""
+        """Record the outcome of a run and close it with the matching MLflow status.
+
+        `artifacts` are copied into the run; `logs` (files never rewritten in place) are the run's
+        artifacts themselves where the artifact store is a local folder (hard links).
+        """
         log_values(self.client, run_id, metrics=metrics, tags={"scanflow.status": state, **(tags or {})})
-        for path in artifacts:
+        uri = self.artifact_uris.pop(run_id, None)
+        for path, link in [*((p, False) for p in artifacts), *((p, True) for p in logs)]:
             if Path(path).is_file():
-                self.client.log_artifact(run_id, str(path), artifact_path="scanflow")
+                attach(self.client, run_id, uri, Path(path), "scanflow", link)
         self.client.set_terminated(run_id, MLFLOW_STATUS.get(state, "FINISHED"))
+        self.open.discard(run_id)
