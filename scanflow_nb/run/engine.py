@@ -522,6 +522,7 @@ class Run:
                 self.tree.finish(self.workflow_runs[wf.name], state, tags=record.tags, artifacts=record.files)
             else:
                 self.tree.finish(self.workflow_runs[wf.name], state)
+        self._close_open_runs()  # one an interrupt caught between its creation and its task's start
         status = "interrupted" if interrupted else ev.FAILED if ev.FAILED in self.states.values() else ev.SUCCEEDED
         result = RunResult(
             self.root.name,
