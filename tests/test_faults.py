@@ -130,7 +130,7 @@ def test_a_container_timeout_sends_sigterm_first_then_ends_the_container(app_dir
     app = new_app(app_dir, Workflow("w", executors=[Executor("slow", code=code, timeout=10)]))
     result = app.run("w", backend=docker_backend(), echo=False)
     r = result.executors["w/slow"]
-    assert r.error == "timed out after 10 s" and r.duration < 10 + 3 + 10
+    assert r.error == "timed out after 10 s" and r.duration < 60  # SIGKILL after the grace, not the 600 s sleep
     assert "got SIGTERM" in app.logs("slow")
     assert leftovers(app.path) == []
 
@@ -417,7 +417,8 @@ def test_a_large_log_sent_to_a_tracking_server_is_compressed(app_dir, tmp_path):
     client = MlflowClient(result.tracking_uri)
     run_id = result.executors["w/loud"].run_id
     assert not client.get_run(run_id).info.artifact_uri.startswith("file:")  # served: a copy is unavoidable
-    assert {f.path for f in client.list_artifacts(run_id, "scanflow")} == {"scanflow/loud.log.gz", "scanflow/loud.py"}
+    artifacts = {f.path for f in client.list_artifacts(run_id, "scanflow")}
+    assert "scanflow/loud.log.gz" in artifacts and "scanflow/loud.log" not in artifacts
     packed = client.download_artifacts(run_id, "scanflow/loud.log.gz", str(tmp_path))
     log = app.state_dir / "logs" / "w" / "loud.log"
     assert gzip.decompress(Path(packed).read_bytes()) == log.read_bytes()
