@@ -24,7 +24,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
-from ..files import STATE_DIR, atomic_write, digest
+from ..files import STATE_DIR, digest
 
 RECORD = "provenance.json"  # artifact of every executor run that ran, under scanflow/
 WORKFLOW = "workflow.json"  # artifact of a workflow run's root, under scanflow/
@@ -121,9 +121,9 @@ def executor_provenance(
         record["code"] = {"path": code_path, "sha256": sha256(code).hexdigest()}
         tags.update({"mlflow.source.name": code_path, "scanflow.code.sha256": record["code"]["sha256"]})
         copy = folder / "code" / Path(code_path).name
-        atomic_write(copy, code)
+        _stage(copy, code)
         files.append(copy)
-    atomic_write(folder / RECORD, json.dumps(record, indent=1, sort_keys=True, default=str))
+    _stage(folder / RECORD, json.dumps(record, indent=1, sort_keys=True, default=str))
     return Provenance(tags, [folder / RECORD, *files])
 
 
@@ -131,8 +131,14 @@ def workflow_provenance(state_dir: Path, root: str, top: dict[str, Any], git: di
     """The declarations a workflow run ran: `top` is its top-level workflow as plain data."""
     record = {"root": root, "workflow": strip_env(top), "python": platform.python_version()}
     path = Path(state_dir) / "provenance" / "workflows" / root / WORKFLOW
-    atomic_write(path, json.dumps(record, indent=1, sort_keys=True, default=str))
+    _stage(path, json.dumps(record, indent=1, sort_keys=True, default=str))
     return Provenance({**git, "scanflow.python": platform.python_version()}, [path])
+
+
+def _stage(path: Path, data: str | bytes) -> None:
+    """Write a file that only waits to be copied into MLflow (no fsync: the artifact is the record)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
 
 
 def strip_env(workflow: dict[str, Any]) -> dict[str, Any]:
