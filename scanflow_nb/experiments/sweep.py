@@ -365,16 +365,23 @@ class TrialRunner:
             return
         trial.status, trial.run_id, trial.duration, trial.error = event.kind, event.run_id, event.duration, event.error
         if event.kind == ev.SUCCEEDED and event.run_id:
-            logged = get_client(self.uri).get_run(event.run_id).data.metrics
+            try:
+                logged = get_client(self.uri).get_run(event.run_id).data.metrics
+            except Exception as exc:  # the trial counts as failed; the sweep goes on
+                logged, trial.error = {}, f"its metrics could not be read: {exc}"
             trial.metrics = {k: v for k, v in logged.items() if k not in BOOKKEEPING_METRICS}
             trial.metric = trial.metrics.get(self.metric) if self.metric else None
-            if self.metric and trial.metric is None:
+            if self.metric and trial.metric is None and not trial.error:
                 trial.error = f"it logged no metric {self.metric!r}"
         self.plan.tell(trial)
         if self.echo:
             print(self._line(trial))
         if self.on_trial is not None:
-            self.on_trial(trial)
+            try:
+                self.on_trial(trial)
+            except Exception as exc:  # a broken display must not stop the search from hearing about trials
+                print(f"[scanflow] on_trial failed and is no longer called: {type(exc).__name__}: {exc}")
+                self.on_trial = None
 
     def _line(self, trial: Trial) -> str:
         done = sum(t.status in ev.FINAL_STATES for t in self.trials.values())

@@ -272,9 +272,8 @@ def _column_prefixes(runs: list[WorkflowRun]) -> dict[str, str]:
 def resolve_run(uri: str, ref: str, kinds: Iterable[str] = ("workflow", "executor")) -> RunRecord:
     """The run whose id is `ref` or starts with it (at least 6 characters), among the app's runs."""
     ref = ref.strip()
-    matches = [r for r in read_runs(uri, kinds) if r.run_id == ref]
-    if not matches and len(ref) >= 6:
-        matches = [r for r in read_runs(uri, kinds) if r.run_id.startswith(ref)]
+    runs = read_runs(uri, kinds)
+    matches = [r for r in runs if r.run_id == ref] or [r for r in runs if len(ref) >= 6 and r.run_id.startswith(ref)]
     if not matches:
         hint = "" if len(ref) >= 6 else " (give at least 6 characters of a run id)"
         raise NotFoundError(f"no run {ref!r} in this app's MLflow store{hint}: `%scanflow runs` lists them")
