@@ -75,6 +75,11 @@ class Ended:
     def kill(self):
         pass
 
+    def usage(self):
+        from scanflow_nb.resources import Usage
+
+        return Usage()  # nothing ran, nothing measured
+
 
 def history_app(root: Path, fresh: bool):
     """An app with RUNS workflow runs of 3 executors (a parameter and a metric each), made by the engine."""
