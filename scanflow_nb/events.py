@@ -20,11 +20,14 @@ PENDING, RUNNING, CACHED, SUCCEEDED, FAILED, SKIPPED = (
     "skipped",
 )
 FINAL_STATES = (CACHED, SUCCEEDED, FAILED, SKIPPED)
+# A service between answering its health check and being stopped; it ends succeeded (stopped) or failed.
+SERVING = "serving"
 
 # Event kinds. Executor events carry `key` ("workflow/executor"); run events have key=None.
 RUN_STARTED, RUN_FINISHED = "run_started", "run_finished"
 STARTED, LINE, RETRYING = "started", "line", "retrying"
 # An executor's final event has kind == its final state: cached, succeeded, failed or skipped.
+# A service's event of kind `serving` carries `url`: where this machine reaches it (else where executors do).
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class RunEvent:
     exit_code: int | None = None
     error: str | None = None
     run_id: str | None = None
+    url: str | None = None
     time: float = field(default_factory=time.time)
 
     @property

@@ -27,6 +27,10 @@ def looks_secret(name: str) -> bool:
     return any(part.endswith(SECRET_WORDS) for part in name.upper().split("_"))
 
 
+_MODEL_URI = re.compile(r"(models|runs):/\S+|/\S+")
+_HOST = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
+
+
 def check_name(name: Any, kind: str) -> str:
     """Return `name` if it is safe as a file, container, Kubernetes-ish and MLflow name."""
     if not isinstance(name, str) or not name:
@@ -61,6 +65,12 @@ class Executor:
     `env` maps names to values; a name mapped to None is passed from the kernel's environment
     at run time, and only its name is saved (the way to pass secrets: a literal value for a
     name that looks like one is refused).
+
+    A service (`service=True`) runs until its run ends: it listens on `port`, counts as done for what
+    depends on it once `health` answers 200, and is stopped when the rest of the run is over (or on
+    `%scanflow stop`). `model` makes it `scanflow serve MODEL` (no code needed; its parameters are
+    `scanflow serve` options such as batch-rows). `replicas` copies run behind one name on the swarm.
+    It is reachable on `host` of this machine: the loopback interface unless told otherwise.
     """
 
     name: str
@@ -79,13 +89,24 @@ class Executor:
     cpus: float | str | None = None
     memory: int | str | None = None
     gpus: int | None = None
+    service: bool = False
+    model: str | None = None
+    port: int | None = None
+    replicas: int = 1
+    health: str = "/health"
+    host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         check_name(self.name, "executor")
         where = f"executor {self.name!r}"
         self.resources  # noqa: B018 (validates cpus, memory and gpus)
-        if not (self.file or self.code or self.image or self.dockerfile):
-            raise ValidationError(f"{where} has nothing to run: give file=, code=, image= or dockerfile=")
+        if self.model is not None:
+            if not isinstance(self.model, str) or not _MODEL_URI.fullmatch(self.model):
+                raise ValidationError(f"{where}: model must be an MLflow model URI (models:/NAME@ALIAS...)")
+            self.service = True
+        if not (self.file or self.code or self.image or self.dockerfile or self.model):
+            raise ValidationError(f"{where} has nothing to run: give file=, code=, image=, dockerfile= or model=")
+        self._check_service(where)
         for attr in ("file", "dockerfile", "image"):
             value = getattr(self, attr)
             if value is not None and (not isinstance(value, str) or not value.strip()):
@@ -138,6 +159,24 @@ class Executor:
     def passed_env(self) -> list[str]:
         """The names of the variables passed from the kernel's environment at run time."""
         return [key for key, value in self.env.items() if value is None]
+
+    def _check_service(self, where: str) -> None:
+        if not isinstance(self.service, bool):
+            raise ValidationError(f"{where}: service must be true or false")
+        if not self.service:
+            if self.port is not None or self.replicas != 1:
+                raise ValidationError(f"{where}: port and replicas are for services (service=True)")
+            return
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 1 <= self.port <= 65535:
+            raise ValidationError(f"{where} is a service: give the port it listens on (1 to 65535), got {self.port!r}")
+        if isinstance(self.replicas, bool) or not isinstance(self.replicas, int) or self.replicas < 1:
+            raise ValidationError(f"{where}: replicas must be a whole number >= 1, got {self.replicas!r}")
+        if not isinstance(self.health, str) or not self.health.startswith("/"):
+            raise ValidationError(f"{where}: health must be an HTTP path such as /health, got {self.health!r}")
+        if not isinstance(self.host, str) or not _HOST.fullmatch(self.host):
+            raise ValidationError(f"{where}: host must be an IP address such as 127.0.0.1, got {self.host!r}")
+        if self.outputs:
+            raise ValidationError(f"{where} is a service: it has no outputs to wait for")
 
     def command_args(self) -> list[str]:
         """The executor's parameters as command-line arguments (`--key value`)."""

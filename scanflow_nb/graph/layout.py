@@ -20,6 +20,7 @@ from .status import ExecutorStatus, as_statuses
 FILL = {
     ev.PENDING: "#ffffff",
     ev.RUNNING: "#fff3a8",
+    ev.SERVING: "#b3e5e0",
     ev.CACHED: "#d7e3f4",
     ev.SUCCEEDED: "#b7e4b0",
     ev.FAILED: "#f4a6a0",
@@ -28,6 +29,7 @@ FILL = {
 BORDER = {
     ev.PENDING: "#888888",
     ev.RUNNING: "#c9a400",
+    ev.SERVING: "#1b8a7a",
     ev.CACHED: "#5b7fb3",
     ev.SUCCEEDED: "#3a8f2f",
     ev.FAILED: "#b8322a",
@@ -110,12 +112,17 @@ def _add_workflow(
 def _add_executor(cluster: graphviz.Digraph, wf: Workflow, ex: Executor, status: ExecutorStatus) -> None:
     key = f"{wf.name}/{ex.name}"
     tooltip = ", ".join(f"{k}={v}" for k, v in ex.parameters.items()) or "no parameters"
+    name = ex.name
+    if ex.service:  # a long-running service: its port (and copies), a double border
+        name += f" :{ex.port}" + (f" x{ex.replicas}" if ex.replicas > 1 else "")
+        tooltip = f"{ex.model or 'service'} at {status.url or f'port {ex.port}'}; {tooltip}"
     cluster.node(
         key,
-        f"{ex.name}\n{status.describe()}",
+        f"{name}\n{status.describe()}",
+        peripheries="2" if ex.service else "1",
         fillcolor=FILL[status.state],
         color=BORDER[status.state],
-        penwidth="2" if status.state == ev.RUNNING else "1",
+        penwidth="2" if status.state in (ev.RUNNING, ev.SERVING) else "1",
         width="1.3",  # room for "succeeded · 12.3 s": the live widget relabels nodes without re-running dot
         style="rounded,filled,dashed" if status.state == ev.SKIPPED else "rounded,filled",
         tooltip=f"{key}: {tooltip}",

@@ -15,7 +15,7 @@ from typing import Any
 from .. import events as ev
 from ..spec import Workflow
 
-STATES = (ev.PENDING, ev.RUNNING, ev.CACHED, ev.SUCCEEDED, ev.FAILED, ev.SKIPPED)
+STATES = (ev.PENDING, ev.RUNNING, ev.SERVING, ev.CACHED, ev.SUCCEEDED, ev.FAILED, ev.SKIPPED)
 
 
 @dataclass(frozen=True)
@@ -29,13 +29,14 @@ class ExecutorStatus:
     exit_code: int | None = None
     error: str | None = None
     started: float | None = None
+    url: str | None = None  # a service's address while it serves
 
     def describe(self, now: float | None = None) -> str:
         """A short label: the state, the duration (or, given `now`, the time so far), the attempt if retried."""
         parts = [self.state]
         if self.duration is not None:
             parts.append(format_seconds(self.duration))
-        elif self.state == ev.RUNNING and self.started is not None and now is not None:
+        elif self.state in (ev.RUNNING, ev.SERVING) and self.started is not None and now is not None:
             parts.append(format_seconds(now - self.started))
         if self.attempt > 1:
             parts.append(f"try {self.attempt}")
@@ -93,7 +94,7 @@ class Summary:
         parts = [f"{self.done}/{self.total} done"]
         if self.running:
             parts.append(f"{self.running} running")
-        for state in (ev.CACHED, ev.SKIPPED):
+        for state in (ev.SERVING, ev.CACHED, ev.SKIPPED):
             if self.counts.get(state):
                 parts.append(f"{self.counts[state]} {state}")
         if self.failed:
@@ -142,6 +143,8 @@ class RunProgress:
                     run_id=event.run_id or old.run_id,
                     error=event.error if event.kind == ev.RETRYING else None,
                 )
+            elif event.kind == ev.SERVING:
+                new = replace(old, state=ev.SERVING, url=event.url, run_id=event.run_id or old.run_id)
             elif event.kind in STATES:
                 new = replace(
                     old,

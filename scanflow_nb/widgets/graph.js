@@ -100,7 +100,7 @@ function render({ model, el }) {
       if (shape) {
         shape.setAttribute("fill", fill);
         shape.setAttribute("stroke", border);
-        shape.setAttribute("stroke-width", n.state === "running" ? "2" : "1");
+        shape.setAttribute("stroke-width", n.state === "running" || n.state === "serving" ? "2" : "1");
       }
       const texts = g.querySelectorAll("text");
       const line = texts[texts.length - 1];

@@ -314,13 +314,15 @@ class GraphWidget(anywidget.AnyWidget):
             "text": status.describe(),
             "started": status.started,
             "attempt": status.attempt,
-            "running": status.state == ev.RUNNING and status.duration is None,
+            "running": status.state in (ev.RUNNING, ev.SERVING) and status.duration is None,
             "rows": [list(row) for row in self._live_rows(key, status, uri)],
         }
 
     def _live_rows(self, key: str, status: ExecutorStatus, uri: str | None) -> list[tuple[str, str]]:
         """Detail rows that change as the executor runs."""
         rows = []
+        if status.url:
+            rows.append(("serving at", html.escape(status.url)))
         if status.exit_code is not None:
             rows.append(("exit code", str(status.exit_code)))
         if status.error:
