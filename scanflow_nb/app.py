@@ -8,13 +8,14 @@ meanwhile is kept and reloaded, never overwritten.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from . import appfile
-from .errors import ConflictError, NotFoundError, ValidationError
+from .errors import ConflictError, NotFoundError, RunError, ValidationError
 from .events import Listener
 from .files import atomic_write
 from .resources import Resources
@@ -338,6 +339,7 @@ class App:
         background: bool = False,
         backend_options: dict | None = None,
         output: OutputLimits | None = None,
+        keep_serving: bool = False,
     ):
         """Run `workflow`; returns a RunResult (or a RunHandle when `background=True`).
 
@@ -345,6 +347,8 @@ class App:
         `backend_options`: the named back end's options, e.g. {"isolated": True} for local;
         `cpus`: the CPUs the executors that declare theirs share (default: all the nodes have).
         `output`: lines shown per executor and second, log size kept (`OutputLimits`).
+        Services (executors with `service=True`) stop when the rest of the run is over, or, with
+        `keep_serving`, only on `stop(workflow)` (`%scanflow stop`), an interrupt or `cancel()`.
         """
         from .run.engine import Run, RunHandle
 
@@ -362,8 +366,26 @@ class App:
             echo=echo,
             backend_options=backend_options,
             output=output,
+            keep_serving=keep_serving,
         )
         return RunHandle(run) if background else run.execute()
+
+    def stop(self, workflow: str, timeout: float = 120.0) -> RunResult:
+        """End the run of `workflow` going on in this process: its services stop cleanly (what is still
+        running otherwise is cancelled); returns its result once it has ended (within `timeout` s)."""
+        from .run.engine import ACTIVE
+
+        name = self.find(workflow).name
+        run = ACTIVE.get((str(self.path), name))
+        if run is None:
+            raise NotFoundError(f"workflow {name!r} has no run in progress in this process")
+        run.stop()
+        deadline = time.monotonic() + timeout
+        while ACTIVE.get((str(self.path), name)) is run and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if ACTIVE.get((str(self.path), name)) is run:
+            raise RunError(f"the run of {name!r} did not end within {timeout:g} s")
+        return self.workspace.last_result(name)
 
     def status(self, workflow: str | None = None) -> dict[str, RunResult | None]:
         """The last run result of `workflow` (or of every top-level workflow)."""

@@ -8,6 +8,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..run.output import OutputLimits
 from .registry import subcommand
+from .services import service_arguments, service_options
 
 
 def _display(obj) -> None:
@@ -146,6 +147,7 @@ def workflow(ctx, args):
 @argument("--timeout", type=float, metavar="SECONDS", help="kill an attempt after SECONDS")
 @_resource_options("one run of it; default: its workflow's")
 @argument("--run", action="store_true", help="run this executor now")
+@service_arguments
 def executor(ctx, args, cell):
     """Save the cell as the executor's file <app>/<WORKFLOW>/<NAME>.py and declare it.
 
@@ -168,6 +170,7 @@ def executor(ctx, args, cell):
         retries=args.retries,
         timeout=args.timeout,
         **_resources(args),
+        **service_options(args),
     )
     print(f"{outcome.capitalize()} {args.workflow}/{args.name}.py and declared executor {args.workflow}/{args.name}")
     _note_disk_changes(app)
@@ -203,6 +206,7 @@ def remove(ctx, args):
     action="store_true",
     help="return at once with a handle (.result(), .cancel()); the graph widget follows the run",
 )
+@argument("--keep-serving", action="store_true", help="keep its services up after the rest, until %%scanflow stop WF")
 def run(ctx, args):
     """Run a workflow; output streams live and the result lists each executor and its MLflow run."""
     app = ctx.app
@@ -225,6 +229,7 @@ def run(ctx, args):
             echo=not (args.quiet or args.background),
             background=args.background,
             output=output,
+            keep_serving=args.keep_serving,
         )
     except KeyboardInterrupt:
         print(f"interrupted: the running executors of {args.workflow!r} were stopped")

@@ -66,6 +66,19 @@ class Handle(Protocol):
         """After `wait`: its peak memory and CPU time as far as known, and whether it was killed for memory."""
 
 
+class RunningService(Handle, Protocol):
+    """A running service (an executor with `service=True`): up until asked to stop."""
+
+    url: str  # where the run's executors reach it
+    endpoint: str | None  # where this machine reaches it (None: not published here)
+
+    def healthy(self) -> bool:
+        """True once its health check answers 200 (every replica's, where there are several)."""
+
+    def stop(self) -> None:
+        """Ask it to end cleanly (it flushes what it holds); returns at once. `kill` is for what stays."""
+
+
 class Backend(Protocol):
     name: str  # recorded with every run and part of cache keys
     runs_images: bool  # can run an executor that has only an image (no Python file or code)
@@ -78,6 +91,9 @@ class Backend(Protocol):
 
     def launch(self, launch: Launch) -> Handle:
         """Start one attempt (its `resources` as limits, its `gpus` as its devices)."""
+
+    def serve(self, launch: Launch) -> RunningService:
+        """Start a service (`launch.executor.service`): a process, a container, a replicated swarm service."""
 
     def close(self) -> None:
         """Remove whatever `open` and `launch` created. Called on success, failure and interrupt."""

@@ -33,6 +33,8 @@ class ConsoleListener:
             self._print(f"[{key}] {event.line}")
         elif event.kind == ev.STARTED:
             self._print(f"[{key}] started")
+        elif event.kind == ev.SERVING:
+            self._print(f"[{key}] serving at {event.url} (healthy)")
         elif event.kind == ev.RETRYING:
             self._print(f"[{key}] {event.error}; retrying (attempt {event.attempt})")
         elif event.kind in (ev.SUCCEEDED, ev.CACHED):

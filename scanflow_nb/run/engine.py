@@ -33,9 +33,17 @@ from .backend import Backend, Launch, Tracking, resolve_backend
 from .console import ConsoleListener
 from .output import LogWriter, OutputLimits, Throttle
 from .result import ExecutorResult, RunResult
+from .services import SERVICE_START_TIMEOUT, SERVICE_STOP_GRACE
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
+
+ACTIVE: dict[tuple[str, str], Run] = {}  # (app folder, workflow) -> its latest run in progress here
+
+
+def service_variable(key: str) -> str:
+    """The environment variable holding a service's address for the run's executors: SCANFLOW_SERVICE_<NAME>."""
+    return "SCANFLOW_SERVICE_" + key.rsplit("/", 1)[1].upper().replace("-", "_")
 
 
 class Run:
@@ -58,6 +66,7 @@ class Run:
         tags: dict[str, str] | None = None,
         configure: Callable[[Task], Executor] | None = None,
         output: OutputLimits | None = None,
+        keep_serving: bool = False,
     ):
         """`tags`: extra tags of the run's root MLflow run (a sweep's or a re-run's links).
         `configure`: called on the run's thread just before a task starts, returns the executor to
@@ -95,14 +104,33 @@ class Run:
         self._git: dict[str, str] = {}  # the app folder's git commit and dirty flag as the run starts
         self._usage: dict[str, Usage] = {}
         self._logs: set[LogWriter] = set()  # open executor logs, flushed by the run's thread
+        self.keep_serving = keep_serving
+        self.services: dict[str, str] = {}  # key -> url of each service answering its health check
+        self._stopping: dict[str, float] = {}  # service key -> when the engine asked it to stop
+        self._end_serving = threading.Event()
 
     # -- public ------------------------------------------------------------------------------
     def cancel(self) -> None:
         """Ask the run to stop: running attempts are killed, nothing new starts."""
         self.cancelled.set()
 
+    def stop(self) -> None:
+        """End the run: once nothing but services is left, stop them cleanly; before that, cancel."""
+        if {ev.PENDING, ev.RUNNING} & set(self.states.values()):
+            self.cancel()
+        self._end_serving.set()
+
     def execute(self) -> RunResult:
         self._preflight()
+        place = (str(self.app.path), self.root.name)
+        ACTIVE[place] = self
+        try:
+            return self._execute()
+        finally:
+            if ACTIVE.get(place) is self:
+                del ACTIVE[place]
+
+    def _execute(self) -> RunResult:
         self._git = git_state(self.app.path)
         started = time.time()
         tracking: Tracking | None = None
@@ -160,8 +188,10 @@ class Run:
                 continue
             ex = task.executor
             script = self.workspace.script(task.workflow, ex)
-            if script is None and not self.backend.runs_images:
+            if script is None and not ex.model and not self.backend.runs_images:
                 raise RunError(f"executor {task.key!r} has no Python file or code: it can only run in a container")
+            if ex.service and not callable(getattr(self.backend, "serve", None)):
+                raise RunError(f"executor {task.key!r} is a service: the {self.backend.name} back end cannot run one")
             if script is not None and not script.is_file():
                 raise NotFoundError(f"executor {task.key!r}: file {script} does not exist")
             unset = [name for name in ex.passed_env() if name not in os.environ]
@@ -206,7 +236,11 @@ class Run:
                 return
             self._schedule()
             if not {ev.PENDING, ev.RUNNING} & set(self.states.values()):
-                return
+                serving = [key for key, state in self.states.items() if state == ev.SERVING]
+                if not serving:
+                    return
+                if not self.keep_serving or self._end_serving.is_set():
+                    self._stop_services(serving)  # the rest of the run is over
             try:
                 message = self._queue.get(timeout=0.2)
             except queue.Empty:
@@ -234,9 +268,10 @@ class Run:
             if blocked is not None:
                 self._record(task, ev.SKIPPED, error=f"upstream {blocked} {self.states[blocked]}")
                 continue
+            done = (ev.SUCCEEDED, ev.CACHED, ev.SERVING)
             ready = (
                 running < self.max_workers
-                and all(self.states[d] in (ev.SUCCEEDED, ev.CACHED) for d in waits)
+                and all(self.states[d] in done for d in waits)
                 and self.admission.fits(task.resources)
             )
             if ready and self._start(task):
@@ -256,7 +291,7 @@ class Run:
         tags = {"scanflow.workflow": task.workflow, "scanflow.key": task.key}
         previous = self._cache.get(task.key)
         outputs_there = all((self.app.path / p).exists() for p in ex.outputs)
-        if not self.force and previous and previous["digest"] == key and outputs_there:
+        if not ex.service and not self.force and previous and previous["digest"] == key and outputs_there:
             run_id = self.tree.start(
                 ex.name, "executor", parent, {**tags, "scanflow.cached_from": previous["run_id"]}, ex.parameters
             )
@@ -282,7 +317,8 @@ class Run:
             resources=task.resources,
             gpus=self.admission.take(task.key, task.resources),
         )
-        worker = threading.Thread(target=self._attempts, args=(task, launch), daemon=True, name=f"scanflow-{task.key}")
+        target = self._serve if ex.service else self._attempts
+        worker = threading.Thread(target=target, args=(task, launch), daemon=True, name=f"scanflow-{task.key}")
         self._workers.append(worker)
         self._emit(ev.RunEvent(ev.STARTED, self.root.name, task.key, run_id=run_id))
         worker.start()
@@ -301,6 +337,8 @@ class Run:
             "SCANFLOW_WORKFLOW": task.workflow,
             "SCANFLOW_EXECUTOR": task.executor.name,
             "SCANFLOW_RUN_ID": self.workflow_runs[self.root.name],
+            "SCANFLOW_EXPERIMENT": self.experiment,
+            **{service_variable(k): url for k, url in self.services.items()},
         }
 
     # -- worker threads: attempts of one executor ----------------------------------------------
@@ -343,22 +381,7 @@ class Run:
         if self.cancelled.is_set():
             handle.kill()
 
-        def pump() -> None:
-            """Every line to the log; to listeners, what the throttle lets through (memory stays flat)."""
-            throttle = Throttle(self.output, log.path)
-            try:
-                for line in handle.lines():
-                    log.write(line)
-                    for shown in throttle.admit(line):
-                        self._queue.put(("line", key, shown))
-            except Exception as exc:
-                log.write(f"[scanflow] output stream broke: {exc}")
-                self._queue.put(("line", key, f"[scanflow] output stream broke: {exc}"))
-            for shown in throttle.end():
-                self._queue.put(("line", key, shown))
-
-        reader = threading.Thread(target=pump, daemon=True, name=f"scanflow-log-{key}")
-        reader.start()
+        reader = self._reader(key, handle, log)
         error = None
         try:
             code = handle.wait(timeout)
@@ -389,15 +412,117 @@ class Run:
         self._usage[key] = self._usage.get(key, Usage()).add(usage)
         return usage
 
+    def _reader(self, key: str, handle, log: LogWriter) -> threading.Thread:
+        """A thread copying the handle's output to the log and, what the throttle lets through, to the
+        listeners (memory stays flat)."""
+
+        def pump() -> None:
+            throttle = Throttle(self.output, log.path)
+            try:
+                for line in handle.lines():
+                    log.write(line)
+                    for shown in throttle.admit(line):
+                        self._queue.put(("line", key, shown))
+            except Exception as exc:
+                log.write(f"[scanflow] output stream broke: {exc}")
+                self._queue.put(("line", key, f"[scanflow] output stream broke: {exc}"))
+            for shown in throttle.end():
+                self._queue.put(("line", key, shown))
+
+        reader = threading.Thread(target=pump, daemon=True, name=f"scanflow-log-{key}")
+        reader.start()
+        return reader
+
+    # -- worker threads: services ---------------------------------------------------------------
+    def _serve(self, task: Task, launch: Launch) -> None:
+        """Start a service, wait for its health check, and keep it until the engine stops it."""
+        key, ex, post = task.key, task.executor, self._queue.put
+        code, error, log = None, None, None
+        try:
+            with LogWriter(self.workspace.log_path(key), self.output) as log:
+                with self._lock:
+                    self._logs.add(log)
+                code, error = self._service_life(key, ex, launch, log)
+        except Exception as exc:  # never let a worker die silently
+            error = f"internal error: {type(exc).__name__}: {exc}"
+        finally:
+            with self._lock:
+                self._logs.discard(log)
+        post(("done", key, ev.FAILED if error else ev.SUCCEEDED, 1, code, error))
+
+    def _service_life(self, key: str, ex, launch: Launch, log: LogWriter) -> tuple[int | None, str | None]:
+        try:
+            handle = self.backend.serve(launch)
+        except ScanflowError as exc:
+            log.write(str(exc))
+            return None, str(exc)
+        with self._lock:
+            self._handles[key] = handle
+        reader = self._reader(key, handle, log)
+        deadline = time.monotonic() + (ex.timeout or SERVICE_START_TIMEOUT)
+        try:
+            while not handle.healthy():
+                if self.cancelled.is_set() or key in self._stopping:
+                    return self._wait_stopped(key, handle), "interrupted"
+                if time.monotonic() > deadline:
+                    handle.kill()
+                    return (
+                        None,
+                        f"not healthy within {ex.timeout or SERVICE_START_TIMEOUT:g} s ({handle.url}{ex.health})",
+                    )
+                try:
+                    code = handle.wait(0.5)
+                    return code, f"exited with code {code} before answering {ex.health}"
+                except TimeoutError:
+                    pass
+            self._queue.put(("serving", key, handle.url, handle.endpoint))
+            code = self._wait_stopped(key, handle)
+            asked = key in self._stopping or self.cancelled.is_set()
+            return code, None if asked else f"exited with code {code} while serving"
+        finally:
+            reader.join(10)
+            with self._lock:
+                self._handles.pop(key, None)
+
+    def _wait_stopped(self, key: str, handle) -> int:
+        """Wait until the service ends; once the engine asked it to stop, kill it after SERVICE_STOP_GRACE s."""
+        while True:
+            try:
+                return handle.wait(1.0)
+            except TimeoutError:
+                asked = self._stopping.get(key)
+                if asked is not None and time.monotonic() - asked > SERVICE_STOP_GRACE:
+                    handle.kill()
+
+    def _stop_services(self, keys) -> None:
+        """Ask services to stop cleanly (once each); their workers report when they have."""
+        with self._lock:
+            handles = {key: self._handles.get(key) for key in keys if key not in self._stopping}
+        for key, handle in handles.items():
+            self._stopping[key] = time.monotonic()
+            if handle is not None:
+                try:
+                    handle.stop()
+                except Exception as exc:  # its worker kills it after the grace period
+                    log.warning("could not ask service %s to stop: %s", key, exc)
+
     # -- messages from workers (on the run's own thread) --------------------------------------
     def _handle(self, message: tuple) -> None:
         kind, key = message[0], message[1]
         if kind == "line":
             self._emit(ev.RunEvent(ev.LINE, self.root.name, key, line=message[2]))
+        elif kind == "serving":
+            _, _, url, endpoint = message
+            self.states[key] = ev.SERVING
+            self.services[key] = url
+            self._emit(
+                ev.RunEvent(ev.SERVING, self.root.name, key, url=endpoint or url, run_id=self.results[key].run_id)
+            )
         elif kind == "retrying":
             self._emit(ev.RunEvent(ev.RETRYING, self.root.name, key, attempt=message[2], error=message[3]))
         elif kind == "done":
             _, _, state, attempts, code, error = message
+            self.services.pop(key, None)
             task = next(t for t in self.tasks if t.key == key)
             result = self.results[key]
             duration = time.time() - self._started[key]
@@ -483,13 +608,15 @@ class Run:
         """Kill every running attempt and wait (bounded) for the workers to notice."""
         self.cancelled.set()
         with self._lock:
-            handles = list(self._handles.values())
-        for handle in handles:
+            handles = {key: h for key, h in self._handles.items() if not hasattr(h, "healthy")}
+            services = [key for key, h in self._handles.items() if hasattr(h, "healthy")]
+        self._stop_services(services)  # a service flushes what it holds; its worker kills it if it lingers
+        for handle in handles.values():
             try:
                 handle.kill()
             except Exception as exc:  # keep stopping the others
                 log.warning("could not stop an attempt of %r: %s", self.root.name, exc)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 15 + (SERVICE_STOP_GRACE if services else 0)
         for worker in self._workers:
             worker.join(max(0.0, deadline - time.monotonic()))
         while True:  # record what the workers reported while stopping
@@ -503,7 +630,7 @@ class Run:
     def _finish(self, started: float, tracking: Tracking, interrupted: bool) -> RunResult:
         for task in self.tasks:
             state = self.states.get(task.key)
-            if state == ev.RUNNING:
+            if state in (ev.RUNNING, ev.SERVING):
                 run_id = self.results[task.key].run_id
                 self.tree.finish(run_id, ev.FAILED, tags={"scanflow.error": "interrupted"})
                 self._record(task, ev.FAILED, run_id=run_id, error="interrupted")
@@ -569,6 +696,11 @@ class RunHandle:
     @property
     def done(self) -> bool:
         return not self._thread.is_alive()
+
+    @property
+    def states(self) -> dict[str, str]:
+        """Each executor's state now ("workflow/executor" -> pending, running, serving, succeeded...)."""
+        return dict(self._run.states)
 
     def __repr__(self) -> str:
         if not self.done:

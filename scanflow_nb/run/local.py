@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import subprocess
 import sys
 from functools import cache
@@ -21,7 +22,27 @@ from . import processes
 from .backend import Launch, Tracking
 from .limits import Monitor, child_group
 from .machine import this_machine
+from .services import http_ok, service_command, service_env
 from .venvs import venv_python
+
+
+class LocalService(processes.ProcessTree):
+    """A service executor running as a subprocess, answering on `url`."""
+
+    def __init__(self, process: subprocess.Popen, monitor: Monitor, grace: float, url: str, health: str):
+        super().__init__(process, monitor, grace)
+        self.url = self.endpoint = url
+        self.health = health
+
+    def healthy(self) -> bool:
+        return not self.monitor.exited.is_set() and http_ok(self.url + self.health)
+
+    def stop(self) -> None:
+        """SIGTERM only: the service logs what it holds and ends (`kill` is for one that does not)."""
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
 
 
 class LocalBackend:
@@ -41,25 +62,38 @@ class LocalBackend:
     def nodes(self) -> list[Node]:
         return [this_machine()]
 
-    def launch(self, launch: Launch) -> processes.ProcessTree:
-        python = self.python
+    def _python(self, launch: Launch) -> str:
         if self.isolated and launch.executor.requirements:
-            python = venv_python(launch.app_dir, launch.executor)
+            return venv_python(launch.app_dir, launch.executor)
+        return self.python
+
+    def launch(self, launch: Launch) -> processes.ProcessTree:
         # -P: the script's folder is not put first on sys.path, so an executor named like a standard
         # module (select.py, json.py) does not shadow it; the app folder is importable instead.
+        argv = processes.command(self._python(launch), launch.script, launch.args, self.grace)
+        return processes.ProcessTree(*self._start(argv, launch.env, launch), self.grace)
+
+    def serve(self, launch: Launch) -> LocalService:
+        """A service as a subprocess listening on the executor's host and port of this machine."""
+        ex = launch.executor
+        cmd = service_command(launch, self._python(launch), ex.host)
+        process, monitor = self._start(cmd, service_env(launch, ex.host), launch)
+        reach = "127.0.0.1" if ex.host == "0.0.0.0" else ex.host
+        return LocalService(process, monitor, self.grace, f"http://{reach}:{ex.port}", ex.health)
+
+    def _start(self, argv: list[str], extra_env: dict[str, str], launch: Launch) -> tuple[subprocess.Popen, Monitor]:
         pythonpath = os.pathsep.join(filter(None, [str(launch.app_dir), os.environ.get("PYTHONPATH")]))
-        env = {**os.environ, **launch.env, "PYTHONPATH": pythonpath}
+        env = {**os.environ, **extra_env, "PYTHONPATH": pythonpath}
         if launch.resources.gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(launch.gpus)
         group = child_group(launch.resources)
-        argv = processes.command(python, launch.script, launch.args, self.grace)
         try:
             process = processes.spawn(group.command(argv) if group else argv, launch.app_dir, env)
         except BaseException:
             if group is not None:
                 group.remove()
             raise
-        return processes.ProcessTree(process, Monitor(process, launch.resources.memory, group), self.grace)
+        return process, Monitor(process, launch.resources.memory, group)
 
     def close(self) -> None:
         """Nothing to remove: each attempt's process tree ends with it."""
