@@ -9,6 +9,7 @@ from .pipconf import CERT_IN_IMAGE, PipSettings
 
 USER, UID = "scanflow", 10001
 CODE_DIR = "/opt/scanflow/app"  # executor code inside the image (same relative paths as in the app)
+LIBRARY_DIR = "/opt/scanflow/lib"  # scanflow_nb itself, in the images of model services
 WORKSPACE = "/workspace"  # working directory when the app folder is not mounted at its own path
 PIP_CONF, CERT, REQUIREMENTS = "scanflow-pip.conf", "scanflow-ca.crt", "scanflow-requirements.txt"
 
@@ -24,12 +25,20 @@ def _prologue(base: str, pip: PipSettings, home_dirs: str) -> list[str]:
     return lines
 
 
-def executor_dockerfile(base: str, pip: PipSettings, code_files: list[str]) -> str:
-    """Dockerfile for an executor: requirements (MLflow client included) then its code files."""
+def executor_dockerfile(base: str, pip: PipSettings, code_files: list[str], library: bool = False) -> str:
+    """Dockerfile for an executor: requirements (MLflow client included) then its code files.
+
+    `library`: the context's folder `lib/` (scanflow_nb itself, to run `scanflow serve`) goes on the path.
+    """
     lines = _prologue(base, pip, WORKSPACE)
     lines += [
         f"COPY {REQUIREMENTS} /opt/scanflow/requirements.txt",
         "RUN python -m pip install -r /opt/scanflow/requirements.txt",
+    ]
+    if library:
+        site = "$(python -c 'import sysconfig; print(sysconfig.get_path(\"purelib\"))')"
+        lines += [f"COPY lib {LIBRARY_DIR}", f'RUN echo {LIBRARY_DIR} > "{site}/scanflow.pth"']
+    lines += [
         f"WORKDIR {WORKSPACE}",
         f"USER {USER}",
         f"ENV HOME=/home/{USER} PYTHONUNBUFFERED=1 GIT_PYTHON_REFRESH=quiet",

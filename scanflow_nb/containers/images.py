@@ -182,6 +182,27 @@ class ImageBuilder:
             base_id=self._base_id(),
         )
 
+    def service_context(
+        self, app_dir: Path, workflow: str, executor: Executor, model_requirements: list[str]
+    ) -> BuildContext:
+        """A model service's image: its requirements, the model's, pandas, and scanflow_nb for `scanflow serve`."""
+        files = self._pip_files()
+        wanted = [requirements_text(app_dir, executor).strip(), "pandas", *model_requirements]
+        files[df.REQUIREMENTS] = ("\n".join(wanted) + "\n").encode()
+        package = Path(__file__).resolve().parents[1]
+        files.update({f"lib/scanflow_nb/{path}": data for path, data in _folder_files(package).items()})
+        return BuildContext(
+            image_repository(workflow, executor.name),
+            df.executor_dockerfile(self.base_image, self.pip, [], library=True),
+            files=files,
+            base_id=self._base_id(),
+        )
+
+    def service_image(self, app_dir: Path, workflow: str, executor: Executor, model_requirements: list[str]) -> str:
+        """The tag of a model service's image, built first if no image has that tag."""
+        ctx = self.service_context(app_dir, workflow, executor, model_requirements)
+        return self.build(ctx, f"{workflow}/{executor.name}", {LABEL_APP: app_id(app_dir)})
+
     def tracker_context(self) -> BuildContext:
         files = self._pip_files()
         files[df.REQUIREMENTS] = f"mlflow=={mlflow_version()}\n".encode()

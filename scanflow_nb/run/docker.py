@@ -39,6 +39,7 @@ from .backend import Launch, Tracking
 from .machine import gpu_ids
 from .measure import measured, recorded
 from .processes import GRACE_S
+from .services import http_ok, service_command, service_env
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,25 @@ class ContainerHandle:
         """What it used, and whether the engine killed it for memory (`State.OOMKilled`)."""
         self.container.reload()
         return recorded(self.record, bool(self.container.attrs["State"].get("OOMKilled")))
+
+
+class ContainerService(ContainerHandle):
+    """A service executor running as a container, reachable as `url` on the run's network, published at `endpoint`."""
+
+    def __init__(self, container, url: str, endpoint: str, health: str):
+        super().__init__(container)
+        self.url, self.endpoint, self.health_url = url, endpoint, endpoint + health
+
+    def healthy(self) -> bool:
+        return http_ok(self.health_url)
+
+    def stop(self) -> None:
+        import docker.errors
+
+        try:
+            self.container.kill(signal="SIGTERM")  # what `docker stop` sends first; the engine kills if it lingers
+        except docker.errors.APIError:
+            pass
 
 
 def wait_healthy(exec_probe: Callable[[], bool], failed: Callable[[], str | None], timeout: float) -> None:
@@ -226,6 +246,7 @@ class DockerBackend:
         Path(artifacts).mkdir(parents=True, exist_ok=True)
         prepare_store(store)
         self.start_tracker(tracker_image, server_command(store, artifacts, "0.0.0.0", TRACKER_PORT, (TRACKER_ALIAS,)))
+        self.kernel_tracking = tracking.uri
         return Tracking(tracking.uri, f"http://{TRACKER_ALIAS}:{TRACKER_PORT}")
 
     def nodes(self) -> list[Node]:
@@ -261,6 +282,51 @@ class DockerBackend:
             return {"image": image}
         digests = found.attrs.get("RepoDigests") or []
         return {"image": image, "image_digest": digests[0] if digests else found.id}
+
+    def serve(self, launch: Launch):
+        """A service in its container, reachable by its name on the run's network and published on this machine."""
+        ex = launch.executor
+        if ex.model is not None:
+            from ..serve.model import requirements
+
+            image = self.builder.service_image(
+                launch.app_dir, launch.workflow, ex, requirements(ex.model, self.kernel_tracking)
+            )
+        else:
+            image = self.builder.executor_image(launch.app_dir, launch.workflow, ex)
+        self.images[launch.key] = image
+        command = service_command(launch, "python", "0.0.0.0")
+        env = {**service_env(launch, "0.0.0.0"), "PYTHONPATH": str(self.app_dir), "HOME": "/tmp"}
+        with self._lock:
+            if not self._open:
+                raise RunError("the docker back end is closed: the run was stopped")
+            return self.start_service(launch, image, command, env)
+
+    def start_service(self, launch: Launch, image: str, command: list[str], env: dict[str, str]):
+        import docker.errors
+
+        ex = launch.executor
+        if ex.replicas > 1:
+            self.builder.echo(f"[{launch.key}] {ex.replicas} replicas are for the swarm back end: one container here")
+        try:
+            container = self.docker.containers.run(
+                image,
+                command,
+                detach=True,
+                name=self.object_name(launch.workflow, ex.name),
+                labels=self.labels(**{LABEL_KEY: launch.key}),
+                network=self.network.name,
+                networking_config={self.network.name: self.docker.api.create_endpoint_config(aliases=[ex.name])},
+                ports={f"{ex.port}/tcp": (ex.host, ex.port)},
+                volumes=self.workspace_mount(),
+                working_dir=str(self.app_dir),
+                user=self.user,
+                environment=env,
+            )
+        except docker.errors.APIError as exc:
+            raise RunError(f"cannot start the service {launch.key}: {exc.explanation or exc}") from None
+        reach = "127.0.0.1" if ex.host == "0.0.0.0" else ex.host
+        return ContainerService(container, f"http://{ex.name}:{ex.port}", f"http://{reach}:{ex.port}", ex.health)
 
     def close(self) -> None:
         with self._lock:

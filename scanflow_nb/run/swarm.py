@@ -24,6 +24,7 @@ from ..resources import Node, Resources, Usage, shortfall
 from .backend import Launch, Tracking
 from .docker import HEALTH_PROBE, TRACKER_ALIAS, TRACKER_ENV, DockerBackend, wait_healthy
 from .measure import recorded
+from .services import SERVICE_START_TIMEOUT, SERVICE_STOP_GRACE
 
 ENDED = {"complete", "failed", "rejected", "shutdown", "orphaned", "remove"}
 GPU_KIND = "NVIDIA-GPU"  # the generic resource nodes advertise their GPUs as
@@ -199,6 +200,62 @@ class ServiceHandle:
         return recorded(self.record, bool(container and container.attrs["State"].get("OOMKilled")))
 
 
+class SwarmService(ServiceHandle):
+    """A service executor as a replicated swarm service: the swarm keeps `replicas` tasks running, restarts
+    the ones that die and replaces the unhealthy ones; it is healthy when every replica's health check is."""
+
+    def __init__(self, docker_client, service, replicas: int, url: str, endpoint: str | None):
+        super().__init__(docker_client, service)
+        self.replicas, self.url, self.endpoint = replicas, url, endpoint
+        self.served = False  # once every replica was healthy, the swarm keeps it so
+
+    def healthy(self) -> bool:
+        import docker.errors
+
+        try:
+            running = [t for t in self.service.tasks() if t["Status"]["State"] == "running"]
+            ids = [t["Status"].get("ContainerStatus", {}).get("ContainerID") for t in running]
+            states = [self.docker.containers.get(cid).attrs["State"].get("Health", {}).get("Status") for cid in ids]
+        except docker.errors.NotFound:
+            return False
+        self.served = self.served or states.count("healthy") >= self.replicas
+        return states.count("healthy") >= self.replicas
+
+    def lines(self) -> Iterator[str]:
+        import docker.errors
+
+        pending = b""
+        try:
+            for chunk in self.service.logs(stdout=True, stderr=True, follow=True):
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                for line in complete:
+                    yield line.decode(errors="replace").rstrip("\r")
+        except docker.errors.APIError:  # the service was removed
+            pass
+
+    def wait(self, timeout: float | None) -> int:
+        """0 once the service is gone (stopped). Before it first served, a replica's exit code when one failed
+        and none runs (it cannot start); afterwards the swarm replaces replicas that die, so it goes on."""
+        import docker.errors
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                tasks = self.service.tasks()
+            except docker.errors.NotFound:
+                return 0
+            failed = [t for t in tasks if t["Status"]["State"] in ("failed", "rejected")]
+            if failed and not self.served and not any(t["Status"]["State"] == "running" for t in tasks):
+                return int(failed[0]["Status"].get("ContainerStatus", {}).get("ExitCode") or 1)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.kill()  # removing the service stops its tasks with SIGTERM, then waits their grace period
+
+
 class SwarmBackend(DockerBackend):
     """Run executors as swarm services on the swarm this engine manages."""
 
@@ -275,6 +332,45 @@ class SwarmBackend(DockerBackend):
             return None
 
         wait_healthy(probe, failed, self.tracker_timeout)
+
+    def start_service(self, launch: Launch, image: str, command: list[str], env: dict[str, str]) -> SwarmService:
+        """`replicas` tasks behind the executor's name (round-robin DNS on the run's network); published on
+        every node's `host` interface only when the executor asks for 0.0.0.0 (one replica per node then)."""
+        import docker.errors
+        import docker.types as dt
+
+        ex = launch.executor
+        probe = f"import urllib.request as u; u.urlopen('http://127.0.0.1:{ex.port}{ex.health}', timeout=2)"
+        published = ex.host == "0.0.0.0"
+        ports = [dt.EndpointSpec(mode="dnsrr", ports={ex.port: (ex.port, "tcp", "host")})] if published else []
+        try:
+            service = self.docker.services.create(
+                image,
+                command=command,
+                name=self.object_name(launch.workflow, ex.name),
+                labels=self.labels(**{LABEL_KEY: launch.key}),
+                container_labels=self.labels(**{LABEL_KEY: launch.key}),
+                env=env,
+                networks=[dt.NetworkAttachmentConfig(self.network.name, aliases=[ex.name])],
+                mounts=[dt.Mount(target=str(self.app_dir), source=str(self.app_dir), type="bind")],
+                user=self.user,
+                workdir=str(self.app_dir),
+                restart_policy=dt.RestartPolicy(condition="any", delay=1_000_000_000),
+                mode=dt.ServiceMode("replicated", replicas=ex.replicas),
+                endpoint_spec=ports[0] if ports else dt.EndpointSpec(mode="dnsrr"),
+                healthcheck=dt.Healthcheck(  # failures while it starts do not count (loading takes a while)
+                    test=["CMD", "python", "-c", probe],
+                    interval=2_000_000_000,
+                    timeout=3_000_000_000,
+                    retries=3,
+                    start_period=int(SERVICE_START_TIMEOUT * 1e9),
+                ),
+                stop_grace_period=int(SERVICE_STOP_GRACE * 1e9),
+            )
+        except docker.errors.APIError as exc:
+            raise RunError(f"cannot create the swarm service {launch.key}: {exc.explanation or exc}") from None
+        endpoint = f"http://127.0.0.1:{ex.port}" if published else None
+        return SwarmService(self.docker, service, ex.replicas, f"http://{ex.name}:{ex.port}", endpoint)
 
     def start_executor(
         self, launch: Launch, image: str, command, env: dict[str, str], record: Path | None

@@ -132,6 +132,26 @@ def load_model(uri: str, tracking_uri: str, version: str | None = None) -> Loade
     return LoadedModel(uri, pyfunc, name, version, run_id, time.monotonic() - started, folder=folder)
 
 
+def requirements(uri: str, tracking_uri: str) -> list[str]:
+    """The pip requirements the model behind `uri` was logged with (MLflow itself left out: images bring theirs)."""
+    import mlflow.artifacts
+
+    from ..track import get_client
+
+    name = registered_name(uri)
+    if name is not None:
+        uri = get_client(tracking_uri).get_model_version_download_uri(name, resolve_version(uri, tracking_uri))
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{uri.rstrip('/')}/requirements.txt", tracking_uri=tracking_uri, dst_path=tmp
+            )
+        except Exception:  # a model logged without one: the image's own requirements must do
+            return []
+        lines = [line.strip() for line in Path(path).read_text().splitlines()]
+    return [line for line in lines if line and not line.startswith("#") and not re.match(r"mlflow(-skinny)?\b", line)]
+
+
 class AliasFollower:
     """Polls the registry every `every` s; when the version behind `uri` changes, loads it and calls `on_switch`.
 
