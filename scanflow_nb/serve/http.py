@@ -94,7 +94,9 @@ def serve(
     for key, value in CLIENT_ENV.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    service = PredictionService(model_uri, tracking_uri, experiment, params={"host": host, "port": port}, **options)
+    parent = os.environ.get("MLFLOW_RUN_ID")  # set by a workflow run: the service's run nests under its executor's
+    settings = {"host": host, "port": port}
+    service = PredictionService(model_uri, tracking_uri, experiment, params=settings, parent_run_id=parent, **options)
     service.start()
     config = uvicorn.Config(
         asgi_app(service),

@@ -114,6 +114,7 @@ class PredictionService:
         poll_seconds: float = 2.0,
         drain_seconds: float = 30.0,
         params: dict[str, Any] | None = None,
+        parent_run_id: str | None = None,
     ):
         if not isinstance(poll_seconds, (int, float)) or not poll_seconds > 0:
             raise ValidationError(f"poll seconds must be a positive number, got {poll_seconds!r}")
@@ -129,7 +130,13 @@ class PredictionService:
             raise
         settings = {"model_uri": model_uri, "batch_rows": batch_rows, "flush_seconds": flush_seconds}
         self.shipper = Shipper(
-            self.spool, tracking_uri, self.experiment, self.name, {**settings, **(params or {})}, on_error=self._error
+            self.spool,
+            tracking_uri,
+            self.experiment,
+            self.name,
+            {**settings, **(params or {})},
+            parent_run_id=parent_run_id,
+            on_error=self._error,
         )
         self.follower = (
             AliasFollower(model_uri, tracking_uri, self.model.version, self.switch, self._error, every=poll_seconds)

@@ -6,7 +6,8 @@ with the service, the replica, the model version that answered, the row count an
 event becomes what it records: a model switch is a child run of the service run, an overflow the service
 run's `dropped_rows` metric. While the tracker is away the thread waits (doubling up to `max_backoff`),
 records the outage and goes on where it stopped; a segment is deleted only once MLflow has it, and a
-segment whose upload was cut short is looked up by its id before it is logged again (no batch twice).
+segment whose upload may have been cut short (here, or by a dead replica it was adopted from) is looked up
+by its id before it is logged again: no batch twice.
 """
 
 from __future__ import annotations
@@ -44,12 +45,13 @@ class Shipper:
         experiment: str,
         service: str,
         params: dict[str, Any] | None = None,
+        parent_run_id: str | None = None,
         max_backoff: float = 30.0,
         adopt_every: float = 10.0,
         on_error: Callable[[str], None] | None = None,
     ):
         self.spool, self.tracking_uri, self.experiment, self.service = spool, tracking_uri, experiment, service
-        self.params = dict(params or {})
+        self.params, self.parent_run_id = dict(params or {}), parent_run_id
         self.max_backoff, self.adopt_every = max_backoff, adopt_every
         self.on_error = on_error or (lambda message: None)
         self.service_run: str | None = None
@@ -122,7 +124,9 @@ class Shipper:
         if segment.rows == 0:
             return
         header = segment.header
-        if segment.id in self._retry and self._already_logged(client, segment.id):
+        # after a cut-short upload, here or by the (dead) replica this segment was adopted from: look first
+        unsure = segment.id in self._retry or header.get("replica") != self.spool.replica
+        if unsure and self._already_logged(client, segment.id):
             self._retry.discard(segment.id)
             self.counts["shipped_rows"] += segment.rows
             self.counts["batches"] += 1
@@ -190,7 +194,7 @@ class Shipper:
             log_values(
                 client,
                 run,
-                params={"previous": event.get("previous"), "version": event.get("version"), "at": event["at"]},
+                params={"previous": event.get("previous"), "version": event.get("version")},
                 metrics={"load_seconds": event.get("load_seconds")},
             )
             client.set_terminated(run, "FINISHED")
@@ -201,6 +205,8 @@ class Shipper:
 
     def _open_service_run(self, client) -> None:
         tags = {KIND_TAG: "service", SERVICE_TAG: self.service, REPLICA_TAG: self.spool.replica}
+        if self.parent_run_id:  # e.g. the executor run of a workflow's service
+            tags[tr.PARENT_TAG] = self.parent_run_id
         self.service_run = client.create_run(
             self._exp, run_name=f"serve {self.service} ({self.spool.replica})", tags=tags
         ).info.run_id
