@@ -20,13 +20,14 @@ REPOSITORY = "scanflow-nb/scanflow_nb"
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
-def test_the_five_tutorials_exist():
+def test_the_six_tutorials_exist():
     assert [p.name for p in NOTEBOOKS] == [
         "01_quickstart.ipynb",
         "02_containers.ipynb",
         "03_drift_checker.ipynb",
         "04_labeling.ipynb",
         "05_reproduction.ipynb",
+        "06_serving.ipynb",
     ]
 
 
@@ -299,3 +300,33 @@ def test_05_reproduction_reports_detection_and_accuracies(ran):
     assert "5 reproduction runs in MLflow" in summary
     assert "digits: drift detected in 4 of 4 corrupted batches, none on the clean batch: True" in summary
     assert ".. list-table::" in summary and "   * - rotate" in summary
+
+
+@pytest.mark.slow
+def test_06_the_deployed_loop_flags_drift_promotes_and_the_service_follows(ran):
+    nb = ran("06_serving.ipynb")
+    assert re.search(r"no champion yet: v1 \(accuracy 0\.\d+\) becomes champion", text(nb, "model"))
+    deploy = text(nb, "deploy")
+    assert "declared service serve/api: models:/digits@champion on 127.0.0.1:" in deploy
+    assert "serve/api: serving" in deploy
+    assert shows(nb, "deploy", WIDGET) == 1, "the live graph shows the run and its service"
+    assert shows(nb, "checker", WIDGET) == 1
+    traffic = text(nb, "traffic")
+    clean = number(r"clean: 200 rows answered by v1, accuracy (0\.\d+)", traffic)
+    before = number(r"rotated: 200 rows answered by v1, accuracy (0\.\d+)", traffic)
+    assert clean > before
+    verdicts = re.findall(r"of 100 rows: (DRIFT|ok)", text(nb, "verdicts"))
+    assert verdicts[:2] == ["ok", "ok"] and "DRIFT" in verdicts[2:]
+    assert re.search(r"served batch \w+: 100 rows, drift True, \d+ anomalous samples", text(nb, "label"))
+    assert shows(nb, "label", WIDGET) == 1, "the labeling panel is shown"
+    decision = text(nb, "decision")
+    assert re.search(r"labeled 20 anomalies; planner: promote -> champion v2", decision), decision
+    switched = text(nb, "switched")
+    assert "'version': '2'" in switched
+    after = number(r"rotated again: answered by v2, accuracy (0\.\d+)", switched)
+    assert after > before
+    mlflow = text(nb, "mlflow")
+    assert re.search(r"\d+ batch, \d+ check", mlflow) and "service" in mlflow
+    assert "switch: api switch v1 -> v2 {'previous': '1', 'version': '2'}" in mlflow
+    assert "['batch/batch.npy', 'batch/predictions.npy', 'batch/probabilities.npy']" in mlflow
+    assert "workflow 'serve' succeeded" in text(nb, "stop")
