@@ -369,15 +369,22 @@ class Run:
             error = "interrupted"
         post(("done", task.key, ev.SUCCEEDED if code == 0 and error is None else ev.FAILED, attempt, code, error))
 
-    def _one_attempt(self, launch: Launch, timeout: float | None, log: LogWriter) -> tuple[int | None, str | None]:
-        key = launch.key
+    def _begin(self, start, launch: Launch, log: LogWriter):
+        """Start an attempt or a service with `start(launch)` and keep its handle: (handle, None) or (None, why)."""
         try:
-            handle = self.backend.launch(launch)
+            handle = start(launch)
         except ScanflowError as exc:
             log.write(str(exc))
             return None, str(exc)
         with self._lock:
-            self._handles[key] = handle
+            self._handles[launch.key] = handle
+        return handle, None
+
+    def _one_attempt(self, launch: Launch, timeout: float | None, log: LogWriter) -> tuple[int | None, str | None]:
+        key = launch.key
+        handle, failed = self._begin(self.backend.launch, launch, log)
+        if handle is None:
+            return None, failed
         if self.cancelled.is_set():
             handle.kill()
 
@@ -451,13 +458,9 @@ class Run:
         post(("done", key, ev.FAILED if error else ev.SUCCEEDED, 1, code, error))
 
     def _service_life(self, key: str, ex, launch: Launch, log: LogWriter) -> tuple[int | None, str | None]:
-        try:
-            handle = self.backend.serve(launch)
-        except ScanflowError as exc:
-            log.write(str(exc))
-            return None, str(exc)
-        with self._lock:
-            self._handles[key] = handle
+        handle, failed = self._begin(self.backend.serve, launch, log)
+        if handle is None:
+            return None, failed
         reader = self._reader(key, handle, log)
         deadline = time.monotonic() + (ex.timeout or SERVICE_START_TIMEOUT)
         try:
