@@ -100,3 +100,10 @@ def wait_for(predicate, timeout: float = 60.0, every: float = 0.2):
             return value
         time.sleep(every)
     return predicate()
+
+
+@pytest.fixture
+def spool_in_tmp(tmp_path, monkeypatch):
+    """Run the test in its own folder: a service's spool (under the working directory) starts empty."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

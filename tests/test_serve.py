@@ -17,6 +17,8 @@ from scanflow_nb.serve import start_service
 from scanflow_nb.track import get_client
 from scanflow_nb.track.server import free_port
 
+pytestmark = pytest.mark.usefixtures("spool_in_tmp")
+
 EXP = "serve"  # the experiment of the app's workflow "serve": where its checker looks
 
 

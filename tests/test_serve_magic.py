@@ -6,6 +6,8 @@ from serve_support import MODEL, Client, logged_rows
 
 from scanflow_nb.serve import running_services
 
+pytestmark = pytest.mark.usefixtures("spool_in_tmp")
+
 
 def test_serve_list_and_stop_from_the_notebook(shell, registry, capsys):
     shell.run_line_magic("scanflow", f"app {registry.app.path}")

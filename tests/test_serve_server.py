@@ -9,7 +9,7 @@ from serve_support import MODEL, Client, logged_rows, wait_for
 from scanflow_nb.serve import start_service
 from scanflow_nb.track.server import TrackerServer, free_port
 
-pytestmark = [pytest.mark.server, pytest.mark.slow]
+pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.usefixtures("spool_in_tmp")]
 
 
 def test_rows_answered_while_the_tracker_is_down_are_logged_when_it_is_back(registry, tmp_path):
@@ -22,6 +22,8 @@ def test_rows_answered_while_the_tracker_is_down_are_logged_when_it_is_back(regi
         for start in range(0, 40, 5):
             client.predict(registry.X[start : start + 5])
         assert wait_for(lambda: logged_rows(server.uri, "outage", "outage") == 40, timeout=60)
+        # MLflow has both batches; wait until the service knows it too (it closes a batch's run after logging it)
+        assert wait_for(lambda: svc.stats()["spool_rows"] == 0 and svc.stats()["batches"] == 2), svc.stats()
 
         os.killpg(server.process.pid, signal.SIGKILL)  # a crash, not a clean stop
         server.process.wait(10)

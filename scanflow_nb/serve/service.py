@@ -13,6 +13,7 @@ CSV, Parquet), so clients see exactly what `mlflow models serve` answers. Around
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -136,6 +137,7 @@ class PredictionService:
             self.name,
             {**settings, **(params or {})},
             parent_run_id=parent_run_id,
+            probabilities=self.probabilities,
             on_error=self._error,
         )
         self.follower = (
@@ -150,6 +152,8 @@ class PredictionService:
         self.drain_seconds = drain_seconds
         self.started_at = time.time()
         self._proba_broken: set[str | None] = set()
+        self._headers: dict[tuple, tuple[dict, str]] = {}
+        self._models = {self.model.version: self.model}  # the versions whose rows may still wait to be shipped
         self._stop = threading.Event()
         self._sealer = threading.Thread(target=self._seal_old, name=f"scanflow-seal-{self.name}", daemon=True)
         self._closed: dict[str, Any] | None = None
@@ -198,11 +202,17 @@ class PredictionService:
     def switch(self, new: LoadedModel) -> None:
         """Answer with `new` from now on (one assignment: no request sees neither model)."""
         old, self.model = self.model, new
+        self._models[new.version] = new
         record = {"previous": old.version, "version": new.version, "load_seconds": round(new.load_seconds, 3)}
         self.switches.append({**record, "at": time.time()})
         self.spool.event("switch", **record, reason=f"{self.model_uri} moved from {old.label} to {new.label}")
         log.warning("serve %s: now answering with %s (was %s)", self.name, new.label, old.label)
-        threading.Timer(60.0, old.discard).start()  # requests still holding the old model finish first
+        threading.Timer(60.0, self._forget, args=(old,)).start()  # requests and batches of it finish first
+
+    def _forget(self, old: LoadedModel) -> None:
+        if self.model is not old:
+            self._models.pop(old.version, None)
+            old.discard()
 
     # -- answering ------------------------------------------------------------------------------------
     def answer(self, body: bytes, content_type: str | None) -> Reply:
@@ -233,22 +243,35 @@ class PredictionService:
         predictions, _ = as_rows(capture.predictions)
         if predictions is not None and len(predictions) != len(X):
             predictions = None
-        probabilities = None
-        if model.predict_proba is not None and model.version not in self._proba_broken:
-            try:
-                given = capture.data if model.takes_frames else X
-                probabilities = np.asarray(model.predict_proba(given), dtype=float)
-            except Exception as exc:
-                self._proba_broken.add(model.version)
-                self._error(f"{model.label} answers but its predict_proba fails ({exc}): logging predictions only")
-        header = {
-            "model_uri": model.uri,
-            "version": model.version,
-            "label": model.label,
-            "classes": model.classes if probabilities is not None else None,
-            "columns": columns,
-        }
-        return Spool.entry(header, X, predictions, probabilities)
+        place = (model.version, model.uri, tuple(columns) if columns else None)
+        if place not in self._headers:  # one header (and its key) per version and column set
+            header = {"model_uri": model.uri, "version": model.version, "label": model.label, "columns": columns}
+            self._headers[place] = (header, json.dumps(header, sort_keys=True))
+        header, key = self._headers[place]
+        return Spool.entry(header, X, predictions, key=key)
+
+    def probabilities(self, header: dict[str, Any], X: np.ndarray) -> tuple[np.ndarray | None, list | None]:
+        """Class probabilities of a logged segment's rows by the version that answered them, and its classes.
+
+        Computed when the segment is shipped, for all its rows at once (not on the request path); None
+        when that version is no longer loaded here (e.g. rows adopted from another replica) or has none.
+        """
+        model = self._models.get(header.get("version"))
+        if model is None or model.uri != header.get("model_uri") or model.predict_proba is None:
+            return None, None
+        if model.version in self._proba_broken:
+            return None, None
+        try:
+            given = X
+            if model.takes_frames and header.get("columns"):
+                import pandas as pd
+
+                given = pd.DataFrame(X, columns=header["columns"])
+            return np.asarray(model.predict_proba(given), dtype=float), model.classes
+        except Exception as exc:
+            self._proba_broken.add(model.version)
+            self._error(f"{model.label} answers but its predict_proba fails ({exc}): logging predictions only")
+            return None, None
 
     def journal(self, reply: Reply) -> None:
         """Write a reply's rows to the spool: call it just before the reply goes out."""

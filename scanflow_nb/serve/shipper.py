@@ -1,7 +1,8 @@
 """The shipper: one daemon thread that turns what the spool holds into MLflow runs, oldest first.
 
 A sealed segment becomes one inference batch (`check.tracking.log_batch`, the convention the watcher reads),
-with the model's predictions and probabilities beside it, a child of the replica's service run and tagged
+with the model's predictions beside it and its class probabilities (computed here, for the whole batch at once,
+by the version that answered, through `probabilities(header, X)`), a child of the replica's service run and tagged
 with the service, the replica, the model version that answered, the row count and the segment's id. An
 event becomes what it records: a model switch is a child run of the service run, an overflow the service
 run's `dropped_rows` metric. While the tracker is away the thread waits (doubling up to `max_backoff`),
@@ -46,12 +47,14 @@ class Shipper:
         service: str,
         params: dict[str, Any] | None = None,
         parent_run_id: str | None = None,
+        probabilities: Callable | None = None,
         max_backoff: float = 30.0,
         adopt_every: float = 10.0,
         on_error: Callable[[str], None] | None = None,
     ):
         self.spool, self.tracking_uri, self.experiment, self.service = spool, tracking_uri, experiment, service
         self.params, self.parent_run_id = dict(params or {}), parent_run_id
+        self.probabilities = probabilities or (lambda header, X: (None, None))
         self.max_backoff, self.adopt_every = max_backoff, adopt_every
         self.on_error = on_error or (lambda message: None)
         self.service_run: str | None = None
@@ -141,8 +144,9 @@ class Shipper:
         }
         if header.get("version"):
             tags[VERSION_TAG] = header["version"]
-        if header.get("classes") is not None and segment.probabilities is not None:
-            tags[tr.CLASSES_TAG] = json.dumps(header["classes"])[:5000]
+        probabilities, classes = self.probabilities(header, segment.X)
+        if classes is not None:
+            tags[tr.CLASSES_TAG] = json.dumps(classes)[:5000]
         if header.get("columns"):
             tags["scanflow.columns"] = json.dumps(header["columns"])[:5000]
         self._retry.add(segment.id)
@@ -154,7 +158,7 @@ class Shipper:
                 run_name=f"{self.service} {header.get('label', '')}".strip(),
                 tags=tags,
                 predictions=segment.predictions,
-                probabilities=segment.probabilities,
+                probabilities=probabilities,
             )
         except TrackerError:
             raise
