@@ -11,8 +11,9 @@ One run prints, with the load average:
 4. on the swarm (`--swarm`, needs Docker in swarm mode): 2 replicas behind the routing mesh, both answering;
    one replica's container killed under load is replaced, and no answered row is missing from MLflow.
 
-    python bench/serve.py                # about 4 minutes
+    python bench/serve.py                # parts 1-3, about 5 minutes on an idle machine
     python bench/serve.py --quick        # shorter rounds and 2,000 requests in part 2
+    python bench/serve.py --swarm        # and part 4 (builds the service's image the first time)
 """
 
 from __future__ import annotations
@@ -119,11 +120,11 @@ class Load:
         }
 
 
-def logged_rows(tracking_uri: str, experiment: str, service: str) -> int:
-    """Rows in the inference batches the service logged (their `scanflow.rows` tags)."""
+def service_batches(tracking_uri: str, experiment: str, service: str) -> list:
+    """The complete inference batches a service logged."""
     client = get_client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
-    total, token = 0, None
+    runs, token = [], None
     while True:
         page = client.search_runs(
             [exp.experiment_id],
@@ -131,10 +132,15 @@ def logged_rows(tracking_uri: str, experiment: str, service: str) -> int:
             max_results=1000,
             page_token=token,
         )
-        total += sum(int(r.data.tags["scanflow.rows"]) for r in page)
+        runs += page
         token = page.token
         if not token:
-            return total
+            return runs
+
+
+def logged_rows(tracking_uri: str, experiment: str, service: str) -> int:
+    """Rows in the inference batches the service logged (their `scanflow.rows` tags)."""
+    return sum(int(r.data.tags["scanflow.rows"]) for r in service_batches(tracking_uri, experiment, service))
 
 
 def register(tracking_uri: str, X, y) -> None:
@@ -290,6 +296,94 @@ def switch(tracker: str, X, args) -> None:
     print(f"   after the switch: {after.count('2')} answers by v2, {after.count('1')} by v1; /version says v{version}")
 
 
+SWARM_LOAD = """\
+import json, os, threading, time, urllib.request
+rows = {rows}
+url = os.environ["SCANFLOW_SERVICE_API"] + "/invocations"
+body = json.dumps({{"inputs": rows}}).encode()
+counts = {{"answered": 0, "failed": 0}}
+lock = threading.Lock()
+
+def client():
+    deadline = time.monotonic() + {seconds}
+    while time.monotonic() < deadline:
+        try:  # a new connection each time: round-robin DNS spreads them over the replicas
+            urllib.request.urlopen(urllib.request.Request(url, body, {{"Content-Type": "application/json"}})).read()
+            outcome = "answered"
+        except OSError:
+            outcome = "failed"
+        with lock:
+            counts[outcome] += 1
+
+threads = [threading.Thread(target=client) for _ in range({clients})]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print("LOAD", json.dumps({{**counts, "rows": counts["answered"] * len(rows)}}))
+"""
+
+
+def swarm(X, y, args) -> None:
+    """Part 4: 2 replicas on the swarm; the load runs on the run's network (the kernel cannot reach both)."""
+    import docker
+    from sklearn.linear_model import LogisticRegression
+
+    from scanflow_nb import App, Executor, Workflow
+    from scanflow_nb.plan import ModelPlanner
+    from scanflow_nb.run.swarm import SwarmBackend
+
+    print(
+        f"\n4. swarm: 2 replicas, {args.clients} clients on the run's network for {args.swarm_seconds:g} s, "
+        "one replica's container killed (SIGKILL) 20 s after both answer"
+    )
+    rows = X[: args.rows].tolist()
+    load = SWARM_LOAD.format(rows=json.dumps(rows), seconds=args.swarm_seconds, clients=args.clients)
+    api = Executor(
+        "api", model=f"models:/{MODEL}@champion", port=free_port(), replicas=2, parameters={"flush-seconds": 1}
+    )
+    app = App(Path.cwd() / "swarm_app")
+    app.path.mkdir(exist_ok=True)
+    app.add(Workflow("swarm", executors=[api, Executor("load", code=load, depends_on=["api"])]))
+    uri = app.tracking_uri("swarm")
+    planner = ModelPlanner(uri, MODEL, experiment="planner")
+    planner.decide(planner.register(LogisticRegression(max_iter=300).fit(X[:500], y[:500])), X[1000:], y[1000:])
+    engine, moments = docker.from_env(), {}
+    mine = {"label": "scanflow.key=swarm/api"}
+
+    def kill_one():
+        time.sleep(20)
+        victim = engine.containers.list(filters={**mine, "status": "running"})[0]
+        victim.kill()
+        moments["killed"] = time.monotonic()
+        while time.monotonic() - moments["killed"] < 300:
+            healthy = {c.id for c in engine.containers.list(filters={**mine, "health": "healthy"})}
+            if len(healthy - {victim.id}) >= 2:
+                moments["replaced"] = time.monotonic()
+                return
+            time.sleep(0.5)
+
+    def on_event(event):
+        if event.kind == "serving":
+            threading.Thread(target=kill_one, daemon=True).start()
+
+    result = app.run(
+        "swarm", backend=SwarmBackend(echo=lambda line: None, tracker_timeout=600), echo=False, listeners=[on_event]
+    )
+    report = json.loads(app.logs("swarm/load").split("LOAD ", 1)[1])
+    logged = logged_rows(uri, "swarm", "api")
+    replicas = {r.data.tags["scanflow.serve.replica"] for r in service_batches(uri, "swarm", "api")}
+    replaced = f"{moments['replaced'] - moments['killed']:.1f} s" if "replaced" in moments else "not within 300 s"
+    print(
+        f"   run {result.status}; {report['answered']} requests answered 200 ({report['rows']} rows), "
+        f"{report['failed']} failed (connections of the killed replica); {len(replicas)} replicas logged batches; "
+        f"the killed one was replaced and healthy after {replaced}"
+    )
+    verdict = "none lost" if logged >= report["rows"] else f"{report['rows'] - logged} LOST"
+    print(
+        f"   rows logged {logged} vs answered 200 {report['rows']}: {verdict}; {logged - report['rows']} more "
+        "(answered by the model, the reply cut off by the kill)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -298,7 +392,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=None, help="length of one round (default 15, quick 6)")
     parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per server (3, quick 2)")
     parser.add_argument("--requests", type=int, default=None, help="requests of part 2 (10,000, quick 2,000)")
-    parser.add_argument("--swarm", action="store_true", help="also part 4, on the swarm")
+    parser.add_argument("--swarm", action="store_true", help="also part 4, on the swarm (needs Docker, swarm mode)")
+    parser.add_argument("--swarm-seconds", type=float, default=60, help="length of part 4's load (60)")
     args = parser.parse_args()
     args.seconds = args.seconds or (6 if args.quick else 15)
     args.rounds = args.rounds or (2 if args.quick else 3)
@@ -318,6 +413,8 @@ def main() -> None:
             switch(server.uri, X, args)
         finally:
             server.stop()
+        if args.swarm:
+            swarm(X, y, args)
     print(f"\nload average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at end")
 
 

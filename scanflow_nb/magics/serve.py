@@ -93,9 +93,10 @@ def stop(ctx, args):
     """Stop a service (it logs what it buffered and says what it logged), or end a workflow's run and its services."""
     from ..serve import running_services, stop_service
 
-    if args.name in running_services() or ctx.current_app is None:
+    app = ctx.current_app
+    if args.name in running_services() or app is None or args.name not in {w.name for w in app.all_workflows()}:
         print(stop_service(args.name))
         return None
-    result = ctx.app.stop(args.name)
+    result = app.stop(args.name)
     print(result.summary() if result is not None else f"the run of {args.name!r} ended")
     return None
