@@ -322,6 +322,7 @@ class DockerBackend:
                 working_dir=str(self.app_dir),
                 user=self.user,
                 environment=env,
+                **container_limits(launch),
             )
         except docker.errors.APIError as exc:
             raise RunError(f"cannot start the service {launch.key}: {exc.explanation or exc}") from None

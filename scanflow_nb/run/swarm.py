@@ -358,6 +358,7 @@ class SwarmBackend(DockerBackend):
                 restart_policy=dt.RestartPolicy(condition="any", delay=1_000_000_000),
                 mode=dt.ServiceMode("replicated", replicas=ex.replicas),
                 endpoint_spec=ports[0] if ports else dt.EndpointSpec(mode="dnsrr"),
+                resources=service_resources(launch.resources),  # each replica's
                 healthcheck=dt.Healthcheck(  # failures while it starts do not count (loading takes a while)
                     test=["CMD", "python", "-c", probe],
                     interval=2_000_000_000,
