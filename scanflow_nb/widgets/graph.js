@@ -95,13 +95,13 @@ function render({ model, el }) {
         if (cls.startsWith("sf-") && cls !== "sf-executor" && cls !== "sf-selected") g.classList.remove(cls);
       }
       g.classList.add(`sf-${n.state}`);
-      const shape = g.querySelector("path, polygon");
       const [fill, border] = palette[n.state] || ["#ffffff", "#888888"];
-      if (shape) {
-        shape.setAttribute("fill", fill);
+      // a service has two borders (graphviz peripheries): the first shape is filled, every one is stroked
+      g.querySelectorAll("path, polygon").forEach((shape, i) => {
+        if (i === 0) shape.setAttribute("fill", fill);
         shape.setAttribute("stroke", border);
         shape.setAttribute("stroke-width", n.state === "running" || n.state === "serving" ? "2" : "1");
-      }
+      });
       const texts = g.querySelectorAll("text");
       const line = texts[texts.length - 1];
       if (texts.length > 1 && line.textContent !== text) {
