@@ -230,10 +230,10 @@ class Tracker:
 class Checker:
     """Drift supervision of a workflow: which detector watches its inference batches, how often."""
 
-    detector: str = "autoencoder"
+    detector: str = "auto"  # a kind of scanflow_nb.check.KINDS; "auto": tabular for tables, else autoencoder
     every: float = 5.0
     alpha: float = 0.05
-    reference: str | None = None  # .npy file of reference data, inside the app folder
+    reference: str | None = None  # .npy, .parquet or .csv file of reference data, inside the app folder
 
     def __post_init__(self) -> None:
         _check_relative(self.reference, "checker: reference")

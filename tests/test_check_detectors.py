@@ -78,10 +78,16 @@ def test_clean_batches_pass_and_corrupted_batches_are_flagged(detectors, split, 
 
 def test_autoencoder_uses_all_its_evidence_and_corrects_for_it(autoencoder, split):
     res = autoencoder.score(corrupt(split[1][:50], "brightness", severity=1, seed=0))
-    assert set(res.tests) == {"error", "code", "input"}
-    assert res.p_value == pytest.approx(min(1.0, 3 * min(res.tests.values())))
-    error_only = AutoencoderDetector(epochs=5, evidence=["error"]).fit(split[0])
-    assert set(error_only.score(split[1][:50]).tests) == {"error"}
+    assert set(res.tests) == {"error", "input"} and res.features == {}
+    assert res.p_value == pytest.approx(min(1.0, 2 * min(res.tests.values())))
+    every = AutoencoderDetector(epochs=5, evidence=["error", "input", "code", "features"]).fit(split[0])
+    shifted = split[1][:50].copy()
+    shifted[:, 3, 4] = 1.0  # one pixel lit in every image
+    res = every.score(shifted)
+    assert set(res.tests) == {"error", "input", "code", "features"}
+    assert res.p_value == pytest.approx(min(1.0, 4 * min(res.tests.values())))
+    assert res.drifted[0] == "x[3,4]" and len(res.features) == 64
+    assert res.features["x[3,4]"] <= 4 * 5 / 1001, "four pieces of evidence: a quarter of alpha each"
 
 
 def test_autoencoder_is_reproducible_under_a_seed_and_respects_its_time_budget(split):
@@ -122,23 +128,46 @@ def test_mmd_on_the_autoencoder_code(split, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["ks", "mmd", "autoencoder"])
-def test_bad_input_is_refused_with_one_clear_message(detectors, split, kind):
+def test_bad_values_are_findings_and_the_rest_is_still_tested(detectors, split, kind):
+    det = detectors[kind]
+    batch = corrupt(split[1][:40], "rotate", severity=4, seed=0).astype(np.float64)
+    batch[3, 2, 2], batch[5, 1, 1], batch[7, 4, 4] = np.nan, np.inf, 40.0  # 40: pixels are in [0, 1]
+    res = det.score(batch)
+    found = {(f.kind, f.column): f.count for f in res.findings}
+    assert found[("nan", "x[2,2]")] == 1 and found[("inf", "x[1,1]")] == 1
+    assert found[("out_of_range", "x[4,4]")] == 1
+    assert res.is_drift, "the usable part of a drifted batch is still tested"
+    assert res.scores.shape == (40,)
+    if det.complete_rows:  # the two incomplete samples get no score and are not anomalous
+        assert found[("dropped_rows", None)] == 2 and np.isnan(res.scores[[3, 5]]).all()
+        assert not {3, 5} & set(res.indices.tolist())
+    else:
+        assert np.isfinite(res.scores).all()
+    mixed = split[1][:10].astype(object)
+    mixed[2, 0, 0] = "n/a"
+    found = {(f.kind, f.column): f.count for f in det.score(mixed).findings}
+    assert found[("wrong_dtype", "x[0,0]")] == 1
+
+
+@pytest.mark.parametrize("kind", ["ks", "mmd", "autoencoder"])
+def test_a_batch_with_nothing_usable_is_refused_with_one_clear_message(detectors, split, kind):
     det = detectors[kind]
     with pytest.raises(DetectorInputError, match=r"shape \(64,\), the reference had \(8, 8\)"):
         det.score(split[1][:10].reshape(10, 64))
-    bad = split[1][:10].copy()
-    bad[3, 2, 2] = np.nan
-    with pytest.raises(DetectorInputError, match="NaN or infinite values \\(samples 3\\)"):
-        det.score(bad)
-    bad[3, 2, 2] = np.inf
-    with pytest.raises(DetectorInputError, match="NaN or infinite"):
-        det.score(bad)
+    with pytest.raises(DetectorInputError, match="nothing usable"):
+        det.score(np.full((4, 8, 8), np.nan))
     with pytest.raises(DetectorInputError, match="batch is empty"):
         det.score(split[1][:0])
-    with pytest.raises(DetectorInputError, match="numeric"):
-        det.score([["a"] * 8] * 8)
+    with pytest.raises(DetectorInputError, match="nothing usable"):
+        det.score(np.array([[["a"] * 8] * 8] * 3, dtype=object))
+    with pytest.raises(DetectorInputError, match="must be numeric"):
+        det.score(np.array([[["a"] * 8] * 8] * 3))
     with pytest.raises(NotFittedError, match="fitted before scoring"):
         type(det)().score(split[1][:10])
+    bad = split[0][:30].copy()
+    bad[3, 2, 2] = np.nan
+    with pytest.raises(DetectorInputError, match=r"reference contains NaN or infinite values \(samples 3\)"):
+        type(det)().fit(bad)
 
 
 def test_tabular_data_and_argument_errors():
@@ -151,7 +180,9 @@ def test_tabular_data_and_argument_errors():
     assert not det.score(pool[:60]).is_drift
     shifted = pool[:60].copy()
     shifted[:, :3] *= 1.3  # three of thirty features rescaled
-    assert det.score(shifted).is_drift
+    res = det.score(shifted)
+    assert res.is_drift and res.drifted and set(res.drifted) <= {"x[0]", "x[1]", "x[2]"}
+    assert res.features[res.drifted[0]] == res.p_value and len(res.features) == 30
     with pytest.raises(ValidationError, match="unknown detector 'forest'"):
         make_detector("forest")
     with pytest.raises(ValidationError, match="alpha"):

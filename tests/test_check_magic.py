@@ -10,7 +10,7 @@ from IPython.core.error import UsageError
 
 from scanflow_nb.check import tracking as tr
 from scanflow_nb.check.watcher import CheckRecord
-from scanflow_nb.datasets import corrupt, load_digits
+from scanflow_nb.datasets import corrupt, load_digits, load_tumours, shift_table
 
 
 @pytest.fixture
@@ -130,3 +130,50 @@ def test_monitor_updates_from_another_thread():
         time.sleep(0.05)
     assert "no watcher, so no tracker to read the batch from" in monitor.details["note"]
     assert ["verdict", "<b>drift</b>: p = 0.001 (alpha 0.05)"] in monitor.details["rows"]
+
+
+def test_a_table_reference_picks_the_tabular_detector(shell, app_dir, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    frame = load_tumours()[0].sample(frac=1.0, random_state=0)
+    ref, pool = frame.iloc[:400], frame.iloc[400:]
+    app_dir.mkdir(parents=True)
+    ref.to_parquet(app_dir / "reference.parquet")
+    ref.to_csv(app_dir / "reference.csv", index=False)
+    (app_dir / "broken.parquet").write_text("not parquet")
+    (app_dir / "scanflow.yaml").write_text(yaml.safe_dump({"version": 1, "workflows": [{"name": "serve"}]}))
+    shell.run_line_magic("scanflow", f"app {app_dir}")
+    app = shell.magics_manager.registry["ScanflowMagics"].current_app
+    uri = app.tracking_uri("serve")
+    with pytest.raises(UsageError, match="broken.parquet' is not a readable table"):
+        shell.run_line_magic("scanflow", "checker start serve --reference broken.parquet")
+    with pytest.raises(UsageError, match="give a .npy array or a .parquet / .csv table"):
+        shell.run_line_magic("scanflow", "checker start serve --reference scanflow.yaml")
+
+    monitor = shell.run_line_magic("scanflow", "checker start serve --reference reference.parquet --every 0.3")
+    assert "TabularDetector(" in capsys.readouterr().out
+    try:
+        shifted, _ = shift_table(pool.iloc[:60], "new_category", ref, np.random.default_rng(0))
+        tr.log_batch(shifted, uri, "serve")
+        deadline = time.monotonic() + 60
+        while not monitor.watcher.records and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (record,) = monitor.watcher.records
+        assert record.result.drifted[0] == "scanner"
+        assert [(f.kind, f.column) for f in record.result.findings] == [("unseen_category", "scanner")]
+        capsys.readouterr()
+        shell.run_line_magic("scanflow", "checker status serve")
+        assert "1 batches checked, 1 drifted, 0 alarms, 1 data-quality findings" in capsys.readouterr().out
+    finally:
+        shell.run_line_magic("scanflow", "checker stop serve")
+
+    from scanflow_nb.check.supervise import fitted_detector
+
+    assert type(fitted_detector(app, "serve", "reference.csv")).__name__ == "TabularDetector"
+    run_id = tr.log_reference(ref, uri, "serve")
+    logged = fitted_detector(app, "serve", f"runs:/{run_id}/reference/reference.parquet")
+    assert type(logged).__name__ == "TabularDetector" and logged.schema_.categorical == ["size_band", "scanner"]
+    assert type(fitted_detector(app, "serve")).__name__ == "TabularDetector", "the newest logged reference"
+    with pytest.raises(UsageError, match="'size_band' is categorical: use TabularDetector"):
+        shell.run_line_magic("scanflow", "checker start serve --detector ks")
+    with pytest.raises(UsageError, match="needs the model it watches"):
+        shell.run_line_magic("scanflow", "checker start serve --detector model_output")

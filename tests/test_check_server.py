@@ -4,8 +4,18 @@ import os
 import signal
 import time
 
+import numpy as np
 import pytest
-from test_check_watcher import data, log_from_another_process, results_by_batch, wait_for  # noqa: F401
+from test_check_watcher import (  # noqa: F401
+    EXP,
+    assert_exactly_once,
+    data,
+    log_from_another_process,
+    results_by_batch,
+    start_watcher_processes,
+    stop_watcher_processes,
+    wait_for,
+)
 
 from scanflow_nb.check import tracking as tr
 from scanflow_nb.check.watcher import Watcher
@@ -57,5 +67,30 @@ def test_nothing_is_lost_or_checked_twice_when_the_server_dies_and_comes_back(da
             assert results[batch_id][0].data.metrics["is_drift"] == float(drift)
         outage_noted = [r for runs in results.values() for r in runs if tr.OUTAGE_TAG in r.data.tags]
         assert len(outage_noted) == 1 and "unreachable" in outage_noted[0].data.tags[tr.OUTAGE_TAG]
+    finally:
+        server.stop()
+
+
+def test_three_watchers_through_a_server_check_each_of_fifty_batches_exactly_once(data, tmp_path, monkeypatch):
+    from scanflow_nb.track.server import TrackerServer
+
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    detector, clean, _ = data
+    server = TrackerServer(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts").start()
+    try:
+        uri = server.uri
+        tr.experiment_id(tr.client_for(uri), EXP)
+        procs = start_watcher_processes(3, detector.save(tmp_path / "det"), uri)
+        try:
+            pool = np.concatenate(clean)
+            rng = np.random.default_rng(0)
+            ids = [tr.log_batch(pool[rng.choice(len(pool), 30, replace=False)], uri, EXP) for _ in range(50)]
+            client = tr.client_for(uri)
+            assert wait_for(lambda: all(tr.CHECKED_TAG in client.get_run(i).data.tags for i in ids), 300)
+            time.sleep(1.0)  # more polls by every watcher: nothing may be checked again
+        finally:
+            reports = stop_watcher_processes(procs)
+        assert sum(r["checked"] for r in reports) == 50, reports
+        assert_exactly_once(uri, ids)
     finally:
         server.stop()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -9,10 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from scanflow_nb.check import Detector, KSDetector
+from scanflow_nb.check import Detector, KSDetector, ModelOutputDetector, TabularDetector
 from scanflow_nb.check import tracking as tr
 from scanflow_nb.check.watcher import Watcher
-from scanflow_nb.datasets import corrupt, load_digits
+from scanflow_nb.datasets import corrupt, load_digits, load_tumours, shift_table
 from scanflow_nb.errors import NotFoundError, ScanflowError, ValidationError
 
 EXP = "wf"
@@ -218,3 +219,144 @@ def test_reference_and_detector_round_trip_through_mlflow(data, tmp_path):
         Watcher(uri, EXP, KSDetector())
     with pytest.raises(ValidationError, match="every"):
         Watcher(uri, EXP, detector, every=0)
+
+
+WATCHER_PROCESS = """
+import json, os, sys, time
+from scanflow_nb.check import Detector
+from scanflow_nb.check.watcher import Watcher
+watcher = Watcher(sys.argv[2], sys.argv[3], Detector.load(sys.argv[1]), every=0.2, max_backoff=1.0).start()
+print("started", flush=True)
+sys.stdin.read()  # until the test closes our stdin
+watcher.stop(10)
+print(json.dumps({"checked": len(watcher.records), "errors": watcher.errors[-5:]}), flush=True)
+"""
+
+
+def start_watcher_processes(count: int, detector_dir, uri: str) -> list[subprocess.Popen]:
+    """`count` watcher processes on experiment EXP, each with its own kernel-like Python process."""
+    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WATCHER_PROCESS, str(detector_dir), uri, EXP],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        for _ in range(count)
+    ]
+    for proc in procs:
+        assert proc.stdout.readline().strip() == "started", proc.stderr.read()[-2000:]
+    return procs
+
+
+def stop_watcher_processes(procs: list[subprocess.Popen]) -> list[dict]:
+    reports = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate("", timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+        assert proc.returncode == 0, err[-2000:]
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    return reports
+
+
+def assert_exactly_once(uri: str, batch_ids: list[str]) -> None:
+    """One live check run per batch, committed and tagged, and no check run made and thrown away."""
+    from mlflow.entities import ViewType
+
+    client = tr.client_for(uri)
+    exp_id = tr.experiment_id(client, EXP)
+    results = results_by_batch(uri)
+    assert sorted(results) == sorted(batch_ids)
+    doubles = {b: len(r) for b, r in results.items() if len(r) != 1}
+    assert not doubles, f"batches checked more than once: {doubles}"
+    every = client.search_runs(
+        [exp_id], f"tags.`{tr.CHECK_TAG}` = 'true'", run_view_type=ViewType.ALL, max_results=1000
+    )
+    assert len(every) == len(batch_ids), "no duplicate check run was even started"
+    for batch_id, (run,) in results.items():
+        batch = client.get_run(batch_id).data
+        assert batch.params[tr.RESULT_PARAM] == batch.tags[tr.CHECKED_TAG] == run.info.run_id
+        assert batch.params[f"{tr.CLAIM_PARAM}1"] == run.data.tags[tr.WATCHER_TAG]
+
+
+@pytest.mark.slow
+def test_three_watchers_over_fifty_batches_check_each_batch_exactly_once(data, tmp_path):
+    detector, clean, drifted = data
+    uri = new_store(tmp_path)
+    procs = start_watcher_processes(3, detector.save(tmp_path / "det"), uri)
+    try:
+        pool = np.concatenate(clean)
+        rng = np.random.default_rng(0)
+        ids = [tr.log_batch(pool[rng.choice(len(pool), 30, replace=False)], uri, EXP) for _ in range(50)]
+        client = tr.client_for(uri)
+        assert wait_for(lambda: all(tr.CHECKED_TAG in client.get_run(i).data.tags for i in ids), 240)
+        time.sleep(1.0)  # more polls by every watcher: nothing may be checked again
+    finally:
+        reports = stop_watcher_processes(procs)
+    assert sum(r["checked"] for r in reports) == 50, reports
+    assert sum(r["checked"] > 0 for r in reports) >= 2, f"the work should be shared: {reports}"
+    assert_exactly_once(uri, ids)
+
+
+def test_tables_findings_and_the_alarm_reach_mlflow(tmp_path):
+    frame, _ = load_tumours()
+    order = np.random.default_rng(0).permutation(len(frame))
+    ref, pool = frame.iloc[order[:400]], frame.iloc[order[400:]]
+    uri = new_store(tmp_path)
+    watcher = Watcher(uri, EXP, TabularDetector().fit(ref), every=0.2)
+    messy = pool.iloc[:50].assign(comment="new field")
+    messy.loc[messy.index[:4], "mean radius"] = np.nan
+    first = tr.log_batch(messy, uri, EXP)
+    (record,) = watcher.poll()
+    assert record.batch_run_id == first
+    assert not record.result.is_drift and not record.alarm
+    evidence = tr.load_check(uri, record.check_run_id)
+    assert {(f["kind"], f["column"], f["count"]) for f in evidence["findings"]} == {
+        ("extra_column", "comment", 50),
+        ("nan", "mean radius", 4),
+    }
+    assert set(evidence["features"]) == set(ref.columns)
+    run = tr.client_for(uri).get_run(record.check_run_id)
+    assert run.data.metrics["n_findings"] == 2 and "nan in 'mean radius': 4" in run.data.tags[tr.FINDINGS_TAG]
+
+    # a sustained shift: the stream's alarm goes off within a few batches, and its state lives in MLflow
+    ids = []
+    for i in range(4):
+        shifted, _ = shift_table(pool.sample(50, random_state=i), "new_category", ref, np.random.default_rng(i))
+        ids.append(tr.log_batch(shifted, uri, EXP))
+    restarted = Watcher(uri, EXP, Detector.load(watcher.detector.save(tmp_path / "tab")), every=0.2)
+    alarms = []
+    restarted.add_callback("alarm", alarms.append)
+    records = restarted.poll()
+    assert [r.batch_run_id for r in records] == ids and all(r.result.drifted[0] == "scanner" for r in records)
+    assert alarms and alarms[0].batch_run_id in ids[:3], [r.statistic for r in records]
+    client = tr.client_for(uri)
+    for r in records:
+        metrics = client.get_run(r.check_run_id).data.metrics
+        assert metrics["alarm"] == float(r.alarm) and metrics["cusum"] == pytest.approx(r.statistic)
+        assert client.get_run(r.check_run_id).data.tags[tr.DRIFTED_TAG].startswith("scanner")
+    assert restarted.status()["alarms"] == len(alarms)
+
+
+def test_logged_probabilities_are_scored_by_the_model_output_detector(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = load_digits()
+    flat = X.reshape(len(X), -1)
+    model = LogisticRegression(max_iter=3000).fit(flat[:700], y[:700])
+    detector = ModelOutputDetector().fit(probabilities=model.predict_proba(flat[700:1200]), y_reference=y[700:1200])
+    uri = new_store(tmp_path)
+    low = np.flatnonzero(y[1200:] < 5)[:80] + 1200  # only digits 0-4 arrive
+    tr.log_batch(flat[low], uri, EXP, probabilities=model.predict_proba(flat[low]), classes=model.classes_)
+    no_probs = tr.log_batch(flat[1200:1260], uri, EXP)
+    records = Watcher(uri, EXP, detector, every=0.2).poll()
+    assert records[0].result.is_drift and records[0].result.estimates["proportion[9]"] < 0.05
+    assert records[1].batch_run_id == no_probs and "has no model" in records[1].error
+    assert tr.load_check(uri, records[0].check_run_id)["estimates"]["proportion[0]"] > 0.1

@@ -168,7 +168,7 @@ def test_the_nearest_declared_special_applies():
     mid = Workflow("mid", checker=Checker(detector="ks"), workflows=[leaf])
     root = Workflow("root", tracker=Tracker(port=5005), checker=Checker(), workflows=[mid])
     assert root.special("leaf", "checker").detector == "ks"  # mid's, nearer than root's
-    assert root.special("root", "checker").detector == "autoencoder"
+    assert root.special("root", "checker").detector == "auto"
     assert root.special("leaf", "tracker").port == 5005  # only root declares one
     assert root.special("leaf", "improver") is None
     mid.improver = Improver(k=3)

@@ -8,18 +8,21 @@ import numpy as np
 
 from .base import Detector, as_rows
 from .result import DriftResult
-from .stats import bonferroni, ks_per_feature
+from .stats import holm, ks_per_feature
 
 
 class KSDetector(Detector):
-    """Per-feature two-sample Kolmogorov-Smirnov tests, Bonferroni-corrected over the features.
+    """Per-feature two-sample Kolmogorov-Smirnov tests, Holm-adjusted over the features.
 
-    Batch score: the largest KS statistic. Per-sample score: mean squared z-score of the sample's
-    features against the reference (features with no spread get a small floor). At most
-    `max_reference` reference samples (a seeded random subset) are kept.
+    Batch p-value: the smallest adjusted p-value (the Bonferroni minimum); `features` holds every
+    feature's adjusted p-value. Missing cells are left out of their feature's test. Batch score: the
+    largest KS statistic. Per-sample score: mean squared z-score of the sample's (present) features
+    against the reference (features with no spread get a small floor). At most `max_reference`
+    reference samples (a seeded random subset) are kept.
     """
 
     kind = "ks"
+    complete_rows = False
 
     def __init__(self, alpha: float = 0.05, seed: int = 0, max_reference: int = 5000) -> None:
         super().__init__(alpha, seed)
@@ -40,13 +43,23 @@ class KSDetector(Detector):
         self.threshold_ = float(np.quantile(self._sample_scores(flat), 1 - self.alpha))
 
     def _sample_scores(self, flat: np.ndarray) -> np.ndarray:
-        return (((flat - self.mean_) / self.scale_) ** 2).mean(axis=1)
+        z2 = ((flat - self.mean_) / self.scale_) ** 2
+        present = ~np.isnan(z2)
+        return np.where(present, z2, 0.0).sum(axis=1) / np.maximum(present.sum(axis=1), 1)
 
     def _score(self, X: np.ndarray) -> DriftResult:
         flat = as_rows(X)
         stat, p = ks_per_feature(self.reference_, flat)
+        adjusted = holm(p)
         return DriftResult.build(
-            bonferroni(p), stat.max(), self._sample_scores(flat), self.threshold_, self.alpha, {"ks": bonferroni(p)}
+            float(adjusted.min()),
+            stat.max(),
+            self._sample_scores(flat),
+            self.threshold_,
+            self.alpha,
+            {"ks": float(adjusted.min())},
+            features=dict(zip(self.feature_names, adjusted)),
+            order=dict(zip(self.feature_names, p)),
         )
 
     def _state(self) -> dict[str, np.ndarray]:

@@ -1,31 +1,46 @@
 """The MLflow conventions of drift checking. Any process can follow them; the Watcher reads them.
 
-Inference batch: a run in the workflow's experiment carrying the artifact `batch/batch.npy`
-(numpy .npy, shape (n, ...), no pickles) and the tag `scanflow.batch = "true"`, set only after
-the artifact is uploaded. `log_batch` does exactly that.
-What the deployed model answered may sit beside the batch, in the same run and uploaded before the tag:
-`batch/predictions.npy` (shape (n, ...): the model's outputs, row for row) and `batch/probabilities.npy`
-(shape (n, k): predicted class probabilities, when the model has them; columns in the order of the model's
-classes, given as a JSON list in the tag `scanflow.classes` when known). A serving process logs both
-(`scanflow_nb.serve`); a model-output detector reads them instead of calling the model again.
+Inference batch: a run in the workflow's experiment carrying the artifact `batch/batch.npy` (numpy
+.npy, shape (n, ...), no pickles) or, for a table, `batch/batch.parquet` (a pandas DataFrame), and
+the tag `scanflow.batch = "true"`, set only after the artifacts are uploaded. What the deployed model
+answered may sit beside the batch, uploaded with it: `batch/predictions.npy` (shape (n, ...): the
+model's outputs, row for row) and `batch/probabilities.npy` (float (n, classes): predicted class
+probabilities, when the model has them, in the order of the model's classes, given as a JSON list
+in the tag `scanflow.classes` when known). A serving process logs both (`scanflow_nb.serve`);
+`ModelOutputDetector` scores the probabilities instead of calling the model. `log_batch` does all
+of this.
 
-Check result: one run per batch, tagged `scanflow.check = "true"` and
-`scanflow.batch_run_id = <batch run id>`, a child of the batch run (`mlflow.parentRunId`), with
-metrics is_drift (0/1), p_value, score, threshold, alpha, n, n_anomalous, p_<evidence> and the
-artifacts `check/indices.npy` (anomalous positions, most anomalous first) and `check/scores.npy`.
-A batch that cannot be scored (e.g. wrong shape) gets a FAILED check run with the tag
-`scanflow.error`. Once its result is complete, the batch run is tagged
-`scanflow.checked = <check run id>`: that tag in MLflow itself is what makes checking exactly-once.
+Check result: one run per batch, tagged `scanflow.check = "true"` and `scanflow.batch_run_id = <batch
+run id>`, a child of the batch run (`mlflow.parentRunId`), with metrics is_drift (0/1), p_value,
+score, threshold, alpha, n, n_anomalous, n_drifted, n_findings, p_<evidence>, alarm (0/1) and cusum
+(the stream's evidence after this batch), the tags `scanflow.drifted` (the drifted columns, most
+significant first) and `scanflow.findings` (one line per data-quality finding), and the artifacts
+`check/indices.npy` (anomalous positions, most anomalous first), `check/scores.npy` and
+`check/result.json` (features, drifted, findings, estimates). A batch that cannot be scored gets a
+FAILED check run with the tag `scanflow.error`.
+
+Exactly once, with any number of watchers: a watcher first claims a batch by logging the param
+`scanflow.claim.<attempt>` on the batch run. MLflow params cannot change once logged, and the store
+enforces it (the params table's key is (run, key)): of several watchers logging the same claim,
+exactly one succeeds, on the embedded store and through `mlflow server` alike. A later attempt
+number is claimed only when the holder is known dead (same machine, process gone) or its claim is
+older than the watcher's `claim_timeout`. The result is then committed the same way, with the param
+`scanflow.result = <check run id>`; a check run that loses the commit is deleted. Finally the batch
+run is tagged `scanflow.checked = <check run id>`, which is what watchers search for.
 
 Reference data: a run tagged `scanflow.reference = "true"` with the artifact
-`reference/reference.npy` (`log_reference`); the newest one is the reference of the experiment.
-Detectors: `log_detector` stores a saved detector under the artifact folder `detector/`.
+`reference/reference.npy` or `reference/reference.parquet` (`log_reference`); the newest one is the
+reference of the experiment. Detectors: `log_detector` stores a saved detector under `detector/`.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +53,15 @@ from .result import DriftResult
 
 BATCH_TAG = "scanflow.batch"
 BATCH_ARTIFACT = "batch/batch.npy"
+BATCH_TABLE = "batch/batch.parquet"
 PREDICTIONS_ARTIFACT = "batch/predictions.npy"
 PROBABILITIES_ARTIFACT = "batch/probabilities.npy"
 CLASSES_TAG = "scanflow.classes"
+CLAIM_PARAM = "scanflow.claim."
+RESULT_PARAM = "scanflow.result"
+WATCHER_TAG = "scanflow.watcher"
+DRIFTED_TAG = "scanflow.drifted"
+FINDINGS_TAG = "scanflow.findings"
 LOGGED_AT_TAG = "scanflow.batch_logged_at"
 CHECKED_TAG = "scanflow.checked"
 CHECK_TAG = "scanflow.check"
@@ -49,25 +70,50 @@ ERROR_TAG = "scanflow.error"
 OUTAGE_TAG = "scanflow.outage_before"
 REFERENCE_TAG = "scanflow.reference"
 REFERENCE_ARTIFACT = "reference/reference.npy"
+REFERENCE_TABLE = "reference/reference.parquet"
 DETECTOR_TAG = "scanflow.detector"
 PARENT_TAG = "mlflow.parentRunId"
 
 
-def _array(X: Any, what: str) -> np.ndarray:
+def _data(X: Any, what: str):
+    """A batch or reference as it will be logged: a numeric array (n, ...) or a non-empty DataFrame."""
+    from .quality import is_frame
+
+    if is_frame(X):
+        if len(X) == 0 or X.shape[1] == 0:
+            raise ScanflowError(f"{what} must be a non-empty table, got {X.shape[0]} rows x {X.shape[1]} columns")
+        return X.rename(columns=str)
     try:
         arr = np.asarray(X)
     except Exception:
-        raise ScanflowError(f"{what} must be a numpy array") from None
+        raise ScanflowError(f"{what} must be a numpy array or a pandas DataFrame") from None
     if arr.dtype == object or arr.ndim < 1 or len(arr) == 0:
-        raise ScanflowError(f"{what} must be a non-empty numeric array of shape (n, ...), got {arr.dtype} {arr.shape}")
+        raise ScanflowError(
+            f"{what} must be a non-empty numeric array of shape (n, ...) or a DataFrame, got {arr.dtype} {arr.shape}"
+        )
     return arr
 
 
-def _log_npy(client, run_id: str, arr: np.ndarray, artifact: str) -> None:
-    folder, name = artifact.rsplit("/", 1)
+def _write_data(folder: Path, data, npy: str, table: str) -> None:
+    """Write an array as .npy or a DataFrame as Parquet (no pickles either way) into `folder`."""
+    if isinstance(data, np.ndarray):
+        np.save(folder / npy.rsplit("/", 1)[1], data, allow_pickle=False)
+        return
+    try:
+        data.to_parquet(folder / table.rsplit("/", 1)[1])
+    except (ValueError, TypeError, ImportError) as exc:
+        raise ScanflowError(f"the table cannot be written as Parquet: {exc}") from None
+
+
+def _log_data(client, run_id: str, data, npy: str, table: str) -> None:
+    """Upload an array as .npy or a DataFrame as Parquet."""
     with tempfile.TemporaryDirectory() as tmp:
-        np.save(Path(tmp) / name, arr, allow_pickle=False)
-        client.log_artifact(run_id, str(Path(tmp) / name), artifact_path=folder)
+        _write_data(Path(tmp), data, npy, table)
+        client.log_artifacts(run_id, tmp, artifact_path=npy.rsplit("/", 1)[0])
+
+
+def _log_npy(client, run_id: str, arr: np.ndarray, artifact: str) -> None:
+    _log_data(client, run_id, np.asarray(arr), artifact, artifact)
 
 
 def _new_or_given_run(client, exp_id: str, run_id: str | None, run_name: str | None, tags: dict[str, str] | None):
@@ -85,44 +131,50 @@ def log_batch(
     tags: dict[str, str] | None = None,
     predictions: Any = None,
     probabilities: Any = None,
+    classes: list | None = None,
 ) -> str:
-    """Log the inference batch `X` (n, ...) for checking; returns the batch run id.
+    """Log the inference batch `X` (an array (n, ...) or a DataFrame) for checking; returns the batch run id.
 
-    With `run_id`, the batch is attached to that existing run (e.g. the inference run itself);
-    otherwise a new run is created and finished. `predictions` (n, ...) and `probabilities` (n, k)
-    are what the model answered for these rows, logged beside the batch when given.
+    `predictions` (n, ...) and `probabilities` (n, classes) are what the model answered for these
+    rows, logged beside the batch when given; `classes` names the probabilities' columns. With
+    `run_id`, the batch is attached to that existing run (e.g. the inference run itself); otherwise
+    a new run is created and finished.
     """
-    arr = _array(X, "the batch")
-    outputs = {
-        artifact: _array(value, what)
-        for artifact, value, what in (
-            (PREDICTIONS_ARTIFACT, predictions, "the predictions"),
-            (PROBABILITIES_ARTIFACT, probabilities, "the probabilities"),
-        )
-        if value is not None
-    }
-    for artifact, values in outputs.items():
-        if len(values) != len(arr):
-            raise ScanflowError(f"{artifact} has {len(values)} rows but the batch has {len(arr)}")
+    data = _data(X, "the batch")
+    outputs = {}
+    for artifact, value, what in (
+        (PREDICTIONS_ARTIFACT, predictions, "the predictions"),
+        (PROBABILITIES_ARTIFACT, probabilities, "the probabilities"),
+    ):
+        if value is not None:
+            outputs[artifact] = _data(np.asarray(value), what)
+            if len(outputs[artifact]) != len(data):
+                raise ScanflowError(f"{artifact} has {len(outputs[artifact])} rows but the batch has {len(data)}")
+    if probabilities is not None and outputs[PROBABILITIES_ARTIFACT].ndim != 2:
+        raise ScanflowError(f"probabilities must be (n, classes), got shape {outputs[PROBABILITIES_ARTIFACT].shape}")
     client = client_for(tracking_uri)
     run_id, created = _new_or_given_run(client, experiment_id(client, experiment), run_id, run_name or "batch", tags)
     with tempfile.TemporaryDirectory() as tmp:  # the batch's files in one upload
-        for artifact, values in {**outputs, BATCH_ARTIFACT: arr}.items():
+        for artifact, values in outputs.items():
             np.save(Path(tmp) / artifact.rsplit("/", 1)[1], values, allow_pickle=False)
+        _write_data(Path(tmp), data, BATCH_ARTIFACT, BATCH_TABLE)
         client.log_artifacts(run_id, tmp, artifact_path=BATCH_ARTIFACT.rsplit("/", 1)[0])
+    marks = {LOGGED_AT_TAG: f"{time.time():.3f}", BATCH_TAG: "true"}
+    if classes is not None:
+        marks[CLASSES_TAG] = json.dumps([str(c) for c in classes])
     # one write, after the artifacts: the batch is complete from here on
-    log_values(client, run_id, tags={LOGGED_AT_TAG: f"{time.time():.3f}", BATCH_TAG: "true"})
+    log_values(client, run_id, tags=marks)
     if created:
         client.set_terminated(run_id, "FINISHED")
     return run_id
 
 
 def log_reference(X: Any, tracking_uri: str, experiment: str, run_id: str | None = None) -> str:
-    """Log reference data (what normal looks like) for the experiment's checker; returns the run id."""
-    arr = _array(X, "the reference")
+    """Log reference data (an array or a DataFrame: what normal looks like) for the checker; returns the run id."""
+    data = _data(X, "the reference")
     client = client_for(tracking_uri)
     run_id, created = _new_or_given_run(client, experiment_id(client, experiment), run_id, "reference", None)
-    _log_npy(client, run_id, arr, REFERENCE_ARTIFACT)
+    _log_data(client, run_id, data, REFERENCE_ARTIFACT, REFERENCE_TABLE)
     client.set_tag(run_id, REFERENCE_TAG, "true")
     if created:
         client.set_terminated(run_id, "FINISHED")
@@ -136,8 +188,49 @@ def download_npy(client, run_id: str, artifact: str) -> np.ndarray:
         return np.load(local, allow_pickle=False)
 
 
-def load_reference(tracking_uri: str, experiment: str) -> tuple[np.ndarray, str]:
-    """The newest reference data logged for `experiment` and the id of its run."""
+def read_table(path: str | Path):
+    """A DataFrame from a Parquet or CSV file (ValueError when it cannot be read as one)."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".csv":
+            return pd.read_csv(path)
+        return pd.read_parquet(path)
+    except Exception as exc:  # pandas and pyarrow raise many kinds for a damaged file
+        raise ValueError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def _present(client, run_id: str, artifact: str) -> set[str]:
+    """The artifact paths in the folder of `artifact` (one listing)."""
+    return {f.path for f in client.list_artifacts(run_id, artifact.rsplit("/", 1)[0])}
+
+
+def _download_data(client, run_id: str, npy: str, table: str, present: set[str]):
+    """The run's array (.npy) or table (.parquet) artifact; None when it has neither."""
+    if npy in present:
+        return download_npy(client, run_id, npy)
+    if table in present:
+        with tempfile.TemporaryDirectory() as tmp:
+            return read_table(client.download_artifacts(run_id, table, tmp))
+    return None
+
+
+def load_batch(client, run_id: str) -> tuple[Any, np.ndarray | None]:
+    """The batch of a batch run (array or DataFrame) and its logged probabilities (or None).
+
+    Raises ValueError when the run has no batch artifact or it cannot be read.
+    """
+    present = _present(client, run_id, BATCH_ARTIFACT)
+    data = _download_data(client, run_id, BATCH_ARTIFACT, BATCH_TABLE, present)
+    if data is None:
+        raise ValueError(f"the run is tagged {BATCH_TAG} but has no artifact {BATCH_ARTIFACT} or {BATCH_TABLE}")
+    probs = download_npy(client, run_id, PROBABILITIES_ARTIFACT) if PROBABILITIES_ARTIFACT in present else None
+    return data, probs
+
+
+def load_reference(tracking_uri: str, experiment: str) -> tuple[Any, str]:
+    """The newest reference data (array or DataFrame) logged for `experiment` and the id of its run."""
     client = client_for(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     runs = (
@@ -155,7 +248,12 @@ def load_reference(tracking_uri: str, experiment: str) -> tuple[np.ndarray, str]
             f"no reference data logged in experiment {experiment!r}: "
             "call scanflow_nb.check.log_reference(X, tracking_uri, experiment) first"
         )
-    return download_npy(client, runs[0].info.run_id, REFERENCE_ARTIFACT), runs[0].info.run_id
+    run_id = runs[0].info.run_id
+    present = _present(client, run_id, REFERENCE_ARTIFACT)
+    data = _download_data(client, run_id, REFERENCE_ARTIFACT, REFERENCE_TABLE, present)
+    if data is None:
+        raise NotFoundError(f"reference run {run_id} has no artifact {REFERENCE_ARTIFACT} or {REFERENCE_TABLE}")
+    return data, run_id
 
 
 def log_detector(detector, tracking_uri: str, experiment: str, run_id: str | None = None) -> str:
@@ -187,6 +285,56 @@ def load_detector(tracking_uri: str, run_id: str):
         return Detector.load(local)
 
 
+# -- claims: exactly one check per batch ----------------------------------------------------------------
+def claimant() -> str:
+    """A new claimant id: machine, process, a random part and the time (what a stale claim is judged by)."""
+    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:12]}/{time.time():.0f}"
+
+
+def latest_claim(params: dict[str, str]) -> tuple[int, str | None]:
+    """The highest claim attempt on a batch run and who holds it ((0, None) when unclaimed)."""
+    attempts = [
+        int(k[len(CLAIM_PARAM) :]) for k in params if k.startswith(CLAIM_PARAM) and k[len(CLAIM_PARAM) :].isdigit()
+    ]
+    if not attempts:
+        return 0, None
+    return max(attempts), params[f"{CLAIM_PARAM}{max(attempts)}"]
+
+
+def _write_once(client, run_id: str, key: str, value: str) -> bool:
+    """Log param `key` = `value` unless it exists; True if this value is the one stored (the store decides)."""
+    try:
+        client.log_param(run_id, key, value)
+        return True
+    except Exception:
+        stored = client.get_run(run_id).data.params.get(key)  # raises in turn if the tracker is down
+        if stored is None:
+            raise
+        return stored == value
+
+
+def claim(client, batch_run_id: str, attempt: int, who: str) -> bool:
+    """Try to take `attempt` of checking a batch; True for exactly one of any number of contenders."""
+    return _write_once(client, batch_run_id, f"{CLAIM_PARAM}{attempt}", who)
+
+
+def commit(client, batch_run_id: str, check_run_id: str) -> bool:
+    """Make `check_run_id` the batch's one result; False if another result was committed first."""
+    if not _write_once(client, batch_run_id, RESULT_PARAM, check_run_id):
+        return False
+    mark_checked(client, batch_run_id, check_run_id)
+    return True
+
+
+def mark_checked(client, batch_run_id: str, check_run_id: str) -> None:
+    """Tag the batch run checked; another watcher writing the same tag at the same moment is no error."""
+    try:
+        client.set_tag(batch_run_id, CHECKED_TAG, check_run_id)
+    except Exception:  # SQLite reports the race as a UNIQUE constraint failure
+        if client.get_run(batch_run_id).data.tags.get(CHECKED_TAG) != check_run_id:
+            raise
+
+
 def log_check(
     client,
     exp_id: str,
@@ -194,19 +342,46 @@ def log_check(
     result: DriftResult | None,
     error: str | None = None,
     extra_tags: dict[str, str] | None = None,
-) -> str:
-    """Log one batch's check result (or why it could not be checked), then mark the batch checked."""
+    extra_metrics: dict[str, float] | None = None,
+) -> str | None:
+    """Log one batch's check result (or why it could not be checked) and commit it as the batch's result.
+
+    Returns the check run id, or None when another result had been committed first (this one is deleted).
+    """
     tags = {CHECK_TAG: "true", BATCH_RUN_TAG: batch_run_id, PARENT_TAG: batch_run_id, **(extra_tags or {})}
     if error is not None:
         tags[ERROR_TAG] = error[:4000]
+    if result is not None:
+        tags[DRIFTED_TAG] = ", ".join(result.drifted)[:4000]
+        tags[FINDINGS_TAG] = "\n".join(map(str, result.findings))[:4000]
     run_id = client.create_run(exp_id, run_name="drift-check", tags=tags).info.run_id
     if result is not None:
-        log_values(client, run_id, metrics=result.summary())
+        log_values(client, run_id, metrics={**result.summary(), **(extra_metrics or {})})
         _log_npy(client, run_id, result.indices, "check/indices.npy")
         _log_npy(client, run_id, result.scores, "check/scores.npy")
+        evidence = {
+            "features": result.features,
+            "drifted": result.drifted,
+            "findings": [f.as_dict() for f in result.findings],
+            "estimates": result.estimates,
+        }
+        client.log_text(run_id, json.dumps(evidence, indent=1), "check/result.json")
     client.set_terminated(run_id, "FINISHED" if result is not None else "FAILED")
-    client.set_tag(batch_run_id, CHECKED_TAG, run_id)
+    if not commit(client, batch_run_id, run_id):
+        client.delete_run(run_id)
+        return None
     return run_id
+
+
+def load_check(tracking_uri: str, check_run_id: str) -> dict:
+    """The evidence of a check run: features, drifted, findings and estimates (from `check/result.json`)."""
+    client = client_for(tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = client.download_artifacts(check_run_id, "check/result.json", tmp)
+        except Exception as exc:
+            raise NotFoundError(f"run {check_run_id!r} has no check/result.json: {exc}") from None
+        return json.loads(Path(local).read_text())
 
 
 def check_runs(tracking_uri: str, experiment: str) -> list:

@@ -1,15 +1,23 @@
 """The background checker: a daemon thread that checks every inference batch of an experiment once.
 
 Each poll asks MLflow for batch runs (see `tracking`) not yet tagged `scanflow.checked`, oldest
-first, scores each with the detector and logs the result (`tracking.log_check`). Before scoring,
-results left by an interrupted earlier attempt are reconciled: a complete one is adopted (the tag
-is repaired), an incomplete one is deleted, so a batch ends with exactly one check run even across
-stop/start, kernel restarts and tracker outages. While the tracker is unreachable the thread
-backs off (doubling the wait up to `max_backoff`), records the outage and tries again; it never
-skips a batch. Errors never end the thread silently: they are logged, kept in `status()` and
-passed to `on_error` callbacks.
+first. For each, the watcher claims it (a param only one contender can write, enforced by the
+store), scores it with the detector, logs the result and commits it (`tracking.log_check`). Any
+number of watchers, in any number of kernels or machines, can watch one experiment: every batch
+gets exactly one check run. Results left by an interrupted earlier attempt are reconciled: a
+complete one is adopted, an incomplete one deleted, so this holds across stop/start, kernel
+restarts and tracker outages too. A claim whose holder died is taken over: at once when the holder
+was a process of this machine that is gone, else after `claim_timeout` seconds.
 
-One watcher per experiment at a time: two watchers on one experiment could check a batch twice.
+Every result also feeds the stream's alarm (`stream.StreamChecker`: CUSUM over the batches'
+p-values, about `arl` clean batches between false alarms). Its state is read back from the newest
+check run in MLflow before each batch, so the stream continues across restarts and watchers.
+
+While the tracker is unreachable the thread backs off (doubling the wait up to `max_backoff`),
+records the outage and tries again; it never skips a batch. A batch with bad data is checked for
+what is usable and its findings logged; one with nothing usable gets a FAILED check run. Errors
+never end the thread silently: they are logged, kept in `status()` and passed to `on_error`.
+
 `start()` sets MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false unless it is set: progress bars drawn
 from a background thread would land in whatever notebook cell happens to be running.
 """
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -27,9 +36,11 @@ from typing import Any
 from ..errors import ScanflowError, ValidationError
 from . import tracking as tr
 from .result import DriftResult
+from .stream import StreamChecker
 
 log = logging.getLogger("scanflow_nb.check")
 MAX_HISTORY = 1000
+_LIVE: set[str] = set()  # claimants of this process's watcher threads that are alive
 
 
 @dataclass
@@ -42,6 +53,8 @@ class CheckRecord:
     error: str | None
     checked_at: float  # time.time() when the result was complete in MLflow
     delay: float | None  # seconds from the batch being logged to its result being complete
+    alarm: bool = False  # the stream's alarm went off with this batch
+    statistic: float | None = None  # the stream's CUSUM after this batch
 
 
 class Watcher:
@@ -49,7 +62,8 @@ class Watcher:
 
     `start()` runs `poll()` every `every` seconds in a daemon thread; `stop()` returns within 2 s.
     Callbacks: `on_result(record)` for every checked batch, `on_drift(record)` for drifted ones,
-    `on_error(message)` for outages and failures; a failing callback is logged, never fatal.
+    `on_alarm(record)` when the stream's alarm goes off, `on_error(message)` for outages and
+    failures; a failing callback is logged, never fatal. `arl`: clean batches between false alarms.
     """
 
     def __init__(
@@ -62,6 +76,9 @@ class Watcher:
         on_result: Callable | None = None,
         on_drift: Callable | None = None,
         on_error: Callable | None = None,
+        on_alarm: Callable | None = None,
+        arl: float = 500.0,
+        claim_timeout: float = 600.0,
     ) -> None:
         if not getattr(detector, "fitted", False):
             raise ValidationError("the watcher needs a fitted detector: call detector.fit(X_reference) first")
@@ -69,8 +86,12 @@ class Watcher:
             raise ValidationError(f"every must be a positive number of seconds, got {every!r}")
         self.tracking_uri, self.experiment, self.detector = tracking_uri, experiment, detector
         self.every, self.max_backoff = float(every), max(float(max_backoff), float(every))
-        self.callbacks: dict[str, list[Callable]] = {"result": [], "drift": [], "error": []}
-        for event, fn in (("result", on_result), ("drift", on_drift), ("error", on_error)):
+        self.stream = StreamChecker(detector, arl=arl)
+        self.claim_timeout = float(claim_timeout)
+        self.claimant = tr.claimant()
+        self.callbacks: dict[str, list[Callable]] = {"result": [], "drift": [], "error": [], "alarm": []}
+        events = (("result", on_result), ("drift", on_drift), ("error", on_error), ("alarm", on_alarm))
+        for event, fn in events:
             if fn is not None:
                 self.add_callback(event, fn)
         self.records: list[CheckRecord] = []
@@ -89,7 +110,7 @@ class Watcher:
 
     # -- control ------------------------------------------------------------------------------
     def add_callback(self, event: str, fn: Callable) -> None:
-        """Call `fn` on "result" (CheckRecord), "drift" (CheckRecord) or "error" (message)."""
+        """Call `fn` on "result", "drift", "alarm" (each with a CheckRecord) or "error" (a message)."""
         if event not in self.callbacks:
             raise ValidationError(f"unknown watcher event {event!r}; choose one of: {', '.join(self.callbacks)}")
         self.callbacks[event].append(fn)
@@ -107,6 +128,7 @@ class Watcher:
             if self._thread.is_alive():
                 raise ScanflowError("the previous checker thread is still finishing a batch; try again shortly")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        _LIVE.add(self.claimant)
         self._stop.clear()
         self._state = "starting"
         self._thread = threading.Thread(target=self._run, name=f"scanflow-checker-{self.experiment}", daemon=True)
@@ -129,6 +151,7 @@ class Watcher:
         """Plain-data snapshot: state, counts, last poll, last error, outages."""
         with self._lock:
             drifts = sum(1 for r in self.records if r.result is not None and r.result.is_drift)
+            alarms = sum(1 for r in self.records if r.alarm)
             return {
                 "state": self._state if self.running or self._state == "crashed" else "stopped",
                 "experiment": self.experiment,
@@ -138,6 +161,8 @@ class Watcher:
                 "polls": self._polls,
                 "checked": len(self.records),
                 "drifts": drifts,
+                "alarms": alarms,
+                "findings": sum(len(r.result.findings) for r in self.records if r.result is not None),
                 "failed": sum(1 for r in self.records if r.error),
                 "last_poll": self._last_poll,
                 "last_error": self.errors[-1] if self.errors else None,
@@ -152,7 +177,12 @@ class Watcher:
         the next poll takes up where this one stopped.
         """
         with self._polling:
-            return self._poll()
+            _LIVE.add(self.claimant)  # claims made in this poll are not stale to this process's watchers
+            try:
+                return self._poll()
+            finally:
+                if not self.running:
+                    _LIVE.discard(self.claimant)
 
     def _poll(self) -> list[CheckRecord]:
         tr.ensure_reachable(self.tracking_uri)
@@ -175,40 +205,54 @@ class Watcher:
         return new
 
     def _check(self, run) -> CheckRecord | None:
+        """Claim, score, log and commit one batch; None when another watcher has it or it was done."""
         client, batch_id = self._client, run.info.run_id
+        params = run.data.params
+        if tr.RESULT_PARAM in params:  # committed; only the tag was not written yet
+            tr.mark_checked(client, batch_id, params[tr.RESULT_PARAM])
+            return None
+        attempt, holder = tr.latest_claim(params)
+        if holder != self.claimant:
+            if holder is not None and not self._stale(holder):
+                return None  # another watcher is on it
+            if not tr.claim(client, batch_id, attempt + 1, self.claimant):
+                return None
         earlier = client.search_runs([self._exp_id], f"tags.`{tr.BATCH_RUN_TAG}` = '{batch_id}'")
         for old in earlier:
             if old.info.status == "FINISHED" or (old.info.status == "FAILED" and tr.ERROR_TAG in old.data.tags):
-                client.set_tag(batch_id, tr.CHECKED_TAG, old.info.run_id)  # complete result, tag was lost
+                tr.commit(client, batch_id, old.info.run_id)  # a complete result that was never committed
                 return None
         for old in earlier:
             client.delete_run(old.info.run_id)  # an attempt cut short: its result is incomplete
-        result, error = None, None
-        folder = tr.BATCH_ARTIFACT.rsplit("/", 1)[0]
-        if tr.BATCH_ARTIFACT not in {f.path for f in client.list_artifacts(batch_id, folder)}:
-            error = f"the run is tagged {tr.BATCH_TAG} but has no artifact {tr.BATCH_ARTIFACT}"
-        else:
-            try:
-                batch = tr.download_npy(client, batch_id, tr.BATCH_ARTIFACT)
-            except ValueError as exc:  # not a readable .npy (or a pickle): the batch itself is bad
-                error = f"batch artifact {tr.BATCH_ARTIFACT} is unreadable: {exc}"
-        if error is None:
-            try:
-                result = self.detector.score(batch)
-            except ScanflowError as exc:
-                error = str(exc)
-        extra = {}
+        result, error = self._score(batch_id)
+        extra, metrics = {tr.WATCHER_TAG: self.claimant}, {}
+        step = None
+        if result is not None:
+            self.stream.statistic = self._stream_state()
+            step = self.stream.observe(result)
+            metrics = {"alarm": step.alarm, "cusum": step.statistic}
         if self.outages and not self.outages[-1].get("reported") and self.outages[-1].get("end"):
             o = self.outages[-1]
             extra[tr.OUTAGE_TAG] = (
                 f"{o['end'] - o['start']:.1f} s unreachable until {time.ctime(o['end'])}: {o['error']}"
             )
-        check_id = tr.log_check(client, self._exp_id, batch_id, result, error, extra)
-        if extra:
+        check_id = tr.log_check(client, self._exp_id, batch_id, result, error, extra, metrics)
+        if check_id is None:
+            return None  # another watcher committed first (it took over a claim thought stale)
+        if tr.OUTAGE_TAG in extra:
             self.outages[-1]["reported"] = True
         now = time.time()
         logged_at = run.data.tags.get(tr.LOGGED_AT_TAG)
-        record = CheckRecord(batch_id, check_id, result, error, now, now - float(logged_at) if logged_at else None)
+        record = CheckRecord(
+            batch_id,
+            check_id,
+            result,
+            error,
+            now,
+            now - float(logged_at) if logged_at else None,
+            alarm=bool(step and step.alarm),
+            statistic=step.statistic if step else None,
+        )
         with self._lock:
             self.records.append(record)
             del self.records[:-MAX_HISTORY]
@@ -218,7 +262,57 @@ class Watcher:
         self._emit("result", record)
         if result is not None and result.is_drift:
             self._emit("drift", record)
+        if record.alarm:
+            self._emit("alarm", record)
         return record
+
+    def _score(self, batch_id: str) -> tuple[DriftResult | None, str | None]:
+        """The detector's result on the batch, or why the batch could not be scored."""
+        try:
+            batch, probabilities = tr.load_batch(self._client, batch_id)
+        except ValueError as exc:  # no artifact, not a readable .npy / Parquet (or a pickle)
+            return None, f"batch artifact unusable: {exc}"
+        try:
+            if getattr(self.detector, "takes_probabilities", False) and probabilities is not None:
+                return self.detector.score(batch, probabilities=probabilities), None
+            return self.detector.score(batch), None
+        except ScanflowError as exc:
+            return None, str(exc)
+
+    def _stream_state(self) -> float:
+        """The stream's CUSUM after the newest check run of the experiment (0 after an alarm, or if none)."""
+        newest = self._client.search_runs(
+            [self._exp_id],
+            f"tags.`{tr.CHECK_TAG}` = 'true' and metrics.cusum >= 0",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if not newest:
+            return 0.0
+        metrics = newest[0].data.metrics
+        return 0.0 if metrics.get("alarm") else float(metrics["cusum"])
+
+    def _stale(self, holder: str) -> bool:
+        """Whether the watcher holding a claim is gone: same process and not alive, same machine and its
+        process gone, or the claim is older than `claim_timeout`."""
+        try:
+            host, pid, _, since = holder.split("/")
+            pid, since = int(pid), float(since)
+        except ValueError:
+            return True  # not a claim this code wrote
+        if time.time() - since > self.claim_timeout:
+            return True
+        if host != socket.gethostname():
+            return False
+        if pid == os.getpid():
+            return holder not in _LIVE
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
     def _emit(self, event: str, payload: Any) -> None:
         for fn in list(self.callbacks[event]):
@@ -250,6 +344,8 @@ class Watcher:
             log.exception("the checker thread of %s crashed", self.experiment)
             self.errors.append(f"checker thread crashed: {type(exc).__name__}: {exc}")
             raise
+        finally:
+            _LIVE.discard(self.claimant)
 
     def _record_failure(self, exc: Exception, wait: float) -> None:
         message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]

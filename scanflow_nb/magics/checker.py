@@ -21,10 +21,19 @@ from .registry import subcommand
 @argument(
     "--reference",
     default=None,
-    metavar="PATH",
-    help=".npy file of reference data (in the app folder); default: the newest reference "
-    "logged to the workflow's experiment with scanflow_nb.check.log_reference",
+    metavar="DATA",
+    help="reference data: a .npy array or a .parquet / .csv table (in the app folder), or a logged "
+    "artifact runs:/RUN_ID/PATH; default: the newest reference logged to the workflow's experiment "
+    "with scanflow_nb.check.log_reference",
 )
+@argument(
+    "--detector",
+    default=None,
+    metavar="KIND",
+    help="detector kind (autoencoder, ks, mmd, tabular, model_output; default: the workflow's Checker "
+    "spec, whose 'auto' picks tabular for a table and autoencoder otherwise)",
+)
+@argument("--model", default=None, metavar="MODEL_URI", help="the MLflow model a model_output detector watches")
 def checker(ctx, args):
     """Start, stop or inspect the background drift checker of a workflow.
 
@@ -35,7 +44,14 @@ def checker(ctx, args):
 
     app = ctx.app
     if args.action == "start":
-        watcher = supervise.start_checker(app, args.workflow, every=args.every, reference=args.reference)
+        watcher = supervise.start_checker(
+            app,
+            args.workflow,
+            every=args.every,
+            reference=args.reference,
+            detector=args.detector,
+            model=args.model,
+        )
         print(
             f"checker of {args.workflow!r} watching experiment {watcher.experiment!r} at {watcher.tracking_uri} "
             f"every {watcher.every:g} s with {watcher.detector!r}"
@@ -50,7 +66,8 @@ def checker(ctx, args):
     status = supervise.get_checker(app, args.workflow).status()
     print(
         f"checker of {args.workflow!r}: {status['state']}, {status['checked']} batches checked, "
-        f"{status['drifts']} drifted, {status['failed']} unreadable, {len(status['outages'])} tracker outages"
+        f"{status['drifts']} drifted, {status['alarms']} alarms, {status['findings']} data-quality findings, "
+        f"{status['failed']} unreadable, {len(status['outages'])} tracker outages"
         + (f"; last error: {status['last_error']}" if status["last_error"] else "")
     )
     return None
