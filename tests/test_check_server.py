@@ -4,16 +4,13 @@ import os
 import signal
 import time
 
-import numpy as np
 import pytest
 from test_check_watcher import (  # noqa: F401
     EXP,
-    assert_exactly_once,
     data,
     log_from_another_process,
     results_by_batch,
-    start_watcher_processes,
-    stop_watcher_processes,
+    three_watchers_over_fifty_batches,
     wait_for,
 )
 
@@ -75,22 +72,9 @@ def test_three_watchers_through_a_server_check_each_of_fifty_batches_exactly_onc
     from scanflow_nb.track.server import TrackerServer
 
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-    detector, clean, _ = data
     server = TrackerServer(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts").start()
     try:
-        uri = server.uri
-        tr.experiment_id(tr.client_for(uri), EXP)
-        procs = start_watcher_processes(3, detector.save(tmp_path / "det"), uri)
-        try:
-            pool = np.concatenate(clean)
-            rng = np.random.default_rng(0)
-            ids = [tr.log_batch(pool[rng.choice(len(pool), 30, replace=False)], uri, EXP) for _ in range(50)]
-            client = tr.client_for(uri)
-            assert wait_for(lambda: all(tr.CHECKED_TAG in client.get_run(i).data.tags for i in ids), 300)
-            time.sleep(1.0)  # more polls by every watcher: nothing may be checked again
-        finally:
-            reports = stop_watcher_processes(procs)
-        assert sum(r["checked"] for r in reports) == 50, reports
-        assert_exactly_once(uri, ids)
+        tr.experiment_id(tr.client_for(server.uri), EXP)
+        three_watchers_over_fifty_batches(server.uri, data, tmp_path)
     finally:
         server.stop()

@@ -286,23 +286,27 @@ def assert_exactly_once(uri: str, batch_ids: list[str]) -> None:
         assert batch.params[f"{tr.CLAIM_PARAM}1"] == run.data.tags[tr.WATCHER_TAG]
 
 
-@pytest.mark.slow
-def test_three_watchers_over_fifty_batches_check_each_batch_exactly_once(data, tmp_path):
-    detector, clean, drifted = data
-    uri = new_store(tmp_path)
+def three_watchers_over_fifty_batches(uri: str, data, tmp_path) -> None:
+    """3 watcher processes, 50 batches logged while they watch: each batch checked exactly once."""
+    detector, clean, _ = data
     procs = start_watcher_processes(3, detector.save(tmp_path / "det"), uri)
     try:
         pool = np.concatenate(clean)
         rng = np.random.default_rng(0)
         ids = [tr.log_batch(pool[rng.choice(len(pool), 30, replace=False)], uri, EXP) for _ in range(50)]
         client = tr.client_for(uri)
-        assert wait_for(lambda: all(tr.CHECKED_TAG in client.get_run(i).data.tags for i in ids), 240)
+        assert wait_for(lambda: all(tr.CHECKED_TAG in client.get_run(i).data.tags for i in ids), 300)
         time.sleep(1.0)  # more polls by every watcher: nothing may be checked again
     finally:
         reports = stop_watcher_processes(procs)
     assert sum(r["checked"] for r in reports) == 50, reports
     assert sum(r["checked"] > 0 for r in reports) >= 2, f"the work should be shared: {reports}"
     assert_exactly_once(uri, ids)
+
+
+@pytest.mark.slow
+def test_three_watchers_over_fifty_batches_check_each_batch_exactly_once(data, tmp_path):
+    three_watchers_over_fifty_batches(new_store(tmp_path), data, tmp_path)
 
 
 def test_tables_findings_and_the_alarm_reach_mlflow(tmp_path):

@@ -41,6 +41,7 @@ import socket
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -272,16 +273,23 @@ def log_detector(detector, tracking_uri: str, experiment: str, run_id: str | Non
     return run_id
 
 
+@contextmanager
+def _downloaded(tracking_uri: str, run_id: str, artifact: str, what: str):
+    """A local copy of a run's artifact, for the duration of the block (NotFoundError naming `what`)."""
+    client = client_for(tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = client.download_artifacts(run_id, artifact, tmp)
+        except Exception as exc:
+            raise NotFoundError(f"run {run_id!r} has no {what}: {exc}") from None
+        yield Path(local)
+
+
 def load_detector(tracking_uri: str, run_id: str):
     """The detector logged by `log_detector` in run `run_id`."""
     from .base import Detector
 
-    client = client_for(tracking_uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = client.download_artifacts(run_id, "detector", tmp)
-        except Exception as exc:
-            raise NotFoundError(f"run {run_id!r} has no logged detector: {exc}") from None
+    with _downloaded(tracking_uri, run_id, "detector", "logged detector") as local:
         return Detector.load(local)
 
 
@@ -375,13 +383,8 @@ def log_check(
 
 def load_check(tracking_uri: str, check_run_id: str) -> dict:
     """The evidence of a check run: features, drifted, findings and estimates (from `check/result.json`)."""
-    client = client_for(tracking_uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = client.download_artifacts(check_run_id, "check/result.json", tmp)
-        except Exception as exc:
-            raise NotFoundError(f"run {check_run_id!r} has no check/result.json: {exc}") from None
-        return json.loads(Path(local).read_text())
+    with _downloaded(tracking_uri, check_run_id, "check/result.json", "check/result.json") as local:
+        return json.loads(local.read_text())
 
 
 def check_runs(tracking_uri: str, experiment: str) -> list:
