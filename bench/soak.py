@@ -155,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             outcomes["interrupted (Ctrl-C)"] += 1
             continue
+        except Exception as exc:  # counted and shown: the soak goes on
+            outcomes[f"raised {type(exc).__name__}"] += 1
+            print(f"  run {i + 1} ({how}) raised {type(exc).__name__}: {str(exc).splitlines()[0]}", flush=True)
+            continue
         outcomes[result.status] += 1
         for r in result.executors.values():
             why = "exit code" if (r.error or "").startswith("exit code") else (r.error or "").split(" after")[0]
