@@ -243,14 +243,17 @@ class Checker:
             raise ValidationError(f"checker: alpha must be between 0 and 1, got {self.alpha!r}")
 
 
-STRATEGIES = ("uncertainty", "margin", "entropy", "batch", "random")
+STRATEGIES = ("auto", "typical", "margin", "uncertainty", "entropy", "batch", "random")
 
 
 @dataclass
 class Improver:
-    """Human-in-the-loop improvement: the active-learning strategy and how many samples a round labels."""
+    """Human-in-the-loop improvement: the active-learning strategy and how many samples a round labels.
 
-    strategy: str = "uncertainty"
+    `%scanflow label -w WORKFLOW` and the closed loop query with `strategy` and label `k` samples a round.
+    """
+
+    strategy: str = "auto"
     k: int = 10
 
     def __post_init__(self) -> None:

@@ -1,12 +1,15 @@
 """The improver on real scikit-learn learners and modAL strategies, with digits as the data."""
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
 from scanflow_nb.errors import ScanflowError, ValidationError
-from scanflow_nb.improve import STRATEGIES, ActiveLearner, Oracle, labels_to_reach, learning_curve
+from scanflow_nb.improve import STRATEGIES, ActiveLearner, NewClassWarning, Oracle, labels_to_reach, learning_curve
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +24,7 @@ def digits():
     return {"X0": X[seed], "y0": y[seed], "Xp": X[pool], "yp": y[pool], "Xt": X[test], "yt": y[test]}
 
 
-def make(d, strategy="uncertainty", **kw):
+def make(d, strategy="auto", **kw):
     return ActiveLearner(
         LogisticRegression(max_iter=300), strategy, X_labeled=d["X0"], y_labeled=d["y0"], X_pool=d["Xp"], **kw
     )
@@ -43,10 +46,116 @@ def test_query_teach_moves_samples_and_retrains(digits, strategy):
 
 
 def test_uncertainty_picks_samples_the_model_is_least_sure_of(digits):
-    imp = make(digits)
-    ids = imp.query_ids(10)
+    imp = make(digits, "uncertainty")
     proba = imp.predict_proba(digits["Xp"]).max(axis=1)
-    assert set(ids.tolist()) == set(np.argsort(proba)[:10].tolist())
+    assert imp.query_ids(1).tolist() == [int(np.argmin(proba))]
+    ids = imp.query_ids(10)  # a batch: diverse, from the 100 least sure
+    assert len(set(ids.tolist())) == 10 and set(ids.tolist()) <= set(np.argsort(proba)[:100].tolist())
+    assert imp.queries[-1].used == "uncertainty" and imp.queries[-1].n_labeled == 10
+
+
+@pytest.mark.parametrize("strategy", ["margin", "uncertainty", "entropy"])
+def test_a_batch_is_never_k_copies_of_one_confusing_sample(digits, strategy):
+    imp = make(digits, strategy)
+    confusing = int(np.argmin(imp.predict_proba(digits["Xp"]).max(axis=1)))
+    copies = imp.extend_pool(np.repeat(digits["Xp"][confusing : confusing + 1], 30, axis=0))
+    ids = imp.query_ids(10)
+    assert len(set(ids.tolist()) & {confusing, *copies.tolist()}) <= 1  # one of the copies at most, not ten
+
+
+def test_typical_samples_cover_the_classes_from_a_cold_start(digits):
+    imp = ActiveLearner(LogisticRegression(max_iter=300), "typical", X_pool=digits["Xp"], seed=1)
+    ids = imp.query_ids(10)
+    covered = len(set(digits["yp"][ids].tolist()))
+    randoms = [len(set(np.random.default_rng(s).choice(digits["yp"], 10, replace=False))) for s in range(50)]
+    assert covered >= 8 and covered > np.mean(randoms)  # 10 typical samples: most of the 10 digits
+    assert imp.queries[-1].used == "typical" and imp.queries[-1].guesses == {}
+
+
+def test_auto_starts_typical_switches_to_margin_and_says_why(digits):
+    imp = make(digits, seed=2)  # "auto", the default; 10 start labels, one per class
+    oracle = Oracle(digits["yp"])
+    while imp.n_labeled < 60:
+        ids = imp.query_ids(10)
+        imp.teach_ids(ids, oracle(ids))
+    used = [q.used for q in imp.queries]
+    assert used[0] == "typical" and used[-1] == "margin" and "typical" not in used[used.index("margin") :]
+    assert imp.queries[0].reason.startswith("waiting for 10 typical labels")
+    switch = imp.queries[used.index("margin")]
+    assert switch.strategy == "auto" and switch.reason.startswith(("the model already knew", "5 labels per class"))
+    if switch.reason.startswith("the model"):  # judged on its guesses before it learned the labels
+        assert sum([hit for q in imp.queries if q.used == "typical" for hit in q.hits][-10:]) >= 8
+    warm = ActiveLearner(
+        LogisticRegression(max_iter=300),
+        X_labeled=digits["Xp"][:100],
+        y_labeled=digits["yp"][:100],
+        X_pool=digits["Xt"],
+    )
+    warm.query_ids(5)  # about 10 labels per class, from the same digits: no cold start to get through
+    assert warm.queries[-1].used == "margin" and "labels per class among the candidates" in warm.queries[-1].reason
+    drifted = ActiveLearner(
+        LogisticRegression(max_iter=300), X_labeled=digits["Xp"], y_labeled=digits["yp"], X_pool=1 - digits["Xt"]
+    )
+    drifted.query_ids(5)  # 600 labels, but none among these inverted digits: a cold start again
+    assert drifted.queries[-1].used == "typical"
+
+
+def test_new_classes_join_when_classes_are_not_given():
+    X, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(3)
+    order = rng.permutation(len(y))
+    start = order[:20][y[order[:20]] != 4]  # twenty random digits, no 4 among them
+    pool = order[20:400]
+    imp = ActiveLearner(RandomForestClassifier(random_state=0), X_labeled=X[start], y_labeled=y[start], X_pool=X[pool])
+    assert 4 not in imp.classes and not imp.fixed_classes
+    fours = np.flatnonzero(y[pool] == 4)[:3]
+    with pytest.warns(NewClassWarning, match="new class 4") as record:
+        imp.teach_ids(fours, [4, 4, 4])
+    assert len(record) == 1 and imp.classes[-1] == 4 and 4 in imp.model.classes_
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once: more labels of 4 are quiet
+        imp.teach_ids(np.flatnonzero(y[pool] == 4)[3:5], [4, 4])
+    assert imp.model.predict(X[pool][np.flatnonzero(y[pool] == 4)[5:15]]).tolist().count(4) >= 5
+
+
+def test_fixed_classes_refuse_others_and_kinds_do_not_mix(digits):
+    fixed = make(digits, classes=list(range(10)))
+    with pytest.raises(ValidationError, match=r"label 11 is not one of the classes .*fixed by classes="):
+        fixed.teach_ids([0], [11])
+    with pytest.raises(ValidationError, match="label 11 is not one of the classes"):
+        fixed.add_class(11)
+    open_ = make(digits)
+    with pytest.raises(ValidationError, match="label '3' is text but the classes .* are number"):
+        open_.teach_ids([0], ["3"])
+    with pytest.raises(ValidationError, match="is not a class"):
+        open_.teach_ids([0], [None])
+    assert open_.add_class(10) and not open_.add_class(10) and open_.classes[-1] == 10
+    assert open_.pool_size == fixed.pool_size == 600 and open_.taught == {} == fixed.taught
+
+
+def test_embeddings_pca_function_encoder_and_the_models_own(digits):
+    from sklearn.decomposition import PCA
+    from sklearn.pipeline import make_pipeline
+
+    class Encoder:  # like the checker's AutoencoderDetector: encode(images) -> codes
+        def encode(self, images):
+            assert images.shape[1:] == (8, 8)
+            return images.reshape(len(images), -1)[:, ::4]
+
+    images = {"X_labeled": digits["X0"].reshape(-1, 8, 8), "y_labeled": digits["y0"]}
+    images["X_pool"] = digits["Xp"].reshape(-1, 8, 8)
+    for embedding in ("pca", lambda X: X[:, :16], Encoder()):
+        imp = ActiveLearner(LogisticRegression(max_iter=300), "typical", embedding=embedding, **images)
+        assert len(set(imp.query_ids(10).tolist())) == 10
+    model = make_pipeline(PCA(8), LogisticRegression(max_iter=300))
+    imp = ActiveLearner(model, "margin", embedding="model", **images)
+    assert len(set(imp.query_ids(10).tolist())) == 10
+    with pytest.raises(ValidationError, match="no features of its own"):
+        ActiveLearner(LogisticRegression(), "typical", embedding="model", **images).query_ids(3)
+    with pytest.raises(ValidationError, match="embedding must be"):
+        ActiveLearner(LogisticRegression(), embedding="umap", **images)
+    with pytest.raises(ValidationError, match="one finite feature row per sample"):
+        ActiveLearner(LogisticRegression(), "typical", embedding=lambda X: X[:3], **images).query_ids(3)
 
 
 def test_active_learning_beats_random_on_digits(digits):
@@ -54,7 +163,7 @@ def test_active_learning_beats_random_on_digits(digits):
         imp = make(digits, strategy, seed=seed)
         return learning_curve(imp, Oracle(digits["yp"]), digits["Xt"], digits["yt"], budget=150, step=10)
 
-    active = curve("uncertainty", 0)
+    active = curve("auto", 0)
     randoms = [curve("random", seed) for seed in (1, 2, 3)]
     assert active[-1][0] == 160 and all(c[-1][0] == 160 for c in randoms)
     assert active[-1][1] > np.mean([c[-1][1] for c in randoms])
@@ -62,18 +171,20 @@ def test_active_learning_beats_random_on_digits(digits):
     assert all(labels_to_reach(c, 0.95) is None for c in randoms)
 
 
-def test_cold_start_without_labels_queries_at_random_until_two_classes(digits):
-    imp = ActiveLearner(LogisticRegression(max_iter=300), X_pool=digits["Xp"], classes=list(range(10)))
-    assert imp.model is None and imp.guess([0]) == []
+def test_cold_start_without_labels_has_no_model_until_two_classes(digits):
+    imp = ActiveLearner(LogisticRegression(max_iter=300), X_pool=digits["Xp"])
+    assert imp.model is None and imp.guess([0]) == [] and imp.classes == []
     with pytest.raises(ScanflowError, match="no model yet"):
         imp.score(digits["Xt"], digits["yt"])
     ids = imp.query_ids(5)
-    assert len(set(ids.tolist())) == 5
-    imp.teach_ids([0], [int(digits["yp"][0])])
+    assert len(set(ids.tolist())) == 5 and imp.queries[-1].used == "typical"
+    with pytest.warns(NewClassWarning, match="new class"):
+        imp.teach_ids([0], [int(digits["yp"][0])])
     assert imp.model is None
     other = int(np.flatnonzero(digits["yp"] != digits["yp"][0])[0])
-    imp.teach_ids([other], [int(digits["yp"][other])])
-    assert imp.model is not None and len(imp.guess([5])) == 1
+    with pytest.warns(NewClassWarning, match="new class"):
+        imp.teach_ids([other], [int(digits["yp"][other])])
+    assert imp.model is not None and len(imp.guess([5])) == 1 and len(imp.classes) == 2
 
 
 def test_images_keep_their_shape_and_the_learner_sees_rows(digits):
@@ -103,8 +214,8 @@ def test_extend_pool_and_forget(digits):
 def test_bad_input_is_refused_and_nothing_changes(digits):
     imp = make(digits)
     pool, labeled = imp.pool_ids, imp.n_labeled
-    with pytest.raises(ValidationError, match="label 11 is not one of the classes"):
-        imp.teach([0, 1], [3, 11])
+    with pytest.raises(ValidationError, match="label 'x' is text"):
+        imp.teach([0, 1], [3, "x"])
     with pytest.raises(ValidationError, match="2 samples but 1 labels"):
         imp.teach([0, 1], [3])
     with pytest.raises(ValidationError, match="positions must be whole numbers in 0..599"):
@@ -124,10 +235,14 @@ def test_bad_construction_has_clear_messages(digits):
     est = LogisticRegression()
     with pytest.raises(ValidationError, match="unknown query strategy 'fancy'"):
         ActiveLearner(est, "fancy", X_pool=digits["Xp"], classes=[0, 1])
+    imp = ActiveLearner(est, X_pool=digits["Xp"])
+    with pytest.raises(ValidationError, match="unknown query strategy 'fancy'"):
+        imp.strategy = "fancy"
+    assert imp.strategy == "auto"
     with pytest.raises(ValidationError, match="X_pool has 10 features"):
         ActiveLearner(est, X_labeled=digits["X0"], y_labeled=digits["y0"], X_pool=np.zeros((4, 10)))
-    with pytest.raises(ValidationError, match="give classes"):
-        ActiveLearner(est, X_pool=digits["Xp"])
+    with pytest.raises(ValidationError, match="at least two distinct values"):
+        ActiveLearner(est, X_pool=digits["Xp"], classes=[1])
     with pytest.raises(ValidationError, match="NaN"):
         ActiveLearner(est, X_pool=np.full((3, 4), np.nan), classes=[0, 1])
     with pytest.raises(ValidationError, match="numeric features"):

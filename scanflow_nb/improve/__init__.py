@@ -1,7 +1,7 @@
-"""Human in the loop: active learning over a pool (modAL), labeling sessions, an oracle for simulations,
-and the label store."""
+"""Human in the loop: active learning over a pool (typical samples first, then the model's uncertainty),
+labeling sessions, an oracle for simulations, and the label store."""
 
-from .learner import ActiveLearner
+from .learner import ActiveLearner, NewClassWarning
 from .oracle import Oracle, labels_to_reach, learning_curve
 from .session import LabelingSession
 from .store import LabelStore, LabelStoreError
@@ -13,6 +13,7 @@ __all__ = [
     "LabelStore",
     "LabelStoreError",
     "LabelingSession",
+    "NewClassWarning",
     "Oracle",
     "STRATEGIES",
     "labels_to_reach",
