@@ -15,7 +15,7 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
 from scanflow_nb.errors import ValidationError
-from scanflow_nb.improve import ActiveLearner, LabelStore
+from scanflow_nb.improve import ActiveLearner, LabelingSession, LabelStore
 from scanflow_nb.widgets.labeling import LabelingPanel, image_png
 
 X, Y = load_digits(return_X_y=True)
@@ -25,12 +25,13 @@ POOL = np.setdiff1d(np.arange(300), SEED)  # 290 candidates
 TEST = np.arange(1400, 1797)
 
 
-def improver(estimator=None, pool=POOL):
+def improver(estimator=None, pool=POOL, seed=SEED, **options):
     return ActiveLearner(
         estimator or LogisticRegression(max_iter=300),
-        X_labeled=X[SEED],
-        y_labeled=Y[SEED],
+        X_labeled=X[seed],
+        y_labeled=Y[seed],
         X_pool=X[pool].reshape(-1, 8, 8),
+        **options,
     )
 
 
@@ -103,8 +104,8 @@ def test_multi_step_undo_then_nothing_to_undo(store):
     assert "nothing to undo" in panel.widget.status["text"] and panel.errors
 
 
-def test_label_outside_the_classes_is_refused_and_nothing_is_lost(store):
-    panel = LabelingPanel(improver(), store=store, retrain_every=50)
+def test_label_outside_fixed_classes_is_refused_and_nothing_is_lost(store):
+    panel = LabelingPanel(improver(classes=list(range(10))), store=store, retrain_every=50)
     panel.label(truth(panel.current))
     current, before = panel.current, store.actions("default")
     with pytest.raises(ValidationError, match="label 12 is not one of the classes"):
@@ -112,6 +113,51 @@ def test_label_outside_the_classes_is_refused_and_nothing_is_lost(store):
     with pytest.raises(ValidationError, match="label '3' is not one of the classes"):
         panel.label("3")
     assert panel.current == current and store.actions("default") == before and panel.n_labels == 1
+    assert store.classes("default") == list(range(10)) and panel.session.classes == list(range(10))
+
+
+def test_a_label_of_a_new_class_adds_it_once_and_a_reopened_session_keeps_it(store):
+    no_sevens = SEED[Y[SEED] != 7]
+    imp = improver(seed=no_sevens)
+    session = LabelingSession(imp, store=store, session="grow", retrain_every=50)
+    assert 7 not in session.classes
+    said = []
+    session.watch(lambda: said.append(session.message[0]) if session.message[0] not in said[-1:] else None)
+    first = session.current
+    session.label(7)  # the person says: this one is a 7 (a class the start labels missed)
+    assert session.classes[-1] == 7 and imp.taught == {first: 7} and store.classes("grow")[-1] == 7
+    assert said[-1] == f"new class 7 added: the classes are now {session.classes}" and session.errors == []
+    session.label(7)
+    assert sum("new class 7" in m for m in said) == 1  # said once
+    with pytest.raises(ValidationError, match="label 'seven' is text"):
+        session.label("seven")
+    session.finish().join(60)
+    assert 7 in imp.model.classes_
+
+    again = improver(seed=no_sevens)  # a fresh kernel: the classes come back in their order, then the labels
+    reopened = LabelingSession(again, store=store, session="grow", retrain_every=50)
+    assert reopened.classes == session.classes and reopened.n_labels == 2 and again.taught == imp.taught
+
+
+def test_the_session_records_which_strategy_chose_what_was_shown(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    session = LabelingSession(improver(), store=store, retrain_every=3, tracking_uri=uri, experiment="digits")
+    for _ in range(6):
+        session.label(truth(session.current))
+    session.finish().join(120)
+    used = [q.used for q in session.queries if q.answers]
+    assert used[0] == "typical" and session.queries[0].strategy == "auto" and session.errors == []
+    client = MlflowClient(uri)
+    run = client.get_run(session.run_id)
+    assert run.data.params["strategy"] == "auto" and "typical x" in run.data.tags["scanflow.strategies_used"]
+    history = client.get_metric_history(session.run_id, "labels.typical")
+    assert history and history[0].step == 10  # the first query came after the 10 start labels
+    path = client.download_artifacts(session.run_id, "queries.csv", str(tmp_path))
+    header, first, *_ = Path(path).read_text().splitlines()
+    assert header.startswith("query,labels_before,strategy,used,reason") and ",auto,typical," in first
 
 
 class GatedLogistic(LogisticRegression):

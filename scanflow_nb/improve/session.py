@@ -74,7 +74,9 @@ class LabelingSession:
         self._finishing: threading.Thread | None = None
         self._topping: threading.Thread | None = None
         self._since_retrain = 0
-        self.store.open_session(self.name, improver.fingerprint(), improver.classes)
+        for value in self.store.open_session(self.name, improver.fingerprint(), improver.classes):
+            improver.add_class(value)  # classes added in earlier sittings, in their order
+        self._first_query = len(improver.queries)
         self.n_labels = self._replay()
         self._record_score()
         self.budget = budget if budget is not None else self.n_labels + improver.pool_size
@@ -121,14 +123,29 @@ class LabelingSession:
             self.improver.teach_ids(list(new), list(new.values()), retrain=True)
         return n
 
+    @property
+    def classes(self) -> list:
+        """The classes a label may take now (they grow with new labels unless the improver fixed them)."""
+        return list(self.improver.classes)
+
+    @property
+    def queries(self) -> list:
+        """The improver's queries made for this session (strategy used, why, the model's guesses vs the labels)."""
+        return self.improver.queries[self._first_query :]
+
     # ---- actions
     def label(self, value) -> None:
-        """Give the current sample the label `value`: stored at once, then the next sample is shown."""
+        """Give the current sample the label `value`: stored at once, then the next sample is shown.
+
+        A value that is not a class yet becomes one (unless the improver's classes are fixed), and the
+        session says so once.
+        """
         value = value.item() if isinstance(value, np.generic) else value
         with self._lock:
             sample = self._require_current()
-            if value not in self.improver.classes:
-                raise ValidationError(f"label {value!r} is not one of the classes {self.improver.classes}")
+            added = self.improver.add_class(value)
+            if added:
+                self.store.set_classes(self.name, self.improver.classes)
             self.improver.teach_ids([sample], [value], retrain=False)
             try:
                 self.store.add(self.name, sample, value)
@@ -142,6 +159,8 @@ class LabelingSession:
         self._changed()
         self._maybe_top_up()
         self._after_label()
+        if added:
+            self._say(f"new class {value!r} added: the classes are now {self.improver.classes}")
 
     def skip(self) -> None:
         """Leave the current sample unlabeled for this session and show the next one."""
@@ -247,7 +266,14 @@ class LabelingSession:
 
                 metrics = {"score": self.scores[-1][1]} if self.scores else {}
                 self.run_id = log_label_session(
-                    self.tracking_uri, self.experiment, self.store, self.name, metrics, self.parent_run_id
+                    self.tracking_uri,
+                    self.experiment,
+                    self.store,
+                    self.name,
+                    metrics,
+                    self.parent_run_id,
+                    self.improver.strategy,
+                    self.queries,
                 )
             if self.on_finish is not None:
                 self.on_finish(self)

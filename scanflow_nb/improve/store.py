@@ -41,8 +41,11 @@ class LabelStore:
         except sqlite3.DatabaseError as exc:
             raise LabelStoreError(f"cannot use {self.path} as a label store: {exc}") from None
 
-    def open_session(self, name: str, fingerprint: str, classes) -> None:
-        """Create the session, or check that an existing one was labeling the same pool and classes."""
+    def open_session(self, name: str, fingerprint: str, classes) -> list:
+        """Create the session, or check that an existing one was labeling the same pool (same fingerprint).
+
+        Returns the session's classes: `classes` for a new session, those stored (grown since) for an old one.
+        """
         if not name or not isinstance(name, str):
             raise ValidationError(f"a label session needs a non-empty name, got {name!r}")
         with self._lock:
@@ -52,11 +55,31 @@ class LabelStore:
                     "INSERT INTO sessions VALUES (?, ?, ?, ?)",
                     (name, fingerprint, json.dumps(list(classes)), time.time()),
                 )
-            elif row[0] != fingerprint or json.loads(row[1]) != list(classes):
-                raise ValidationError(
-                    f"label session {name!r} in {self.path} was made for another pool or other "
-                    "classes: open it with the same pool, or choose a new session name"
-                )
+                return list(classes)
+        if row[0] != fingerprint:
+            raise ValidationError(
+                f"label session {name!r} in {self.path} was made for another pool or other "
+                "classes: open it with the same pool, or choose a new session name"
+            )
+        return json.loads(row[1])
+
+    def set_classes(self, session: str, classes) -> None:
+        """Record the session's classes after a new one joined (committed before returning)."""
+        try:
+            with self._lock:
+                self._db.execute("UPDATE sessions SET classes=? WHERE name=?", (json.dumps(list(classes)), session))
+        except (sqlite3.Error, TypeError) as exc:
+            raise LabelStoreError(
+                f"cannot store the classes of label session {session!r} in {self.path}: {exc}"
+            ) from None
+
+    def classes(self, session: str) -> list:
+        """The session's classes, as they grew."""
+        with self._lock:
+            row = self._db.execute("SELECT classes FROM sessions WHERE name=?", (session,)).fetchone()
+        if row is None:
+            raise ValidationError(f"no label session {session!r} in {self.path}")
+        return json.loads(row[0])
 
     def add(self, session: str, sample: int, label=None, kind: str = "label") -> None:
         """Persist one action now (committed before returning)."""
