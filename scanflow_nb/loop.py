@@ -12,6 +12,9 @@ check, the labels, the retrain and the planner's register/decide runs.
 
     loop = ClosedLoop(detector, improver, planner, X_hold, y_hold, k=20)   # a person labels instead
     loop.check(X_batch); loop.panel()      # finishing the panel retrains and lets the planner decide
+
+    loop = ClosedLoop.for_workflow(app, "serve", detector, improver, X_hold, y_hold)   # the workflow's
+                                           # Improver(strategy, k) and Planner specs, its MLflow experiment
 """
 
 import tempfile
@@ -31,6 +34,7 @@ class Round:
     index: int
     drift: object
     candidates: list[int] = field(default_factory=list)
+    queries: list = field(default_factory=list)  # the improver's queries among this round's candidates
     picked: list[int] = field(default_factory=list)
     labels: list = field(default_factory=list)
     score: float | None = None
@@ -50,8 +54,14 @@ class ClosedLoop:
     """
 
     def __init__(self, detector, improver, planner, X_holdout, y_holdout, k: int = 10):
+        from .improve import ActiveLearner
+
         if not callable(getattr(detector, "score", None)):
             raise ValidationError(f"the detector must have a score(X_batch) method, got {type(detector).__name__}")
+        if not isinstance(improver, ActiveLearner):
+            raise ValidationError(
+                f"the improver must be a scanflow_nb.improve.ActiveLearner, got {type(improver).__name__}"
+            )
         if not isinstance(k, int) or k < 1:
             raise ValidationError(f"k must be a whole number >= 1, got {k!r}")
         if len(X_holdout) != len(y_holdout):
@@ -62,6 +72,18 @@ class ClosedLoop:
         self.rounds: list[Round] = []
         self.run_id: str | None = None
         self.first_decision = None
+
+    @classmethod
+    def for_workflow(cls, app, workflow: str, detector, improver, X_holdout, y_holdout, **planner_options):
+        """The loop of `workflow`: its Improver spec sets the strategy and k (defaults if it has none), its
+        planner (`ModelPlanner.for_workflow`) decides and its MLflow experiment records every step."""
+        from .plan import ModelPlanner
+        from .spec import Improver
+
+        spec = app.special(workflow, "improver") or Improver()
+        improver.strategy = spec.strategy
+        planner = ModelPlanner.for_workflow(app, workflow, **planner_options)
+        return cls(detector, improver, planner, X_holdout, y_holdout, k=spec.k)
 
     # ---- MLflow
     @property
@@ -132,10 +154,13 @@ class ClosedLoop:
             raise ValidationError(f"round {current.index} has no anomalies to label (the batch did not drift)")
         others = np.setdiff1d(self.improver.pool_ids, current.candidates)
         current.picked = self.improver.query_ids(self.k, exclude=others).tolist()
+        current.queries.append(self.improver.queries[-1])
         return current.picked
 
     def label(self, labels) -> None:
         """Teach the picked samples their labels (from an oracle or a person) and retrain."""
+        from .improve.tracking import log_queries
+
         current = self._round()
         labels = list(labels)
         self.improver.teach_ids(current.picked, labels)
@@ -145,7 +170,9 @@ class ClosedLoop:
             table = Path(tmp) / "labels.csv"
             table.write_text("id,label\n" + "".join(f"{i},{v}\n" for i, v in zip(current.picked, labels)))
             self.client.log_artifact(run, str(table))
-        self._log(run, {"labels": len(labels)})
+        used = ", ".join(dict.fromkeys(q.used for q in current.queries))
+        self._log(run, {"labels": len(labels)}, {"strategy": self.improver.strategy, "strategy_used": used})
+        log_queries(self.client, run, current.queries)
         self.client.set_terminated(run, "FINISHED")
 
     def panel(self, **options):
@@ -157,6 +184,7 @@ class ClosedLoop:
             raise ValidationError(f"round {current.index} has no anomalies to label (the batch did not drift)")
 
         def done(session):
+            current.queries = session.queries
             current.labels = [session.improver.taught[i] for i in current.candidates if i in session.improver.taught]
             current.picked = [i for i in current.candidates if i in session.improver.taught]
             self.improve()

@@ -19,11 +19,12 @@ texts = [f"digit sample {i}" for i in range(180)]
 
 
 def test_label_opens_a_panel_that_stores_in_the_app_and_logs_to_the_workflow(shell, app_dir, capsys):
-    App(app_dir, [Workflow("serve", improver=ImproverSpec(k=3))]).save()
+    App(app_dir, [Workflow("serve", improver=ImproverSpec(strategy="margin", k=3))]).save()
     shell.run_line_magic("scanflow", f"app {app_dir}")
     shell.run_cell(SETUP)
     panel = shell.run_line_magic("scanflow", "label imp --session s1 -w serve --samples texts --test X y")
     assert panel.retrain_every == 3 and panel.experiment == "serve" and panel.tracking_uri.startswith("sqlite:")
+    assert panel.improver.strategy == "margin" and panel.session.queries[0].used == "margin"  # the workflow's spec
     assert "digit sample" in panel.widget.sample["html"]
     first = panel.current
     panel.press("5")

@@ -64,6 +64,13 @@ def test_oracle_loop_promotes_a_model_that_learned_the_drift(parts):
     assert round_two.data.tags["mlflow.parentRunId"] == loop_run.info.run_id
     steps = sorted(r.data.tags["scanflow.kind"] for r in runs if r.data.tags.get("mlflow.parentRunId") == second.run_id)
     assert steps == ["check", "decision", "labels", "model"]
+    labels_run = next(
+        r
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == second.run_id and r.data.tags["scanflow.kind"] == "labels"
+    )
+    assert second.queries[0].used == "typical"  # new candidates: auto starts with typical samples of the drift
+    assert labels_run.data.params["strategy"] == "auto" and labels_run.data.params["strategy_used"] == "typical"
     decision_run = by_id[second.decision.run_id]
     assert decision_run.data.tags["scanflow.reason"] == second.decision.reason
     check_run = next(
@@ -101,12 +108,28 @@ def test_step_with_a_labeler_and_with_the_panel(parts, tmp_path):
     loop.finish()
 
 
+def test_the_workflows_improver_spec_sets_strategy_and_k(parts, tmp_path):
+    from scanflow_nb import App, Improver, Workflow
+
+    detector, improver, _, _ = parts
+    app = App(tmp_path / "app", [Workflow("serve", improver=Improver(strategy="margin", k=7))])
+    app.save()
+    loop = ClosedLoop.for_workflow(app, "serve", detector, improver, HOLD_X, HOLD_Y, model_name="digits")
+    assert loop.k == 7 and improver.strategy == "margin" and loop.planner.experiment == "serve"
+    X, y = part(600, 800, rotated=True)
+    current = loop.step(X, y)
+    assert len(current.picked) == 7 and [q.used for q in current.queries] == ["margin"]
+    loop.finish()
+
+
 def test_bad_input(parts):
     detector, improver, planner, _ = parts
     with pytest.raises(ValidationError, match="score\\(X_batch\\) method"):
         ClosedLoop(object(), improver, planner, HOLD_X, HOLD_Y)
     with pytest.raises(ValidationError, match="k must be"):
         ClosedLoop(detector, improver, planner, HOLD_X, HOLD_Y, k=0)
+    with pytest.raises(ValidationError, match="must be a scanflow_nb.improve.ActiveLearner, got LogisticRegression"):
+        ClosedLoop(detector, LogisticRegression(), planner, HOLD_X, HOLD_Y)
     loop = ClosedLoop(detector, improver, planner, HOLD_X, HOLD_Y)
     with pytest.raises(ValidationError, match="no round yet"):
         loop.pick()

@@ -37,7 +37,10 @@ def _variable(ctx, name: str | None, what: str):
     help="variables of a held-out set: the model's score is shown after every retrain",
 )
 @argument(
-    "--workflow", "-w", default=None, help="log the session to this workflow's MLflow experiment when it finishes"
+    "--workflow",
+    "-w",
+    default=None,
+    help="use this workflow's improver (its strategy, and k as --every) and log the session to its MLflow experiment",
 )
 def label(ctx, args):
     """Open the labeling panel on an improver's queue; labels are stored in the app's .scanflow folder."""
@@ -55,8 +58,9 @@ def label(ctx, args):
     if args.workflow is not None:
         spec = app.special(args.workflow, "improver")
         options = {"tracking_uri": app.tracking_uri(args.workflow), "experiment": app.experiment_name(args.workflow)}
-        if every is None and spec is not None:
-            every = spec.k
+        if spec is not None:
+            improver.strategy = spec.strategy
+            every = spec.k if every is None else every
     if args.test is not None:
         options["X_test"], options["y_test"] = (_variable(ctx, name, "the held-out set") for name in args.test)
     return LabelingPanel(
