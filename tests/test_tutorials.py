@@ -281,14 +281,17 @@ def test_04_panel_labels_retrains_and_the_planner_decides(ran):
     scores = [float(s) for s in re.findall(r"trained on\s+\d+ labels: (0\.\d+)", labeling)]
     assert scores[0] == pytest.approx(start, abs=1e-3) and scores[-1] > start + 0.1
     assert re.search(r"session logged to MLflow run [0-9a-f]{32}", labeling)
+    assert re.search(r"after 20 labels: typical \(waiting for 10 typical labels", labeling)
     baseline = text(nb, "baseline")
-    assert number(r"ranked batch sampling (0\.\d+)", baseline) == pytest.approx(scores[-1], abs=1e-3)
+    assert number(r"chosen by the improver (0\.\d+)", baseline) == pytest.approx(scores[-1], abs=1e-3)
     assert number(r"random samples (0\.\d+)", baseline) > start
     assert re.search(r"no champion yet: v1 \(accuracy 0\.\d+\) becomes champion", text(nb, "planner"))
     assert re.search(r"batch: drift True \(p = [\d.e-]+\), \d+ anomalous samples joined the pool", text(nb, "round"))
     assert shows(nb, "round", WIDGET) == 1, "the round's labeling panel is shown"
     decision = text(nb, "decision")
-    action, champion = re.search(r"labeled 20 anomalies; planner: (promote|keep) -> champion v(\d)", decision).groups()
+    action, champion = re.search(
+        r"labeled 20 anomalies chosen by [a-z, ]+ sampling; planner: (promote|keep) -> champion v(\d)", decision
+    ).groups()
     new, old = (float(x) for x in re.search(r"v2 accuracy (0\.\d+) vs champion v1 (0\.\d+)", decision).groups())
     assert (action, champion) == (("promote", "2") if new > old else ("keep", "1"))
     entries = [ast.literal_eval(line) for line in text(nb, "decisions").splitlines() if line.startswith("{")]
