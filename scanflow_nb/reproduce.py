@@ -1,10 +1,11 @@
 """The paper's drift experiment, end to end, as one function.
 
 For every corruption: train a classifier on clean data, check a corrupted batch for drift with a
-detector fitted on clean reference data, let an oracle label the k most informative of the batch's
-anomalous samples (uncertainty sampling among the anomalies), retrain, and compare the accuracy on a
-separate corrupted evaluation set before and after - against labeling k random samples of the batch
-(averaged over `repeats` draws). Like the closed loop, a batch is improved only when drift is found.
+detector fitted on clean reference data, let an oracle label k of the batch's anomalous samples chosen
+by the improver (its default strategy, "auto", unless told otherwise; `step` at a time, retraining in
+between, as the labeling panel does), and compare the accuracy on a separate corrupted evaluation set
+before and after - against labeling k random samples of the batch (averaged over `repeats` draws).
+Like the closed loop, a batch is improved only when drift is found.
 
     from scanflow_nb.reproduce import reproduce
     result = reproduce("digits")          # offline; "mnist" and "fashion_mnist" download through Keras
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -48,6 +50,7 @@ class Row:
     active: float | None
     random: float | None
     clean_after: float | None = None
+    used: str | None = None  # the strategies that chose, with their queries (e.g. "typical x5, margin x5")
 
     @property
     def gain(self) -> float | None:
@@ -65,6 +68,8 @@ class Reproduction:
     detector: str
     strategy: str
     repeats: int
+    embedding: str
+    step: int
     sizes: dict[str, int]
     clean_accuracy: float
     seconds: float
@@ -121,7 +126,7 @@ class Reproduction:
         s = self.summary()
         footer = (
             f"{self.dataset}, severity {self.severity}, k = {self.k}, detector {self.detector}, "
-            f"{self.strategy} sampling; "
+            f"{self.strategy} sampling ({self.embedding} embedding, {self.step} labels a query); "
             f"clean test accuracy {self.clean_accuracy:.3f}; drift found in {s['detected']} of "
             f"{s['corruptions']} corrupted batches; active beats random in {s['active_beats_random']} of "
             f"{s['improved']} (mean {_acc(s['mean_active'])} vs {_acc(s['mean_random'])}, "
@@ -192,8 +197,10 @@ def reproduce(
     k: int | None = None,
     severity: int = 4,
     detector: str = "autoencoder",
-    strategy: str = "uncertainty",
+    strategy: str = "auto",
     repeats: int | None = None,
+    embedding: str = "pca",
+    step: int = 10,
     seed: int = 0,
     small: bool | None = None,
     classifier=None,
@@ -206,14 +213,18 @@ def reproduce(
     corruptions  names from scanflow_nb.datasets.CORRUPTIONS (default: all 15; 4 in small mode)
     k            labels per drifted batch (default 20; 10 in small mode)
     detector     "autoencoder", "ks" or "mmd" (scanflow_nb.check.make_detector)
-    strategy     how the k anomalies are chosen: "uncertainty", "margin", "entropy" or "batch" (modAL)
+    strategy     how the k anomalies are chosen: a name from scanflow_nb.improve.STRATEGIES but "random"
+                 (default "auto": typical samples of the anomalies first; see scanflow_nb.improve.strategies)
+    embedding    where typical and diverse samples are measured: "pca" or "checker" (the autoencoder
+                 detector's code)
+    step         labels per query: the improver retrains after each (default 10, as the labeling panel)
     repeats      random draws averaged for the baseline (default 5; 3 in small mode)
     classifier   an unfitted scikit-learn classifier with predict_proba (default: logistic regression)
     tracking_uri with it, one MLflow run per corruption in `experiment` (parameters and accuracies)
     """
     from .check import make_detector
     from .datasets import CORRUPTIONS, corrupt
-    from .improve import STRATEGIES, ActiveLearner, Oracle
+    from .improve import STRATEGIES, ActiveLearner, Oracle, learning_curve
 
     small = small_mode() if small is None else small
     corruptions = tuple(corruptions or (SMALL_CORRUPTIONS if small else CORRUPTIONS))
@@ -227,7 +238,12 @@ def reproduce(
             f"strategy must be one of: {', '.join(s for s in STRATEGIES if s != 'random')}; "
             f"got {strategy!r} (random is the baseline)"
         )
-    for name, value in (("k", k), ("repeats", repeats), ("severity", severity)):
+    if embedding not in ("pca", "checker") or (embedding == "checker" and detector != "autoencoder"):
+        raise ValidationError(
+            f"embedding must be 'pca' or, with the autoencoder detector, 'checker'; got {embedding!r}"
+            + (f" with detector {detector!r}" if embedding == "checker" else "")
+        )
+    for name, value in (("k", k), ("repeats", repeats), ("severity", severity), ("step", step)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValidationError(f"{name} must be a whole number >= 1, got {value!r}")
     if severity > 5:
@@ -247,12 +263,19 @@ def reproduce(
     classes = sorted(np.unique(y).tolist())
     classifier = default_classifier(seed) if classifier is None else classifier
 
-    def improver(choose: str, pool: np.ndarray, draw: int = 0) -> ActiveLearner:
+    def improver(choose: str, pool: np.ndarray, draw: int = 0, embedded="pca") -> ActiveLearner:
         return ActiveLearner(
-            classifier, choose, X_labeled=X_train, y_labeled=y_train, X_pool=pool, classes=classes, seed=seed + draw
+            classifier,
+            choose,
+            X_labeled=X_train,
+            y_labeled=y_train,
+            X_pool=pool,
+            classes=classes,
+            seed=seed + draw,
+            embedding=embedded,
         )
 
-    base = improver("uncertainty", X_ref[:1])
+    base = improver("random", X_ref[:1])
     clean_accuracy = base.score(X[parts["eval"]], y[parts["eval"]])
     say(f"{dataset}: classifier trained on {len(X_train)} clean samples, clean accuracy {clean_accuracy:.3f}")
     options = (
@@ -261,7 +284,9 @@ def reproduce(
     fitted = make_detector(detector, **options).fit(X_ref)
     say(f"{detector} detector fitted on {len(X_ref)} clean reference samples")
 
-    result = Reproduction(dataset, k, severity, detector, strategy, repeats, sizes, clean_accuracy, 0.0)
+    result = Reproduction(
+        dataset, k, severity, detector, strategy, repeats, embedding, step, sizes, clean_accuracy, 0.0
+    )
     for index, name in enumerate((CLEAN, *corruptions)):
         X_batch, y_batch = X[parts["batch"]], y[parts["batch"]]
         X_eval, y_eval = X[parts["eval"]], y[parts["eval"]]
@@ -281,11 +306,11 @@ def reproduce(
             None,
         )
         if verdict.is_drift and len(anomalous):
-            active = improver(strategy, X_batch[anomalous])
-            picked = active.query_ids(min(k, len(anomalous)))
-            active.teach_ids(picked, Oracle(y_batch[anomalous])(picked))
-            row.labeled = len(picked)
-            row.active = active.score(X_eval, y_eval)
+            active = improver(strategy, X_batch[anomalous], embedded=fitted if embedding == "checker" else "pca")
+            curve = learning_curve(active, Oracle(y_batch[anomalous]), X_eval, y_eval, min(k, len(anomalous)), step)
+            row.labeled, row.active = len(active.taught), curve[-1][1]
+            used = Counter(query.used for query in active.queries)
+            row.used = ", ".join(f"{name} x{count}" for name, count in used.items())
             row.clean_after = active.score(X[parts["eval"]], y[parts["eval"]])
             scores = []
             for draw in range(repeats):
@@ -322,6 +347,9 @@ def _log_row(tracking_uri: str, experiment: str, result: Reproduction, row: Row)
         "k": result.k,
         "detector": result.detector,
         "strategy": result.strategy,
+        "strategy_used": row.used,
+        "embedding": result.embedding,
+        "step": result.step,
         "repeats": result.repeats,
     }
     values = {

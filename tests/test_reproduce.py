@@ -89,8 +89,10 @@ def test_same_seed_same_numbers_and_results_logged_to_mlflow(tmp_path, monkeypat
     assert set(by_name) == {"digits/none", "digits/rotate", "digits/brightness"}
     rotate = by_name["digits/rotate"].data
     assert (
-        rotate.params["k"] == "10" and rotate.params["severity"] == "4" and rotate.params["strategy"] == "uncertainty"
+        rotate.params["k"] == "10" and rotate.params["severity"] == "4" and rotate.params["strategy"] == "auto"
     )
+    assert rotate.params["strategy_used"] == result.row("rotate").used == "typical x1"  # k = 10: one query of 10
+    assert rotate.params["step"] == "10"
     assert rotate.metrics["accuracy_active"] == pytest.approx(result.row("rotate").active)
     assert "accuracy_active" not in by_name["digits/none"].data.metrics
 
@@ -115,7 +117,10 @@ def test_small_mode_comes_from_the_environment(monkeypatch):
         ({"repeats": 1.5}, "repeats must be a whole number"),
         ({"severity": 6}, "severity runs from 1 to 5, got 6"),
         ({"severity": 0}, "severity must be a whole number >= 1"),
-        ({"strategy": "random"}, "strategy must be one of: uncertainty, margin, entropy, batch"),
+        ({"step": 0}, "step must be a whole number >= 1"),
+        ({"strategy": "random"}, "strategy must be one of: auto, typical, margin, uncertainty, entropy, batch"),
+        ({"embedding": "checker"}, "with detector 'ks'"),
+        ({"embedding": "umap"}, "embedding must be 'pca' or"),
     ],
 )
 def test_bad_settings_give_one_clear_error(kwargs, message):
