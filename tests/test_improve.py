@@ -144,7 +144,7 @@ def test_embeddings_pca_function_encoder_and_the_models_own(digits):
 
     images = {"X_labeled": digits["X0"].reshape(-1, 8, 8), "y_labeled": digits["y0"]}
     images["X_pool"] = digits["Xp"].reshape(-1, 8, 8)
-    for embedding in ("pca", lambda X: X[:, :16], Encoder()):
+    for embedding in ("pca", lambda images: images[:, :2, :], Encoder()):
         imp = ActiveLearner(LogisticRegression(max_iter=300), "typical", embedding=embedding, **images)
         assert len(set(imp.query_ids(10).tolist())) == 10
     model = make_pipeline(PCA(8), LogisticRegression(max_iter=300))
@@ -154,6 +154,11 @@ def test_embeddings_pca_function_encoder_and_the_models_own(digits):
         ActiveLearner(LogisticRegression(), "typical", embedding="model", **images).query_ids(3)
     with pytest.raises(ValidationError, match="embedding must be"):
         ActiveLearner(LogisticRegression(), embedding="umap", **images)
+    with pytest.raises(ValidationError, match="embedding must be"):
+        imp.embedding = 3
+    imp.strategy, imp.embedding = "typical", lambda X: X[:, 0, :2]  # a new embedding is used at once
+    imp.query_ids(4)
+    assert imp._embedded[1].shape[1] == 2
     with pytest.raises(ValidationError, match="one finite feature row per sample"):
         ActiveLearner(LogisticRegression(), "typical", embedding=lambda X: X[:3], **images).query_ids(3)
 

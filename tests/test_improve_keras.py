@@ -43,3 +43,6 @@ def test_keras_model_learns_through_the_improver():
     ((label, confidence),) = imp.guess([imp.pool_ids[0]])
     assert label in range(10) and 0 < confidence <= 1
     assert imp.model.predict_proba(X[:3].reshape(3, -1)).shape == (3, 10)
+    assert imp.model.embed(X[:3].reshape(3, -1)).shape == (3, 32)  # the hidden layer: embedding="model"
+    imp.strategy, imp.embedding = "typical", "model"
+    assert len(set(imp.query_ids(10).tolist())) == 10

@@ -5,7 +5,8 @@
   "model"     the fitted model's own features: `embed(X)` when it has one (KerasClassifier: the layer before the
               output), else `transform(X)` of every step of a scikit-learn Pipeline but the last
   an encoder  an object with `encode(X)`, e.g. the checker's fitted AutoencoderDetector (its code layer)
-  a function  X (rows) -> features
+  a function  X -> features
+Encoders and functions get the samples in their original shape (images as images).
 """
 
 from collections.abc import Callable

@@ -8,6 +8,7 @@ class KerasClassifier(ClassifierMixin, BaseEstimator):
     """Wraps `build(n_classes) -> compiled keras Model` (softmax output, sparse categorical loss).
 
     Each `fit` builds a fresh model; inputs arrive flattened and are reshaped to `input_shape`.
+    `embed(X)` gives the layer before the output: the improver's `embedding="model"`.
     """
 
     def __init__(self, build, input_shape, epochs: int = 10, batch_size: int = 32, seed: int = 0):
@@ -28,6 +29,14 @@ class KerasClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         return np.asarray(self.model_.predict(self._shaped(X), verbose=0))
+
+    def embed(self, X) -> np.ndarray:
+        """What the model's last hidden layer makes of X (one row per sample)."""
+        import keras
+
+        hidden = keras.Model(self.model_.inputs, self.model_.layers[-2].output)
+        Z = np.asarray(hidden.predict(self._shaped(X), verbose=0))
+        return Z.reshape(len(Z), -1)
 
     def predict(self, X) -> np.ndarray:
         return self.classes_[self.predict_proba(X).argmax(axis=1)]

@@ -83,7 +83,6 @@ class ActiveLearner:
         seed: int = 0,
         embedding="pca",
     ):
-        embeddings.check(embedding)
         self.estimator = estimator
         self.strategy = strategy
         self.embedding = embedding
@@ -125,7 +124,7 @@ class ActiveLearner:
         self.n_trained = 0
         self.queries: list[Query] = []
         self._asked: dict[int, Query] = {}  # candidate id -> the latest query that chose it
-        self._embedded = None  # (key, candidates' features, start labels' features)
+        self._embedded = None  # ((candidates, embedding, model), candidates' features, start labels' features)
         self.retrain()
 
     # ---- what the improver holds
@@ -138,6 +137,16 @@ class ActiveLearner:
     def strategy(self, name: str) -> None:
         check_strategy(name)
         self._strategy = name
+
+    @property
+    def embedding(self):
+        """Where typical and diverse samples are measured (see `scanflow_nb.improve.embedding`)."""
+        return self._embedding
+
+    @embedding.setter
+    def embedding(self, embedding) -> None:
+        embeddings.check(embedding)
+        self._embedding = embedding
 
     @property
     def pool_size(self) -> int:
@@ -242,19 +251,19 @@ class ActiveLearner:
         return chosen
 
     def _embedded_features(self, model) -> tuple[np.ndarray, np.ndarray]:
-        """Every candidate and start label in the embedding; kept until candidates (or, for "model", the model)
-        change."""
+        """Every candidate and start label in the embedding; kept until the candidates, the embedding (or, for
+        "model", the model) change."""
         with self._lock:
             n, cached = len(self._candidates), self._embedded
-        key = (n, id(model) if self.embedding == "model" else None)
-        if cached is not None and cached[0] == key:
+        key = (self.embedding, model if isinstance(self.embedding, str) and self.embedding == "model" else None)
+        if cached is not None and cached[0][0] == n and all(a is b for a, b in zip(cached[0][1:], key)):
             return cached[1], cached[2]
         rows, rows0 = _flat(self._candidates[:n]), _flat(self._X0)
         embed = embeddings.embedder(self.embedding, np.concatenate([rows0, rows]), model, self._candidates.shape[1:])
         Z = embeddings.features(embed, rows, "the candidates")
         Z0 = embeddings.features(embed, rows0, "the labeled samples") if len(rows0) else Z[:0]
         with self._lock:
-            self._embedded = (key, Z, Z0)
+            self._embedded = ((n, *key), Z, Z0)
         return Z, Z0
 
     def query(self, k: int) -> np.ndarray:

@@ -114,16 +114,13 @@ def typical(c: Candidates, k: int) -> np.ndarray:
     Labels far from every candidate (e.g. clean training data when the candidates are a drifted batch's
     anomalies) cover none of them and are left out of the clustering, so it cuts the candidates themselves.
     """
-    from sklearn.cluster import KMeans
-
     Z, Z_labeled = c.embedded
     if len(Z) <= k:
         return np.arange(len(Z))
     Z_labeled = Z_labeled[c.near]
     everything = np.concatenate([Z_labeled, Z])
-    n_clusters = len(Z_labeled) + k
-    with _one_thread():
-        groups = KMeans(n_clusters, n_init=1, random_state=int(c.rng.integers(2**31))).fit_predict(everything)
+    means = _kmeans(everything, len(Z_labeled) + k, c.rng)
+    groups, n_clusters = means.labels_, means.n_clusters
     labeled, pooled = groups[: len(Z_labeled)], groups[len(Z_labeled) :]
     sizes = np.bincount(pooled, minlength=n_clusters).astype(float)
     sizes[labeled] = 0  # covered
@@ -179,29 +176,30 @@ def _informative(score: Callable) -> Callable[[Candidates, int], np.ndarray]:
 
 def _diverse(Z: np.ndarray, weight: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """k positions in Z: the member nearest each centre of a k-means weighted by informativeness."""
-    from sklearn.cluster import KMeans
-
     weight = weight - weight.min() + 1e-6
-    with _one_thread():
-        means = KMeans(k, n_init=1, random_state=int(rng.integers(2**31))).fit(Z, sample_weight=weight)
+    means = _kmeans(Z, k, rng, weight)
     distances = ((Z - means.cluster_centers_[means.labels_]) ** 2).sum(axis=1)
     picks = [
         members[np.argmin(distances[members])]
-        for members in (np.flatnonzero(means.labels_ == g) for g in range(k))
+        for members in (np.flatnonzero(means.labels_ == g) for g in range(means.n_clusters))
         if len(members)
     ]
-    if len(picks) < k:  # empty clusters: the most informative of the rest
-        rest = np.setdiff1d(np.argsort(-weight, kind="stable"), picks, assume_unique=True)
-        picks += [i for i in np.argsort(-weight, kind="stable") if i in set(rest)][: k - len(picks)]
+    if len(picks) < k:  # fewer distinct samples than k: the most informative of the rest
+        taken = set(picks)
+        picks += [i for i in np.argsort(-weight, kind="stable") if i not in taken][: k - len(picks)]
     return np.asarray(picks)
 
 
-def _one_thread():
-    """Cluster in one OpenMP thread: the problems are small, and a retrain may be running beside the query
-    (threads spinning against each other made k-means 5-10x slower on a busy 2-core machine)."""
+def _kmeans(Z: np.ndarray, k: int, rng: np.random.Generator, weight=None):
+    """k-means with at most as many clusters as distinct samples, in one OpenMP thread: the problems are
+    small, and a retrain may run beside the query (threads spinning against each other made k-means
+    5-10x slower on a busy 2-core machine)."""
+    from sklearn.cluster import KMeans
     from threadpoolctl import threadpool_limits
 
-    return threadpool_limits(limits=1, user_api="openmp")
+    k = min(k, len(np.unique(Z, axis=0)))
+    with threadpool_limits(limits=1, user_api="openmp"):
+        return KMeans(k, n_init=1, random_state=int(rng.integers(2**31))).fit(Z, sample_weight=weight)
 
 
 def _modal_score(name: str, sign: float) -> Callable:
