@@ -88,9 +88,7 @@ def test_same_seed_same_numbers_and_results_logged_to_mlflow(tmp_path, monkeypat
     by_name = {r.info.run_name: r for r in runs}
     assert set(by_name) == {"digits/none", "digits/rotate", "digits/brightness"}
     rotate = by_name["digits/rotate"].data
-    assert (
-        rotate.params["k"] == "10" and rotate.params["severity"] == "4" and rotate.params["strategy"] == "auto"
-    )
+    assert rotate.params["k"] == "10" and rotate.params["severity"] == "4" and rotate.params["strategy"] == "auto"
     assert rotate.params["strategy_used"] == result.row("rotate").used == "typical x1"  # k = 10: one query of 10
     assert rotate.params["step"] == "10"
     assert rotate.metrics["accuracy_active"] == pytest.approx(result.row("rotate").active)
