@@ -82,14 +82,14 @@ def area(points, start: int) -> float:
     return float(np.interp(np.arange(start, AREA_UNTIL + 1), n, s).mean())
 
 
-def curves_report(strategies: list[str], seeds: int, step: int, budget: int) -> None:
+def curves_report(strategies: list[str], seeds: int, step: int, budget: int, models=LEARNERS, starts=(10, 20)) -> None:
     print(
         f"\n== labels to reach test accuracy, digits, {seeds} seeds, {step} labels a query, classes not given, "
         f"at most {budget} labels (a run that never reaches a target counts as {budget}) ==",
         flush=True,
     )
-    for model in LEARNERS:
-        for start in (10, 20):
+    for model in models:
+        for start in starts:
             results = {}
             for strategy in strategies:
                 started = time.perf_counter()
@@ -214,6 +214,8 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=800, help="stop a run after this many labels")
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=["auto", "random"])
     parser.add_argument("--part", choices=["all", "curves", "time", "latency"], default="all")
+    parser.add_argument("--models", nargs="+", choices=LEARNERS, default=list(LEARNERS))
+    parser.add_argument("--starts", nargs="+", type=int, default=[10, 20], help="random labels to start from")
     args = parser.parse_args()
     seeds = args.seeds or (3 if args.quick else 10)
     print(
@@ -222,7 +224,7 @@ def main() -> None:
         flush=True,
     )
     if args.part in ("all", "curves"):
-        curves_report(args.strategies, seeds, args.step, args.budget)
+        curves_report(args.strategies, seeds, args.step, args.budget, args.models, args.starts)
     if args.part in ("all", "time"):
         query_time_report()
     if args.part in ("all", "latency"):
