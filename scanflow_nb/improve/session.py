@@ -204,9 +204,10 @@ class LabelingSession:
             if self.retraining and self._retraining is not threading.current_thread():
                 return self._retraining
             self._since_retrain = 0
-            self._say("retraining in the background…")
-            self._retraining = self.improver.retrain_in_background(self._retrained)
-            return self._retraining
+            self.message = ("retraining in the background…", False)
+            self._retraining = thread = self.improver.retrain_in_background(self._retrained)
+        self._changed()  # outside the lock: a view renders under its own lock and reads the session's
+        return thread
 
     def wait(self, timeout: float | None = 60) -> None:
         """Block until background work (retrains, chained ones, queue top-ups, finishing) is done."""
