@@ -134,7 +134,7 @@ def test_text_tree_shows_nesting_order_states_and_specials():
     assert text_tree(nested(), states) == "\n".join(
         [
             "pipeline  (sequential; tracker: embedded store; checker: autoencoder every 5 s; "
-            "improver: uncertainty, k=10; planner: accuracy → champion)",
+            "improver: auto, k=10; planner: accuracy → champion)",
             "├── prepare  [succeeded · 1.2 s]",
             "├── train  [pending]  after prepare",
             "├── evaluate  (parallel)",

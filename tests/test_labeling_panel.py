@@ -65,5 +65,5 @@ def test_where_widgets_cannot_load_the_panel_says_what_it_is(tmp_path):
     data, _ = DisplayFormatter().format(labeling)
     assert "application/vnd.jupyter.widget-view+json" in data
     text = data["text/plain"]
-    assert text.startswith("[labeling panel (session default · strategy uncertainty): an interactive widget")
+    assert text.startswith("[labeling panel (session default · strategy auto): an interactive widget")
     assert f"0 / 50 labeled · 0 skipped · 50 in the pool; showing sample {labeling.current}" in text
