@@ -209,7 +209,7 @@ class LabelingSession:
         self._changed()  # outside the lock: a view renders under its own lock and reads the session's
         return thread
 
-    def wait(self, timeout: float | None = 60) -> None:
+    def wait(self, timeout: float | None = 600) -> None:
         """Block until background work (retrains, chained ones, queue top-ups, finishing) is done."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:

@@ -148,7 +148,7 @@ class LabelingPanel:
     def finish(self) -> threading.Thread:
         return self.session.finish()
 
-    def wait(self, timeout: float | None = 60) -> None:
+    def wait(self, timeout: float | None = 600) -> None:
         self.session.wait(timeout)
 
     def press(self, key: str) -> None:
