@@ -127,16 +127,18 @@ def test_retries_until_success(app_dir):
 def test_timeout_kills_the_attempt_and_its_children(app_dir):
     code = textwrap.dedent("""\
         import subprocess, sys, time
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-        open("child.pid", "w").write(str(child.pid)); print("started", flush=True); time.sleep(60)
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        open("child.pid", "w").write(str(child.pid)); print("started", flush=True); time.sleep(600)
     """)
     app = new_app(app_dir, Workflow("w", executors=[Executor("slow", code=code, timeout=1.5, retries=1)]))
     result = app.run("w", echo=False)
     r = result.executors["w/slow"]
     assert r.status == "failed" and r.error == "timed out after 1.5 s" and r.attempts == 2
-    assert r.duration < 20  # two attempts of 1.5 s and their stops, not the 60 s sleeps
+    assert r.duration < 120  # two attempts of 1.5 s and their stops (slow on a busy machine), not the 600 s sleeps
     pid = int((app.path / "child.pid").read_text())
-    time.sleep(0.2)
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert not _alive(pid), "the executor's own child process survived the timeout"
 
 
@@ -287,14 +289,17 @@ def test_keyboard_interrupt_stops_child_processes(tmp_path):
     )
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     pid_file = tmp_path / "app" / "pid"
-    deadline = time.monotonic() + 180  # opening a new MLflow store takes long on a busy machine
-    while not pid_file.exists() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 300  # opening a new MLflow store takes long on a busy machine
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        assert proc.poll() is None, "the driver ended before the executor started"
         time.sleep(0.2)
     child = int(pid_file.read_text())
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=30)
+    out, _ = proc.communicate(timeout=180)  # it closes its MLflow runs first, slow when the machine is busy
     assert "INTERRUPTED interrupted" in out
-    time.sleep(0.2)
+    deadline = time.monotonic() + 30
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert not _alive(child)
 
 
