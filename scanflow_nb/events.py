@@ -26,6 +26,9 @@ SERVING = "serving"
 # Event kinds. Executor events carry `key` ("workflow/executor"); run events have key=None.
 RUN_STARTED, RUN_FINISHED = "run_started", "run_finished"
 STARTED, LINE, RETRYING = "started", "line", "retrying"
+# An MLflow write that failed (or runs a crash had left open, closed now): `error` says what; `key` is
+# the executor's when it is about one.
+TRACKING = "tracking"
 # An executor's final event has kind == its final state: cached, succeeded, failed or skipped.
 # A service's event of kind `serving` carries `url`: where this machine reaches it (else where executors do).
 

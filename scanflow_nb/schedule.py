@@ -102,13 +102,14 @@ def resolve(keys: list[str], ref: str) -> str:
     return matches[0]
 
 
-def cache_key(executor: Executor, code: bytes, requirements: str, inputs: Mapping[str, str], backend: str) -> str:
+def cache_key(executor: Executor, code: str, requirements: str, inputs: Mapping[str, str], backend: str) -> str:
     """A digest of everything that decides an executor's result.
 
+    `code` is the sha256 of what the executor runs (its script, or its image or Dockerfile);
     `inputs` maps each declared input path to the digest of its content ("missing" if absent).
     """
     payload: dict[str, Any] = {
-        "code": hashlib.sha256(code).hexdigest(),
+        "code": code,
         "parameters": executor.parameters,
         "env": executor.env,
         "requirements": requirements,

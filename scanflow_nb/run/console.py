@@ -49,3 +49,5 @@ class ConsoleListener:
                     self._print(f"[{key}] last lines of {log}:\n" + "\n".join(f"    {line}" for line in tail))
         elif event.kind == ev.SKIPPED and event.error != "not selected":
             self._print(f"[{key}] skipped: {event.error}")
+        elif event.kind == ev.TRACKING:
+            self._print(f"[{key or 'scanflow'}] MLflow: {event.error}")

@@ -2,13 +2,19 @@
 
 It flattens the workflow into tasks (`schedule.plan`), starts each task when what it waits for
 has succeeded, bounded by `max_workers`, retries and times out attempts, skips cached executors,
-writes the MLflow run tree, keeps a log per executor and sends events to listeners. Back ends
-only start attempts (`Backend.launch`). Worker threads never touch MLflow or listeners: they post
-messages to a queue that the run's own thread drains, so listeners run on one thread, in order.
+keeps a log per executor and sends events to listeners. Back ends only start attempts
+(`Backend.launch`). Worker threads never touch listeners: they post messages to a queue that the
+run's own thread drains, so listeners run on one thread, in order.
+
+Nobody here waits for MLflow: every write goes to the run's `track.runs.RunWriter` (`self.writer`),
+whose thread opens the store while the run gets ready. An executor's worker waits only for its own
+run's id before launching it; the run returns once every write is done.
 """
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import logging
 import os
 import queue
@@ -16,18 +22,18 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from .. import events as ev
-from ..errors import NotFoundError, RunError, ScanflowError
-from ..files import digest
+from ..errors import NotFoundError, RunError, ScanflowError, TrackerError
 from ..resources import Usage, format_bytes, parse_cpus, thread_env
 from ..schedule import Task, cache_key, plan, select
 from ..sources import code_path
 from ..spec import Executor
 from ..track.provenance import Provenance, executor_provenance, git_state, workflow_provenance
-from ..track.runs import RunTree
+from ..track.runs import RunRef, RunWriter
 from .admission import Admission
 from .backend import Backend, Launch, Tracking, resolve_backend
 from .console import ConsoleListener
@@ -76,6 +82,7 @@ class Run:
         self.root = app.find(workflow)
         self.tasks = plan(self.root, app.resource_defaults(workflow))
         self.cpus = parse_cpus(cpus, "the run")
+        self._by_key = {task.key: task for task in self.tasks}
         self.selected = select(self.tasks, only, from_)
         self.force = force
         if max_workers is not None and max_workers < 1:
@@ -93,11 +100,23 @@ class Run:
         self.states: dict[str, str] = {}
         self.results: dict[str, ExecutorResult] = {}
         self._scripts: dict[str, Path | None] = {}
+        self._files = self.workspace.digests()
         self._requirements: dict[str, str] = {}
         self._cache: dict[str, dict[str, str]] = {}
         self._started: dict[str, float] = {}
         self._digests: dict[str, str] = {}
         self._workers: list[threading.Thread] = []
+        self.writer: RunWriter | None = None  # every MLflow write of this run goes through it
+        self._runs: dict[str, RunRef] = {}  # executor key -> its MLflow run
+        self._workflow_runs: dict[str, RunRef] = {}  # created when something under them starts
+        self._cached_from: dict[str, str] = {}  # cached executor key -> the run it was cached from
+        # the scheduler's bookkeeping (see _loop)
+        self._waiting: dict[str, int] = {}  # pending key -> how many of its selected deps are not done
+        self._dependents: dict[str, list[str]] = {}
+        self._ready: list[int] = []  # plan positions of ready tasks: they start in plan order
+        self._position = {task.key: i for i, task in enumerate(self.tasks)}
+        self._unsettled = self._running = 0
+        self._released: set[str] = set()  # tasks whose dependents were told
         self.extra_tags = dict(tags or {})
         self.configure = configure
         self._started_with: dict[str, tuple[bytes | None, dict[str, str]]] = {}  # code and input digests
@@ -132,25 +151,27 @@ class Run:
 
     def _execute(self) -> RunResult:
         self._git = git_state(self.app.path)
-        started = time.time()
-        tracking: Tracking | None = None
+        started = self._run_started = time.time()
         interrupted: BaseException | None = None
-        self.tree = None
-        self.workflow_runs: dict[str, str] = {}
         try:
-            tracking = self.backend.open(self.app.path, self.root.name, self.app.tracking(self.root.name))
-            self._open_tracking(tracking)
-            self._emit(ev.RunEvent(ev.RUN_STARTED, self.root.name, run_id=self.workflow_runs[self.root.name]))
+            tracking = self.app.tracking(self.root.name)
+            self._open_tracking(tracking)  # in the background, while the back end gets ready
+            tracking = self.backend.open(self.app.path, self.root.name, tracking)
+            self.tracking = replace(tracking, uri=self.writer.uri)  # the kernel keeps writing where it started
+            self._emit(ev.RunEvent(ev.RUN_STARTED, self.root.name))
             try:
                 self._loop()
             except KeyboardInterrupt as exc:
                 interrupted = exc
             if interrupted is not None or self.cancelled.is_set():
                 self._stop_everything()
-            result = self._finish(started, tracking, interrupted is not None or self.cancelled.is_set())
+            result = self._finish(started, interrupted is not None or self.cancelled.is_set())
         except BaseException as exc:
             self._stop_everything()
-            self._close_open_runs()
+            try:
+                self._close_writer()
+            except Exception as close_error:  # the run's own error is the one to raise
+                log.warning("could not finish the MLflow writes of %r: %s", self.root.name, close_error)
             self._emit(
                 ev.RunEvent(
                     ev.RUN_FINISHED,
@@ -205,42 +226,57 @@ class Run:
         self._cache = self.workspace.cache()
 
     def _open_tracking(self, tracking: Tracking) -> None:
-        from ..track import experiment_id, get_client
-
-        self.tracking = tracking
-        client = get_client(tracking.uri)
-        experiment = self.app.experiment_name(self.root.name)
-        self.experiment, self.experiment_id = experiment, experiment_id(client, experiment)
-        self.tree = RunTree(
-            client, self.experiment_id, {"scanflow.app": str(self.app.path), "scanflow.backend": self.backend.name}
+        """Start the run's MLflow writer: it opens the store in its own thread."""
+        self.experiment = self.app.experiment_name(self.root.name)
+        self.writer = RunWriter(
+            tracking.uri,
+            self.experiment,
+            {"scanflow.app": str(self.app.path), "scanflow.backend": self.backend.name},
+            self.workspace.state_dir,
+            report=lambda label, message: self._queue.put(("tracking", label, message)),
         )
-        for wf in self.root.walk():
-            parent = self.root.parent_of(wf.name) if wf is not self.root else None
-            tags = {"scanflow.workflow": wf.name, "scanflow.parallel": str(wf.parallel).lower()}
-            if wf is self.root:
+
+    def _workflow_run(self, name: str) -> RunRef:
+        """The MLflow run of workflow `name`, asked for (with its parents') the first time it is needed."""
+        ref = self._workflow_runs.get(name)
+        if ref is None:
+            wf, parent = self.root.find(name), self.root.parent_of(name) if name != self.root.name else None
+            tags = {"scanflow.workflow": name, "scanflow.parallel": str(wf.parallel).lower()}
+            if parent is None:
                 tags.update(self.extra_tags)
-            self.workflow_runs[wf.name] = self.tree.start(
-                wf.name, "workflow", self.workflow_runs.get(parent.name) if parent else None, tags
-            )
+            parent_run = self._workflow_run(parent.name) if parent else None
+            started = self._run_started if parent is None else None  # the root runs from the start
+            ref = self._workflow_runs[name] = self.writer.start_run(name, "workflow", parent_run, tags, started=started)
+        return ref
 
     # -- the loop ------------------------------------------------------------------------------
     def _loop(self) -> None:
+        """Start tasks as they become ready; the bookkeeping costs the same per task at any size."""
         self._flushed = time.monotonic()
-        for task in self.tasks:
-            if task.key in self.selected:
-                self.states[task.key] = ev.PENDING
-            else:
+        for i, task in enumerate(self.tasks):
+            if task.key not in self.selected:
                 self._record(task, ev.SKIPPED, error="not selected")
+                continue
+            self.states[task.key] = ev.PENDING
+            self._unsettled += 1
+            waits = [d for d in task.deps if d in self.selected]
+            self._waiting[task.key] = len(waits)
+            for dep in waits:
+                self._dependents.setdefault(dep, []).append(task.key)
+            if not waits:
+                self._ready.append(i)
+        heapq.heapify(self._ready)
         while True:
             if self.cancelled.is_set():
                 return
+            if self.writer.fatal:
+                raise TrackerError(self.writer.fatal)
             self._schedule()
-            if not {ev.PENDING, ev.RUNNING} & set(self.states.values()):
-                serving = [key for key, state in self.states.items() if state == ev.SERVING]
-                if not serving:
+            if self._unsettled == len(self.services):  # nothing is pending or running: services only
+                if not self.services:
                     return
                 if not self.keep_serving or self._end_serving.is_set():
-                    self._stop_services(serving)  # the rest of the run is over
+                    self._stop_services(list(self.services))  # the rest of the run is over
             try:
                 message = self._queue.get(timeout=0.2)
             except queue.Empty:
@@ -259,51 +295,87 @@ class Run:
         self._flushed = time.monotonic()
 
     def _schedule(self) -> None:
-        running = sum(state == ev.RUNNING for state in self.states.values())
-        for task in self.tasks:
-            if self.states.get(task.key) != ev.PENDING:
+        """Start ready tasks in plan order while workers are free and their resources fit what is free."""
+        waiting = []  # ready, but their resources do not fit now
+        while self._ready and self._running < self.max_workers:
+            position = heapq.heappop(self._ready)
+            task = self.tasks[position]
+            if self.states[task.key] != ev.PENDING:
                 continue
-            waits = [d for d in task.deps if d in self.selected]
-            blocked = next((d for d in waits if self.states[d] in (ev.FAILED, ev.SKIPPED)), None)
-            if blocked is not None:
-                self._record(task, ev.SKIPPED, error=f"upstream {blocked} {self.states[blocked]}")
+            if not self.admission.fits(task.resources):
+                waiting.append(position)
+            elif self._start(task):
+                self._running += 1
+        for position in waiting:
+            heapq.heappush(self._ready, position)
+
+    def _settled(self, key: str, state: str) -> None:
+        """Task `key` reached a final state: its dependents get ready, or are skipped if it did not succeed."""
+        self._unsettled -= 1
+        self._release(key, state)
+
+    def _release(self, key: str, state: str) -> None:
+        """Task `key` is done with (or serving): its dependents get ready, or are skipped if it failed.
+
+        A service's dependents are released when it starts serving, not again when it stops; those
+        still pending are skipped if it fails later.
+        """
+        failed = state in (ev.FAILED, ev.SKIPPED)
+        if self.cancelled.is_set() or (key in self._released and not failed):  # after a cancel: interrupted
+            return
+        self._released.add(key)
+        for dependent in self._dependents.get(key, ()):
+            if self.states[dependent] != ev.PENDING:
                 continue
-            done = (ev.SUCCEEDED, ev.CACHED, ev.SERVING)
-            ready = (
-                running < self.max_workers
-                and all(self.states[d] in done for d in waits)
-                and self.admission.fits(task.resources)
-            )
-            if ready and self._start(task):
-                running += 1
+            if failed:
+                self._record(self._by_key[dependent], ev.SKIPPED, error=f"upstream {key} {state}")
+                continue
+            self._waiting[dependent] -= 1
+            if not self._waiting[dependent]:
+                heapq.heappush(self._ready, self._position[dependent])
+
+    def _cache_key(self, task: Task) -> tuple[str, dict[str, str]]:
+        """The task's cache key and its inputs' digests; files are hashed only if they changed since last time."""
+        ex, script = task.executor, self._scripts[task.key]
+        if ex.file:
+            code = self._files.digest(script)
+        else:
+            code = hashlib.sha256((ex.code or "").encode()).hexdigest()
+        if ex.dockerfile:
+            code += self._files.digest(self.app.path / ex.dockerfile)
+        inputs = {path: self._files.digest(self.app.path / path) for path in ex.inputs}
+        return cache_key(ex, code, self._requirements[task.key], inputs, self.backend.name), inputs
 
     def _start(self, task: Task) -> bool:
         """Start a task, or record it as cached. Returns True if an attempt is now running."""
         if self.configure is not None:
             task.executor = self.configure(task)
         ex = task.executor
-        script = self._scripts[task.key]
-        code = script.read_bytes() if script is not None else (ex.dockerfile or ex.image or "").encode()
-        inputs = {path: digest(self.app.path / path) for path in ex.inputs}
-        key = cache_key(ex, code, self._requirements[task.key], inputs, self.backend.name)
+        key, inputs = self._cache_key(task)
         self._digests[task.key] = key
-        parent = self.workflow_runs[task.workflow]
-        tags = {"scanflow.workflow": task.workflow, "scanflow.key": task.key}
         previous = self._cache.get(task.key)
-        outputs_there = all((self.app.path / p).exists() for p in ex.outputs)
-        if not ex.service and not self.force and previous and previous["digest"] == key and outputs_there:
-            run_id = self.tree.start(
-                ex.name, "executor", parent, {**tags, "scanflow.cached_from": previous["run_id"]}, ex.parameters
-            )
-            self.tree.finish(run_id, ev.CACHED)
-            self._record(task, ev.CACHED, run_id=run_id, duration=0.0)
+        unchanged = not ex.service and not self.force and previous and previous.get("digest") == key
+        if unchanged and all((self.app.path / p).exists() for p in ex.outputs):
+            self._cached_from[task.key] = previous.get("run_id") or ""
+            self._record(task, ev.CACHED, run_id=previous.get("run_id") or None, duration=0.0)
             return False
-        run_id = self.tree.start(ex.name, "executor", parent, tags, ex.parameters)
-        self._started_with[task.key] = (code if script is not None else None, inputs)
+        ref = self._runs[task.key] = self.writer.start_run(
+            ex.name,
+            "executor",
+            self._workflow_run(task.workflow),
+            {"scanflow.workflow": task.workflow, "scanflow.key": task.key},
+            ex.parameters,
+            label=task.key,
+        )
+        script = self._scripts[task.key]
+        self._started_with[task.key] = (
+            (script.read_bytes() if ex.file else (ex.code or "").encode()) if script is not None else None,
+            inputs,
+        )
         self.states[task.key] = ev.RUNNING
         self._started[task.key] = time.time()
         self.results[task.key] = ExecutorResult(
-            task.key, task.workflow, ex.name, ev.RUNNING, run_id=run_id, log_path=str(self.workspace.log_path(task.key))
+            task.key, task.workflow, ex.name, ev.RUNNING, log_path=str(self.workspace.log_path(task.key))
         )
         launch = Launch(
             task.key,
@@ -312,40 +384,52 @@ class Run:
             self.app.path,
             script,
             ex.command_args(),
-            self._executor_env(task, run_id),
+            self._executor_env(task),  # its worker adds the run ids once its MLflow run exists
             attempt=1,
             resources=task.resources,
             gpus=self.admission.take(task.key, task.resources),
         )
         target = self._serve if ex.service else self._attempts
-        worker = threading.Thread(target=target, args=(task, launch), daemon=True, name=f"scanflow-{task.key}")
+        worker = threading.Thread(target=target, args=(task, ref, launch), daemon=True, name=f"scanflow-{task.key}")
         self._workers.append(worker)
-        self._emit(ev.RunEvent(ev.STARTED, self.root.name, task.key, run_id=run_id))
+        self._emit(ev.RunEvent(ev.STARTED, self.root.name, task.key, run_id=ref.id_now))
         worker.start()
         return True
 
-    def _executor_env(self, task: Task, run_id: str) -> dict[str, str]:
+    def _executor_env(self, task: Task) -> dict[str, str]:
+        """The environment an executor's attempts (or its service) get, but for its MLflow run ids."""
         return {
             **thread_env(task.resources),
             **{name: os.environ.get(name, "") if value is None else value for name, value in task.executor.env.items()},
             "PYTHONUNBUFFERED": "1",
             "MLFLOW_TRACKING_URI": self.tracking.executor_uri,
-            "MLFLOW_RUN_ID": run_id,
-            "MLFLOW_EXPERIMENT_ID": self.experiment_id,
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "SCANFLOW_APP_DIR": str(self.app.path),
             "SCANFLOW_WORKFLOW": task.workflow,
             "SCANFLOW_EXECUTOR": task.executor.name,
-            "SCANFLOW_RUN_ID": self.workflow_runs[self.root.name],
             "SCANFLOW_EXPERIMENT": self.experiment,
             **{service_variable(k): url for k, url in self.services.items()},
         }
 
+    def _with_run(self, task: Task, ref: RunRef, launch: Launch) -> Launch:
+        """`launch` with its MLflow run's ids; on a worker thread, it waits for the run to exist."""
+        ids = {
+            "MLFLOW_RUN_ID": ref.id,
+            "MLFLOW_EXPERIMENT_ID": self.writer.experiment_id,
+            "SCANFLOW_RUN_ID": self._workflow_runs[self.root.name].id,
+        }
+        return replace(launch, env={**launch.env, **ids})
+
     # -- worker threads: attempts of one executor ----------------------------------------------
-    def _attempts(self, task: Task, launch: Launch) -> None:
+    def _attempts(self, task: Task, ref: RunRef, launch: Launch) -> None:
         ex, post = task.executor, self._queue.put
         log_path = self.workspace.log_path(task.key)
         attempt, code, error, log = 0, None, None, None
+        try:
+            launch = self._with_run(task, ref, launch)
+        except ScanflowError as exc:
+            post(("done", task.key, ev.FAILED, 0, None, f"not started: {exc}"))
+            return
         try:
             with LogWriter(log_path, self.output) as log:
                 with self._lock:
@@ -441,10 +525,15 @@ class Run:
         return reader
 
     # -- worker threads: services ---------------------------------------------------------------
-    def _serve(self, task: Task, launch: Launch) -> None:
+    def _serve(self, task: Task, ref: RunRef, launch: Launch) -> None:
         """Start a service, wait for its health check, and keep it until the engine stops it."""
         key, ex, post = task.key, task.executor, self._queue.put
         code, error, log = None, None, None
+        try:
+            launch = self._with_run(task, ref, launch)  # the service's own run nests under this one
+        except ScanflowError as exc:
+            post(("done", key, ev.FAILED, 0, None, f"not started: {exc}"))
+            return
         try:
             with LogWriter(self.workspace.log_path(key), self.output) as log:
                 with self._lock:
@@ -518,67 +607,69 @@ class Run:
             _, _, url, endpoint = message
             self.states[key] = ev.SERVING
             self.services[key] = url
-            self._emit(
-                ev.RunEvent(ev.SERVING, self.root.name, key, url=endpoint or url, run_id=self.results[key].run_id)
-            )
+            self._running -= 1  # a serving service holds no worker
+            self._emit(ev.RunEvent(ev.SERVING, self.root.name, key, url=endpoint or url, run_id=self._runs[key].id_now))
+            self._release(key, ev.SERVING)  # its dependents start now
         elif kind == "retrying":
             self._emit(ev.RunEvent(ev.RETRYING, self.root.name, key, attempt=message[2], error=message[3]))
+        elif kind == "tracking":  # from the writer's thread: a failed MLflow write, or a repair
+            known = key if key in self._by_key else None
+            self._emit(
+                ev.RunEvent(ev.TRACKING, self.root.name, known, error=message[2] if known else f"{key}: {message[2]}")
+            )
         elif kind == "done":
             _, _, state, attempts, code, error = message
-            self.services.pop(key, None)
-            task = next(t for t in self.tasks if t.key == key)
-            result = self.results[key]
+            ref, was_serving = self._runs[key], self.services.pop(key, None) is not None
+            if not was_serving:  # a service gave its worker back when it started serving
+                self._running -= 1
             duration = time.time() - self._started[key]
             self.admission.release(key)
             usage = self._usage.pop(key, Usage())
             metrics = {"duration_s": duration, "attempts": attempts, **usage.metrics()}
             if code is not None:
                 metrics["exit_code"] = code
-            record = self._provenance(task)
-            self.tree.finish(
-                result.run_id,
-                state,
-                metrics,
-                {**record.tags, **({"scanflow.error": error} if error else {})},
-                artifacts=record.files,
-                logs=[self.workspace.log_path(key)],
+            tags = {"scanflow.error": error} if error else None
+            self.writer.finish(
+                ref, state, metrics, tags, logs=[self.workspace.log_path(key)], later=self._provenance(key)
             )
             if state == ev.SUCCEEDED:
-                self.workspace.remember(key, self._digests[key], result.run_id)
+                self.workspace.remember(key, self._digests[key], ref.id_now)
             self._record(
-                task,
+                self._by_key[key],
                 state,
                 attempts=attempts,
                 exit_code=code,
                 duration=duration,
-                run_id=result.run_id,
+                run_id=ref.id_now,
                 error=error,
                 peak_rss_mb=usage.peak_rss_mb,
                 cpu_s=usage.cpu_s,
             )
 
-    def _provenance(self, task: Task) -> Provenance:
-        """What the executor run was made of (see track.provenance), written once it ended."""
+    def _provenance(self, key: str) -> Callable[[], Provenance]:
+        """What the executor run was made of (see track.provenance): the facts are taken now (outputs
+        as they are when it ended, before anything downstream starts), the record is written by the
+        MLflow writer's thread."""
+        task = self._by_key[key]
         ex = task.executor
-        code, inputs = self._started_with.pop(task.key)
+        code, inputs = self._started_with.pop(key)
         describe = getattr(self.backend, "environment", None)
-        return executor_provenance(
-            self.workspace.state_dir,
-            task.key,
-            parameters=ex.parameters,
-            args=ex.command_args(),
-            code_path=code_path(task.workflow, ex),
-            code=code,
-            requirements=self._requirements[task.key],
-            inputs=inputs,
-            outputs=ex.outputs,
-            app_dir=self.app.path,
-            backend=self.backend.name,
-            environment=describe(task.key) if describe else {},
-            git=self._git,
-        )
+        facts = {
+            "parameters": ex.parameters,
+            "args": ex.command_args(),
+            "code_path": code_path(task.workflow, ex),
+            "code": code,
+            "requirements": self._requirements[key],
+            "inputs": inputs,
+            "outputs": {path: self._files.digest(self.app.path / path) for path in ex.outputs},
+            "backend": self.backend.name,
+            "environment": describe(key) if describe else {},
+            "git": self._git,
+        }
+        return partial(executor_provenance, self.workspace.state_dir, key, **facts)
 
     def _record(self, task: Task, state: str, **fields: Any) -> None:
+        was = self.states.get(task.key)
         self.states[task.key] = state
         fields.setdefault("log_path", str(self.workspace.log_path(task.key)) if state not in (ev.SKIPPED,) else None)
         self.results[task.key] = ExecutorResult(task.key, task.workflow, task.executor.name, state, **fields)
@@ -595,6 +686,8 @@ class Run:
                 run_id=r.run_id,
             )
         )
+        if was in (ev.PENDING, ev.RUNNING, ev.SERVING) and state in ev.FINAL_STATES:
+            self._settled(task.key, state)
 
     def _emit(self, event: ev.RunEvent) -> None:
         for listener in self.listeners:
@@ -627,56 +720,80 @@ class Run:
                 message = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if message[0] == "done" and self.tree is not None:
+            if message[0] in ("done", "tracking") and self.writer is not None:
                 self._handle(message)
 
-    def _finish(self, started: float, tracking: Tracking, interrupted: bool) -> RunResult:
+    def _finish(self, started: float, interrupted: bool) -> RunResult:
         for task in self.tasks:
             state = self.states.get(task.key)
             if state in (ev.RUNNING, ev.SERVING):
-                run_id = self.results[task.key].run_id
-                self.tree.finish(run_id, ev.FAILED, tags={"scanflow.error": "interrupted"})
-                self._record(task, ev.FAILED, run_id=run_id, error="interrupted")
+                self.writer.finish(self._runs[task.key], ev.FAILED, tags={"scanflow.error": "interrupted"})
+                self._record(task, ev.FAILED, run_id=self._runs[task.key].id_now, error="interrupted")
             elif state == ev.PENDING:
                 self._record(task, ev.SKIPPED, error="interrupted")
-        for wf in self.root.walk():
-            mine = [self.states[t.key] for t in self.tasks if wf.name in t.lineage]
+        self._workflow_run(self.root.name)  # created only now if nothing ran: with its outcome, in two writes
+        states: dict[str, list[str]] = {}
+        for task in self.tasks:
+            for name in task.lineage:
+                states.setdefault(name, []).append(self.states[task.key])
+        for name, ref in self._workflow_runs.items():
+            mine = states.get(name, [])
             state = (
                 ev.FAILED if ev.FAILED in mine else ev.SKIPPED if all(s == ev.SKIPPED for s in mine) else ev.SUCCEEDED
             )
-            if wf is self.root and interrupted:
+            if name == self.root.name and interrupted:
                 state = "interrupted"
-            if wf is self.root:
-                top = self.app.root_of(self.root.name)
-                record = workflow_provenance(self.workspace.state_dir, wf.name, top.to_dict(), self._git)
-                self.tree.finish(self.workflow_runs[wf.name], state, tags=record.tags, artifacts=record.files)
-            else:
-                self.tree.finish(self.workflow_runs[wf.name], state)
-        self._close_open_runs()  # one an interrupt caught between its creation and its task's start
+            if name != self.root.name:
+                self.writer.finish(ref, state)
+                continue
+            cached = {f"scanflow.cached.{key}": run for key, run in self._cached_from.items()}
+            record = partial(
+                workflow_provenance,
+                self.workspace.state_dir,
+                self.root.name,
+                self.app.root_of(self.root.name).to_dict(),
+                self._git,
+            )
+            self.writer.finish(ref, state, tags=cached, later=record)
+        failures = self._close_writer()
+        if self.writer.fatal:
+            raise TrackerError(self.writer.fatal)
         status = "interrupted" if interrupted else ev.FAILED if ev.FAILED in self.states.values() else ev.SUCCEEDED
+        for key, ref in self._runs.items():
+            self.results[key].run_id = ref.id_now
         result = RunResult(
             self.root.name,
             status,
             self.backend.name,
-            self.workflow_runs[self.root.name],
-            tracking.uri,
+            self._workflow_runs[self.root.name].id_now,
+            self.tracking.uri,
             self.experiment,
             started,
             time.time() - started,
             {t.key: self.results[t.key] for t in self.tasks},
+            tracking_errors=failures,
         )
         self.workspace.save_result(result)
         return result
 
-    def _close_open_runs(self) -> None:
-        """After an unexpected error or an interrupt: leave no MLflow run marked as running."""
-        if self.tree is None:
-            return
-        for run_id in list(self.tree.open):
-            try:
-                self.tree.client.set_terminated(run_id, "FAILED")
-            except Exception as exc:  # the run's own error is the one to raise
-                log.warning("could not close MLflow run %s: %s", run_id, exc)
+    def _close_writer(self) -> list[str]:
+        """Wait for every MLflow write (runs left open are closed FAILED); report what failed.
+
+        Also keeps what this run learnt for the next one: the cache entries and the file digests.
+        """
+        failures: list[str] = []
+        if self.writer is not None:
+            failures = self.writer.close()
+            while True:  # failures reported while closing reach the listeners too
+                try:
+                    message = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if message[0] == "tracking":
+                    self._handle(message)
+        self.workspace.fold_cache()
+        self._files.save()
+        return failures
 
 
 class RunHandle:

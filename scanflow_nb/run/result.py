@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..events import FAILED
@@ -42,6 +42,7 @@ class RunResult:
     started: float
     duration: float
     executors: dict[str, ExecutorResult] = field(default_factory=dict)
+    tracking_errors: list[str] = field(default_factory=list)  # MLflow writes that failed
 
     @property
     def ok(self) -> bool:
@@ -52,7 +53,7 @@ class RunResult:
         return [key for key, r in self.executors.items() if r.status == FAILED]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**vars(self), "executors": {key: dict(vars(r)) for key, r in self.executors.items()}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunResult:
@@ -71,6 +72,9 @@ class RunResult:
             used = f"  {r.usage()}" if r.usage() else ""
             rows.append(f"  {key:<{width}}  {r.status:<9} {took}{used}{tries}{why}")
         rows.append(f"MLflow: experiment {self.experiment!r}, run {self.run_id} at {self.tracking_uri}")
+        if self.tracking_errors:
+            rows.append(f"MLflow: {len(self.tracking_errors)} write(s) failed:")
+            rows += [f"  {error}" for error in self.tracking_errors]
         return "\n".join(rows)
 
     def __str__(self) -> str:
@@ -92,4 +96,5 @@ class RunResult:
             "<table><tr><th>executor</th><th>status</th><th>time</th><th>used</th><th>attempts</th><th>MLflow run</th>"
             f"<th>error</th></tr>{cells}</table>MLflow experiment <code>{html.escape(self.experiment)}</code>, "
             f"run <code>{self.run_id}</code> at <code>{html.escape(self.tracking_uri)}</code>"
+            + "".join(f"<br><b>MLflow write failed</b>: {html.escape(error)}" for error in self.tracking_errors)
         )

@@ -27,7 +27,8 @@ PARENT = "mlflow.parentRunId"
 SWEEP = "scanflow.sweep"  # tag of a sweep's root run: listed by the sweep, not in the history
 RERUN_OF = "scanflow.rerun_of"  # tag of a re-run's root run: the run it re-ran
 BOOKKEEPING = ("attempts", "exit_code")  # metrics the engine logs on every executor run; left out of columns
-ROOT_TAGS = ("scanflow.workflow", "scanflow.backend", "scanflow.status", SWEEP, RERUN_OF)
+CACHED = "scanflow.cached."  # root-run tag prefix: CACHED + a cached executor's key -> the run it reused
+ROOT_TAGS = ("scanflow.workflow", "scanflow.backend", "scanflow.status", SWEEP, RERUN_OF, CACHED)
 EXECUTOR_TAGS = ("scanflow.key", "scanflow.status")
 FIXED = ["run_id", "workflow", "start", "duration", "status", "backend", "succeeded", "failed", "cached", "skipped"]
 
@@ -72,7 +73,7 @@ def read_runs(
 ) -> list[RunRecord]:
     """Every active run of the given `scanflow.kind`s in the store, started at or after `since`.
 
-    `tags`: the tag keys to read (default: all of them).
+    `tags`: the tag keys to read (default: all of them); a key ending in "." stands for every key it starts.
     """
     kinds, tags = tuple(kinds), None if tags is None else (KIND, PARENT, *tags)
     path = sqlite_path(uri)
@@ -86,8 +87,12 @@ def read_runs(
     records = _read_mlflow(uri, kinds, since)
     if tags is not None:
         for record in records:
-            record.tags = {k: v for k, v in record.tags.items() if k in tags}
+            record.tags = {k: v for k, v in record.tags.items() if _wanted(k, tags)}
     return records
+
+
+def _wanted(key: str, tags: tuple[str, ...]) -> bool:
+    return any(key == tag or (tag.endswith(".") and key.startswith(tag)) for tag in tags)
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -115,11 +120,13 @@ def _read_sqlite(
             for run_id, name, experiment, status, start, end in rows
         }
         # a few keys: every run's, by the (key, run) index, is faster than the chosen runs' by run
-        rows = (
-            con.execute(f"SELECT run_uuid, key, value FROM tags WHERE run_uuid IN ({chosen})", args)
-            if tags is None
-            else con.execute(f"SELECT run_uuid, key, value FROM tags WHERE key IN ({','.join('?' * len(tags))})", tags)
-        )
+        if tags is None:
+            rows = con.execute(f"SELECT run_uuid, key, value FROM tags WHERE run_uuid IN ({chosen})", args)
+        else:
+            exact, prefixes = [t for t in tags if not t.endswith(".")], [t for t in tags if t.endswith(".")]
+            where = " OR ".join([f"key IN ({','.join('?' * len(exact))})", *["substr(key, 1, ?) = ?"] * len(prefixes)])
+            found = [n for prefix in prefixes for n in (len(prefix), prefix)]
+            rows = con.execute(f"SELECT run_uuid, key, value FROM tags WHERE {where}", (*exact, *found))
         for run_id, key, value in rows:
             if run_id in records:
                 records[run_id].tags[key] = value
@@ -209,11 +216,54 @@ def workflow_runs(
             run_id = parent.get(run_id)
         return None
 
+    known = {}
     for ex in read_runs(uri, ["executor"], since=min(r.start for r in roots), tags=EXECUTOR_TAGS):
+        known[ex.run_id] = ex
         owner = root_of(ex.parent)
         if owner is not None:
             runs[owner].executors[ex.tags.get("scanflow.key", ex.name)] = ex
+    for root_id, cached in cached_executors(uri, roots, known).items():
+        runs[root_id].executors.update(cached)
     return list(runs.values())
+
+
+def cached_executors(
+    uri: str, roots: Iterable[RunRecord], known: dict[str, RunRecord]
+) -> dict[str, dict[str, RunRecord]]:
+    """Root run id -> {key: record} of the executors each workflow run found cached.
+
+    A cached executor gets no run of its own: its workflow's root run carries `scanflow.cached.<key>`
+    with the id of the run it reused. Its record here is that run's (same code, parameters and inputs,
+    so the same params and metrics), with the status "cached" and the root's start as its time.
+    `known`: runs already read, by id; the others are read from the store.
+    """
+    wanted = {
+        root.run_id: {k[len(CACHED) :]: v for k, v in root.tags.items() if k.startswith(CACHED)} for root in roots
+    }
+    missing = {source for keys in wanted.values() for source in keys.values() if source and source not in known}
+    if missing:
+        known = {
+            **known,
+            **{r.run_id: r for r in read_runs(uri, ["executor"], tags=EXECUTOR_TAGS) if r.run_id in missing},
+        }
+    found: dict[str, dict[str, RunRecord]] = {}
+    for root in roots:
+        for key, source_id in wanted[root.run_id].items():
+            source = known.get(source_id)
+            tags = {**(source.tags if source else {}), KIND: "executor", PARENT: root.run_id}
+            tags.update({"scanflow.key": key, "scanflow.status": "cached", "scanflow.cached_from": source_id})
+            found.setdefault(root.run_id, {})[key] = RunRecord(
+                source_id,
+                key.rsplit("/", 1)[-1],
+                root.experiment,
+                "FINISHED",
+                root.start,
+                root.start,
+                tags,
+                dict(source.params) if source else {},
+                dict(source.metrics) if source else {},
+            )
+    return found
 
 
 def history(uri: str, workflow: str | None = None, last: int | None = None):

@@ -10,7 +10,8 @@ The root run of a workflow run gets `scanflow/workflow.json`: the declarations i
 values left out: they may be secrets), which is what `App.rerun` rebuilds the workflow from.
 
 `executor_provenance` and `workflow_provenance` only write files into the state folder and return
-tags and file paths; the engine hands those to its MLflow writer with the run's other writes.
+tags and file paths; the engine has its MLflow writer call them (`RunWriter.finish(later=...)`),
+so writing the records costs the run nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
-from ..files import STATE_DIR, digest
+from ..files import STATE_DIR
 
 RECORD = "provenance.json"  # artifact of every executor run that ran, under scanflow/
 WORKFLOW = "workflow.json"  # artifact of a workflow run's root, under scanflow/
@@ -80,15 +81,16 @@ def executor_provenance(
     code: bytes | None,
     requirements: str,
     inputs: dict[str, str],
-    outputs: list[str],
-    app_dir: Path,
+    outputs: dict[str, str],
     backend: str,
     environment: dict[str, str],
     git: dict[str, str],
 ) -> Provenance:
     """Write the record of one executor run (and its code as it started) and return what to log.
 
-    `inputs`: digests of the declared inputs taken when the run started; `outputs` are hashed now.
+    `inputs`: digests of the declared inputs taken when the run started; `outputs`: of its declared
+    outputs when it ended (the engine takes both on its own thread, and calls this from its MLflow
+    writer's, off the run's path).
     `environment`: what the back end says about where it ran (`python`, `image`, `image_digest`).
     """
     folder = Path(state_dir) / "provenance" / key
@@ -99,7 +101,7 @@ def executor_provenance(
         "code": None,
         "requirements": requirements,
         "inputs": inputs,
-        "outputs": {path: digest(Path(app_dir) / path) for path in outputs},
+        "outputs": outputs,
         "backend": backend,
         "python": environment.get("python"),
         "image": environment.get("image"),

@@ -1,8 +1,8 @@
 """A past workflow run as MLflow recorded it: its executor runs, their provenance and code, its declarations.
 
 What compare and re-run read. An executor that was cached in that run did not run: its record is
-the one of the run it was cached from (`scanflow.cached_from`), which ran the same code on the same
-parameters and inputs.
+the one of the run it was cached from (the root's `scanflow.cached.<key>` tag), which ran the same
+code on the same parameters and inputs.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NotFoundError
-from .history import RunRecord, read_runs, resolve_run
+from .history import RunRecord, cached_executors, read_runs, resolve_run
 from .provenance import ARTIFACT_DIR, RECORD, WORKFLOW
 from .store import get_client
 
@@ -97,10 +97,22 @@ def load_run(uri: str, ref: str) -> RecordedRun:
     an executor, `focus` is then its key.
     """
     found = resolve_run(uri, ref)
-    everything = {r.run_id: r for r in read_runs(uri, ["workflow", "executor"], since=found.start - 1)}
+
+    def since(start: float) -> dict[str, RunRecord]:
+        return {r.run_id: r for r in read_runs(uri, ["workflow", "executor"], since=start - 1)}
+
+    everything = since(found.start)
     focus = found.tags.get("scanflow.key", found.name) if found.kind == "executor" else None
-    while found.parent in everything:
-        found = everything[found.parent]
+    while found.parent:  # up to the root, which started before its children (by as long as it took)
+        parent = everything.get(found.parent)
+        if parent is None:
+            try:
+                parent = resolve_run(uri, found.parent)
+            except NotFoundError:  # deleted since
+                break
+        found = parent
+    if found.run_id not in everything:
+        everything = since(found.start)
     recorded = RecordedRun(uri, found, focus=focus)
     children: dict[str | None, list[RunRecord]] = {}
     for run in everything.values():
@@ -113,6 +125,8 @@ def load_run(uri: str, ref: str) -> RecordedRun:
                 recorded.executors[key] = _executor(uri, key, run)
             else:
                 stack.append(run.run_id)
+    for key, run in cached_executors(uri, [found], everything).get(found.run_id, {}).items():
+        recorded.executors[key] = _executor(uri, key, run)
     recorded.executors = dict(sorted(recorded.executors.items(), key=lambda item: item[1].run.start))
     return recorded
 

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from ..errors import TrackerError
@@ -77,6 +76,8 @@ class TrackerServer:
         return f"http://{self.host}:{self.port}"
 
     def alive(self) -> bool:
+        import urllib.request  # http.client, ssl, email: not worth loading for an embedded store
+
         try:
             with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as reply:
                 return reply.status == 200

@@ -147,22 +147,36 @@ def log_values(
     metrics: dict | None = None,
     tags: dict | None = None,
     step: int = 0,
+    timestamp_ms: int | None = None,
 ) -> None:
-    """Log plain dicts to run `run_id` in one call: params and tags as strings, metrics as floats at one time.
+    """Log plain dicts to run `run_id`: params and tags as strings, metrics as floats at one time.
 
-    Values that are None are left out; the one place that turns dicts into MLflow entities.
+    Values that are None are left out; as many `log_batch` calls as MLflow's batch limits need
+    (one for up to 100 params, 100 tags and 800 metrics). The one place that turns dicts into
+    MLflow entities.
     """
     import time
 
     from mlflow.entities import Metric, Param, RunTag
 
-    now = int(time.time() * 1000)
-    client.log_batch(
-        run_id,
-        metrics=[Metric(k, float(v), now, step) for k, v in (metrics or {}).items() if v is not None],
-        params=[Param(k, str(v)) for k, v in (params or {}).items() if v is not None],
-        tags=[RunTag(k, str(v)) for k, v in (tags or {}).items() if v is not None],
-    )
+    now = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
+    metric_list = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items() if v is not None]
+    param_list = [Param(k, str(v)) for k, v in (params or {}).items() if v is not None]
+    tag_list = [RunTag(k, str(v)) for k, v in (tags or {}).items() if v is not None]
+    while True:
+        batch = (metric_list[:BATCH_METRICS], param_list[:BATCH_PARAMS], tag_list[:BATCH_TAGS])
+        client.log_batch(run_id, metrics=batch[0], params=batch[1], tags=batch[2])
+        metric_list, param_list, tag_list = (
+            metric_list[BATCH_METRICS:],
+            param_list[BATCH_PARAMS:],
+            tag_list[BATCH_TAGS:],
+        )
+        if not (metric_list or param_list or tag_list):
+            return
+
+
+# MLflow's log_batch limits: 100 params, 100 tags, 1000 metrics, 1000 entities in all
+BATCH_PARAMS, BATCH_TAGS, BATCH_METRICS = 100, 100, 800
 
 
 def default_artifact_root(tracking_uri: str) -> Path | None:
