@@ -418,6 +418,7 @@ class Run:
             "MLFLOW_EXPERIMENT_ID": self.writer.experiment_id,
             "SCANFLOW_RUN_ID": self._workflow_runs[self.root.name].id,
         }
+        self._started[task.key] = time.time()  # its duration leaves out the wait for the store
         return replace(launch, env={**launch.env, **ids})
 
     # -- worker threads: attempts of one executor ----------------------------------------------
