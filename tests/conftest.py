@@ -25,14 +25,18 @@ def pytest_report_header(config):
     return f"scanflow_nb {scanflow_nb.__version__} from {where}"
 
 
+XDIST_GROUPS = {"browser": "browser", "docker": "docker", "swarm": "docker"}  # marker -> worker group
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """The suite runs on several pytest-xdist workers (--dist loadgroup, pyproject.toml): tests sharing a
     heavy session resource stay on one worker, one after the other: the browser tests (a Jupyter
-    server and Chromium), the swarm's (its nodes' CPUs and memory), the tutorials (the Colab install)."""
+    server and Chromium), the container tests (one engine and swarm: its CPUs, memory and image tags),
+    the tutorials (the Colab install)."""
     for item in items:
         group = "tutorials" if item.path.name == "test_tutorials.py" else None
-        group = group or next((m for m in ("browser", "swarm") if item.get_closest_marker(m)), None)
+        group = group or next((g for m, g in XDIST_GROUPS.items() if item.get_closest_marker(m)), None)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
 
