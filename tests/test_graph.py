@@ -80,7 +80,7 @@ def test_every_workflow_is_a_cluster_and_every_executor_a_node():
     specials = {"pipeline#tracker", "pipeline#checker", "pipeline#improver", "pipeline#planner"}
     assert set(nodes) == executors | specials
     assert "embedded store" in nodes["pipeline#tracker"][1]
-    assert nodes["pipeline#checker"][1] == "checker autoencoder every 5 s"
+    assert nodes["pipeline#checker"][1] == "checker auto every 5 s"
 
 
 @needs_dot
@@ -133,7 +133,7 @@ def test_text_tree_shows_nesting_order_states_and_specials():
     states = {"pipeline/prepare": ExecutorStatus("succeeded", duration=1.25), "evaluate/a": "failed"}
     assert text_tree(nested(), states) == "\n".join(
         [
-            "pipeline  (sequential; tracker: embedded store; checker: autoencoder every 5 s; "
+            "pipeline  (sequential; tracker: embedded store; checker: auto every 5 s; "
             "improver: auto, k=10; planner: accuracy → champion)",
             "├── prepare  [succeeded · 1.2 s]",
             "├── train  [pending]  after prepare",
