@@ -204,7 +204,7 @@ class DockerBackend:
         self,
         base_image: str | None = None,
         echo: Callable[[str], None] = print,
-        tracker_timeout: float = 120.0,
+        tracker_timeout: float = 300.0,  # a crashed tracker is reported at once; a slow one is waited for
         builder: ImageBuilder | None = None,
     ):
         self.builder = builder or ImageBuilder(base_image, echo=echo)
