@@ -30,15 +30,15 @@ XDIST_GROUPS = {"browser": "browser", "docker": "docker", "swarm": "docker"}  # 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """The suite runs on several pytest-xdist workers (--dist loadgroup, pyproject.toml): tests sharing a
-    heavy session resource stay on one worker, one after the other: the browser tests (a Jupyter
-    server and Chromium), the container tests (one engine and swarm: its CPUs, memory and image tags),
-    the tutorials (the Colab install)."""
+    """The suite runs on several pytest-xdist workers (--dist loadgroup, pyproject.toml). A file's tests
+    stay on one worker, in order (several share module-scoped services and state), and tests sharing a
+    heavy session resource stay on one worker too: the browser tests (a Jupyter server and Chromium),
+    the container tests (one engine and swarm: its CPUs, memory and image tags), the tutorials (the Colab
+    install)."""
     for item in items:
         group = "tutorials" if item.path.name == "test_tutorials.py" else None
         group = group or next((g for m, g in XDIST_GROUPS.items() if item.get_closest_marker(m)), None)
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
+        item.add_marker(pytest.mark.xdist_group(group or item.path.name))
 
 
 @pytest.fixture
