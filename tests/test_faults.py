@@ -130,7 +130,7 @@ def test_a_container_timeout_sends_sigterm_first_then_ends_the_container(app_dir
     app = new_app(app_dir, Workflow("w", executors=[Executor("slow", code=code, timeout=10)]))
     result = app.run("w", backend=docker_backend(), echo=False)
     r = result.executors["w/slow"]
-    assert r.error == "timed out after 10 s" and r.duration < 60  # SIGKILL after the grace, not the 600 s sleep
+    assert r.error == "timed out after 10 s" and r.duration < 300  # SIGKILL after the grace, not the 600 s sleep
     assert "got SIGTERM" in app.logs("slow")
     assert leftovers(app.path) == []
 
