@@ -10,6 +10,7 @@ import pytest
 import requests
 from serve_support import MODEL, Client, batch_runs, logged_rows, wait_for
 
+from scanflow_nb import Workflow
 from scanflow_nb.check import KSDetector, Watcher
 from scanflow_nb.check import tracking as tr
 from scanflow_nb.cli import main as cli
@@ -19,17 +20,20 @@ from scanflow_nb.track.server import free_port
 
 pytestmark = pytest.mark.usefixtures("spool_in_tmp")
 
-EXP = "serve"  # the experiment of the app's workflow "serve": where its checker looks
+EXP = "scored"  # this file's own workflow: its experiment is where its checker looks, and no other file logs there
+API = "scored-api"
 
 
 @pytest.fixture(scope="module")
 def service(registry):
-    """The champion served for workflow "serve": batches of 40 rows; the rest waits for the stop."""
+    """The champion served for workflow "scored": batches of 40 rows; the rest waits for the stop."""
+    registry.app.add(Workflow(EXP))
+    registry.app.save()
     svc = start_service(
         f"models:/{MODEL}@champion",
         app=registry.app,
-        workflow="serve",
-        name="api",
+        workflow=EXP,
+        name=API,
         batch_rows=40,
         flush_seconds=600,
         poll_seconds=0.5,
@@ -79,9 +83,9 @@ def test_every_answered_row_reaches_mlflow_with_predictions_and_probabilities(re
     for start in range(0, 90, 9):  # ten requests of 9 rows: two full batches of 40, the rest waits
         client.predict(registry.X[100 + start : 109 + start])
     answered = client.rows
-    assert wait_for(lambda: logged_rows(registry.uri, EXP, "api") >= 80, timeout=60)
+    assert wait_for(lambda: logged_rows(registry.uri, EXP, API) >= 80, timeout=60)
     mlflow = get_client(registry.uri)
-    runs = batch_runs(registry.uri, EXP, "api")
+    runs = batch_runs(registry.uri, EXP, API)
     sizes = [int(r.data.tags["scanflow.rows"]) for r in runs]
     assert sizes[-2:] == [40, 40] and max(sizes) == 40  # earlier ones end where the input form changed
     X = np.concatenate([tr.download_npy(mlflow, r.info.run_id, tr.BATCH_ARTIFACT) for r in runs])
@@ -103,16 +107,16 @@ def test_every_answered_row_reaches_mlflow_with_predictions_and_probabilities(re
 def test_the_checker_reads_the_served_batches(registry, service):
     watcher = Watcher(registry.uri, EXP, KSDetector().fit(registry.X[1000:]))
     records = watcher.poll()
-    assert len(records) == len(batch_runs(registry.uri, EXP, "api")) >= 2
+    assert len(records) == len(batch_runs(registry.uri, EXP, API)) >= 2
     assert all(r.error is None and r.result.p_value is not None for r in records)
 
 
 def test_a_stop_logs_what_was_buffered(registry, service, client):
     answered = client.rows
-    assert logged_rows(registry.uri, EXP, "api") < answered  # a tail below 40 rows waits (flush every 600 s)
+    assert logged_rows(registry.uri, EXP, API) < answered  # a tail below 40 rows waits (flush every 600 s)
     last_words = service.stop()
     assert f"{answered} rows answered, {answered} logged, 0 dropped" in last_words
-    assert logged_rows(registry.uri, EXP, "api") == answered
+    assert logged_rows(registry.uri, EXP, API) == answered
     mlflow = get_client(registry.uri)
     service_run = mlflow.search_runs(
         [mlflow.get_experiment_by_name(EXP).experiment_id], "tags.`scanflow.kind` = 'service'"
