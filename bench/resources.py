@@ -8,7 +8,9 @@ same group of N steps runs three ways on the local back end:
 Goals: total time with `cpus` no worse than without, and no step slower than alone by more than 10%.
 Also prints the CPU time and peak memory every step recorded in MLflow.
 
-Usage: python bench/resources.py [--steps N] [--size N] [--rounds N] [--quick]
+Each group runs --repeat times; the medians are printed (one run's slowest step is mostly noise).
+
+Usage: python bench/resources.py [--steps N] [--size N] [--rounds N] [--repeat N] [--quick]
 """
 
 from __future__ import annotations
@@ -43,10 +45,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="steps in the parallel group (default 4)")
     parser.add_argument("--size", type=int, default=1500, help="matrix size (default 1500)")
     parser.add_argument("--rounds", type=int, default=12, help="multiplications per step (default 12)")
-    parser.add_argument("--quick", action="store_true", help="2 steps, 6 rounds")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each group; medians printed (default 3)")
+    parser.add_argument("--quick", action="store_true", help="2 steps, 6 rounds, 1 run of each group")
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.rounds = 2, 6
+        args.steps, args.rounds, args.repeat = 2, 6, 1
 
     from scanflow_nb import App, Executor, Workflow
     from scanflow_nb.run.machine import this_machine
@@ -71,15 +74,18 @@ def main() -> None:
     print(f"{'group':<6} {'total s':>8} {'step s (median, max)':>22} {'max / alone':>12}  cpu_s  peak MiB")
     totals = {}
     for name, reference in (("none", alone), ("all", alone), ("one", alone1)):
-        started = time.perf_counter()
-        result = run(app, name)
-        totals[name] = time.perf_counter() - started
-        durations = [r.duration for r in result.executors.values()]
-        cpu = statistics.median(r.cpu_s for r in result.executors.values())
-        peak = statistics.median(r.peak_rss_mb for r in result.executors.values())
+        rounds = []  # (total, durations, results) of each run
+        for _ in range(args.repeat):
+            started = time.perf_counter()
+            result = run(app, name)
+            rounds.append((time.perf_counter() - started, [r.duration for r in result.executors.values()], result))
+        totals[name] = statistics.median(total for total, _, _ in rounds)
+        slowest = statistics.median(max(durations) for _, durations, _ in rounds)
+        steps_run = [r for _, _, result in rounds for r in result.executors.values()]
         print(
-            f"{name:<6} {totals[name]:8.2f} {statistics.median(durations):14.2f} {max(durations):7.2f}"
-            f" {max(durations) / reference:12.2f}  {cpu:5.2f}  {peak:8.0f}"
+            f"{name:<6} {totals[name]:8.2f} {statistics.median(r.duration for r in steps_run):14.2f} {slowest:7.2f}"
+            f" {slowest / reference:12.2f}  {statistics.median(r.cpu_s for r in steps_run):5.2f}"
+            f"  {statistics.median(r.peak_rss_mb for r in steps_run):8.0f}"
         )
     print(
         f"total with cpus / without: all {totals['all'] / totals['none']:.2f}, one {totals['one'] / totals['none']:.2f}"

@@ -177,3 +177,39 @@ def test_runs_a_killed_process_left_open_are_marked_failed_on_the_next_open(tmp_
         assert repaired.info.status == "FAILED" and repaired.data.tags["scanflow.error"] == CRASHED
     notes = [e.error for e in events if e.kind == "tracking"]
     assert notes == ["the app: marked 2 MLflow run(s) FAILED that a crashed run had left open"]
+
+
+class OrderedWriter(RunWriter):
+    """The writer, noting the order of its writes."""
+
+    def __init__(self, *args, **kwargs):
+        self.order = []
+        super().__init__(*args, **kwargs)
+
+    def _create(self, ref):
+        self.order.append(("create", ref.name))
+        super()._create(ref)
+
+    def _flush(self, ref, pending):
+        self.order.append(("flush", ref.name))
+        super()._flush(ref, pending)
+
+
+def test_a_held_burst_creates_the_next_run_before_writing_the_last_ones_record(tmp_path):
+    """The engine ends one executor and starts the next in one burst: the next one waits for its run's
+    creation only, not for the batch, artifacts and status of the one that ended."""
+    writer = OrderedWriter(embedded_uri(tmp_path), "exp", state_dir=tmp_path)
+    first = writer.start_run("first", "executor")
+    assert first.id
+    log = tmp_path / "first.log"
+    log.write_text("done\n")
+    with writer.held():
+        writer.finish(first, "succeeded", metrics={"duration_s": 1.0}, logs=[log])
+        second = writer.start_run("second", "executor")
+        time.sleep(0.2)  # the writer's thread had time to start on anything it was free to
+        assert second.id_now is None
+    assert second.id
+    writer.finish(second, "succeeded")
+    assert writer.close() == []
+    assert writer.order == [("create", "first"), ("create", "second"), ("flush", "first"), ("flush", "second")]
+    assert MlflowClient(embedded_uri(tmp_path)).get_run(first.id).info.status == "FINISHED"

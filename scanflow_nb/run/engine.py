@@ -282,7 +282,10 @@ class Run:
             except queue.Empty:
                 self._flush_logs()
                 continue
-            self._handle(message)
+            with self.writer.held():  # an executor's end and the next one's start: its run first
+                self._handle(message)
+                if not self.cancelled.is_set():
+                    self._schedule()
             if time.monotonic() - self._flushed > 0.2:
                 self._flush_logs()
 

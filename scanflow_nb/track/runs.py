@@ -19,6 +19,11 @@ This is the one door for the MLflow writes of a run; an area that adds to an exe
     writer.finish(ref, ..., later=record)   # record() -> object with .tags and .files, called on the
                                             # writer's thread: facts that cost file writes to record
     ref.id                                                       # waits until the run exists
+    with writer.held(): ...  # a burst of asks: the thread starts on them once it ends, creations first
+
+An engine that finishes one executor and starts the next in one burst holds the writer meanwhile,
+so the next executor's run is created before the last one's record is written: what the next
+executor waits for is one creation, not the other run's batch, artifacts and status.
 
 Params, metrics and tags of a run that is still going wait up to `LINGER` seconds, so a short
 executor costs one batch; each write keeps the time it was asked for (start and end times, metric
@@ -36,7 +41,8 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -148,6 +154,7 @@ class RunWriter:
         self._pending: dict[RunRef, _Pending] = {}
         self._refs: list[RunRef] = []
         self._closing = False
+        self._holds = 0
         self._opened = threading.Event()
         self._experiment_id: str | None = None
         self._fatal: str | None = None
@@ -229,6 +236,18 @@ class RunWriter:
                 self._pending[ref].later.append(later)
             self._cv.notify()
 
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Asks made inside are taken up together when it ends (run creations first)."""
+        with self._cv:
+            self._holds += 1
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._holds -= 1
+                self._cv.notify()
+
     @property
     def experiment_id(self) -> str:
         """The experiment's id; waits until the store is open, raises TrackerError if it cannot be."""
@@ -285,6 +304,9 @@ class RunWriter:
         """The next write: run creations first, then finished runs, then lingering values."""
         with self._cv:
             while True:
+                if self._holds and not self._closing:
+                    self._cv.wait()
+                    continue
                 if self._creates:
                     return "create", self._creates.popleft(), None
                 now, due = time.monotonic(), None
