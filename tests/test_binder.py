@@ -15,7 +15,7 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 BINDER = ROOT / "binder"
-BINDER_EXTRAS = ("active", "tensorflow", "docker")
+BINDER_EXTRAS = ("active", "tensorflow", "docker", "optuna")
 
 
 def setup_cfg() -> configparser.ConfigParser:

@@ -20,7 +20,7 @@ REPOSITORY = "scanflow-nb/scanflow_nb"
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
-def test_the_six_tutorials_exist():
+def test_the_seven_tutorials_exist():
     assert [p.name for p in NOTEBOOKS] == [
         "01_quickstart.ipynb",
         "02_containers.ipynb",
@@ -28,6 +28,7 @@ def test_the_six_tutorials_exist():
         "04_labeling.ipynb",
         "05_reproduction.ipynb",
         "06_serving.ipynb",
+        "07_experiments.ipynb",
     ]
 
 
@@ -50,7 +51,13 @@ def test_committed_clean_with_badges_and_a_colab_install_cell(path):
 
 # -- running them ------------------------------------------------------------------------------------------------
 ROOT = TUTORIALS.parent
-IN_COLAB = ("01_quickstart.ipynb", "03_drift_checker.ipynb", "04_labeling.ipynb", "05_reproduction.ipynb")
+IN_COLAB = (
+    "01_quickstart.ipynb",
+    "03_drift_checker.ipynb",
+    "04_labeling.ipynb",
+    "05_reproduction.ipynb",
+    "07_experiments.ipynb",
+)
 
 
 def pip(python: Path, *args: str) -> None:
@@ -62,15 +69,27 @@ def pip(python: Path, *args: str) -> None:
     assert out.returncode == 0, f"pip install {' '.join(args)} failed:\n{out.stdout[-3000:]}{out.stderr[-3000:]}"
 
 
+def colab_extras() -> str:
+    """The extras the Colab tutorials' install cells ask for, together."""
+    extras = set()
+    for name in IN_COLAB:
+        setup = next(c for c in nbformat.read(TUTORIALS / name, as_version=4).cells if c.cell_type == "code").source
+        asked = re.search(r'%pip install --quiet "scanflow_nb\[([\w,]+)\] @ git\+\$REPOSITORY"', setup)
+        assert asked, f"{name}: no install line to replay"
+        extras.update(asked.group(1).split(","))
+    return ",".join(sorted(extras))
+
+
 @pytest.fixture(scope="session")
 def colab_python(tmp_path_factory) -> Path:
     """A new environment set up the way the tutorials' first cell sets up Colab.
 
     Colab ships a recent pip and many packages (TensorFlow, scikit-learn, a notebook kernel...): here
     this suite's own environment stands in for them, seen through a .pth file, so nothing heavy is
-    downloaded again. Then exactly the cell's `pip install "scanflow_nb[active] @ git+$REPOSITORY"`,
-    the repository being this checkout at its committed HEAD. scanflow_nb must then come from that
-    install, and the tutorials run against it from folders outside the checkout.
+    downloaded again. Then the cells' `pip install "scanflow_nb[EXTRAS] @ git+$REPOSITORY"`, once with
+    the extras they ask for together, the repository being this checkout at its committed HEAD.
+    scanflow_nb must then come from that install, and the tutorials run against it from folders
+    outside the checkout.
     """
     import sysconfig
 
@@ -93,7 +112,7 @@ def colab_python(tmp_path_factory) -> Path:
         if "scanflow_nb" not in entry.name.lower().replace("-", "_"):
             (ships / entry.name).symlink_to(entry)
     Path(site, "colab_ships.pth").write_text(f"{ships}\n")
-    pip(python, f"scanflow_nb[active] @ git+file://{ROOT}@{head}")
+    pip(python, f"scanflow_nb[{colab_extras()}] @ git+file://{ROOT}@{head}")
     where = subprocess.run(
         [str(python), "-c", "import scanflow_nb; print(scanflow_nb.__file__)"],
         capture_output=True,
@@ -350,3 +369,23 @@ def test_06_the_deployed_loop_flags_drift_promotes_and_the_service_follows(ran):
     assert "switch: api switch v1 -> v2 {'previous': '1', 'version': '2'}" in mlflow
     assert "['batch/batch.npy', 'batch/predictions.npy', 'batch/probabilities.npy']" in mlflow
     assert "workflow 'serve' succeeded" in text(nb, "stop")
+
+
+@pytest.mark.slow
+def test_07_experiments_lists_compares_reruns_and_sweeps(ran):
+    nb = ran("07_experiments.ipynb")
+    assert "<table" in "".join(out.get("data", {}).get("text/html", "") for out in cell(nb, "runs").outputs)
+    rows = re.findall(r"^\s*[0-9a-f]{32}\s+succeeded\s+(\d)\s+(\d+)\s+(\d+)\s+0\.\d+$", text(nb, "frame"), re.M)
+    assert rows == [("1", "30", "3"), ("0", "20", "4")], text(nb, "frame")  # newest first; prepare cached the 2nd time
+    compare = text(nb, "compare")
+    assert "trees: 20 -> 30" in compare and "depth: 4 -> 3" in compare and "succeeded -> cached" in compare
+    assert re.search(r"^\s*\+model = RandomForestClassifier\(.*class_weight=\"balanced\"", compare, re.M), compare
+    rerun = text(nb, "rerun")
+    assert "with its recorded code and parameters" in rerun
+    again = number(r"accuracy (0\.\d+)", rerun)
+    assert again == number(r"first run: (0\.\d+)", rerun) != number(r"after the edit: (0\.\d+)", rerun)
+    assert shows(nb, "grid", WIDGET) == 1, "the trials table is shown while the sweep runs"
+    grid = text(nb, "grid")
+    assert re.search(r"best: \{'trees': \d+, 'depth': \d+\} 0\.\d+ [0-9a-f]{32}", grid), grid
+    assert number(r"best: \{.*\} (0\.\d+)", text(nb, "search")) > 0.8
+    assert "MLflow UI of" in text(nb, "ui") and "http://127.0.0.1:" in text(nb, "ui")
