@@ -60,11 +60,20 @@ IN_COLAB = (
 )
 
 
+def outside_env(**extra: str) -> dict[str, str]:
+    """This process's environment less PYTHONPATH (a worktree's `PYTHONPATH=$PWD` would hide what the
+    tutorials' environments install)."""
+    env = {**os.environ, **extra}
+    env.pop("PYTHONPATH", None)
+    return env
+
+
 def pip(python: Path, *args: str) -> None:
     out = subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args],
         capture_output=True,
         text=True,
+        env=outside_env(),
     )
     assert out.returncode == 0, f"pip install {' '.join(args)} failed:\n{out.stdout[-3000:]}{out.stderr[-3000:]}"
 
@@ -118,6 +127,7 @@ def colab_python(tmp_path_factory) -> Path:
         capture_output=True,
         text=True,
         cwd=venv,
+        env=outside_env(),
         check=True,
     ).stdout.strip()
     assert Path(where).is_relative_to(site), f"scanflow_nb came from {where}, not from the Colab install"
@@ -128,14 +138,12 @@ def execute(name: str, folder: Path, python: Path) -> nbformat.NotebookNode:
     """Run tutorial `name` in `folder` (outside the checkout) with a fresh kernel of `python` in small-data mode;
     a failing cell fails the test."""
     shutil.copy(TUTORIALS / name, folder / name)
-    env = {
-        **os.environ,
-        "SCANFLOW_SMALL": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "PATH": f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
+    env = outside_env(
+        SCANFLOW_SMALL="1",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        PATH=f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
     env.pop("SCANFLOW_BASE_IMAGE", None)  # as after `make machine`: the docker back end finds its base image
-    env.pop("PYTHONPATH", None)
     out = subprocess.run(
         [str(python), "-c", "from nbclient.cli import main; main()", "--inplace", "--timeout=600", name],
         cwd=folder,
