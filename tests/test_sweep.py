@@ -51,7 +51,7 @@ def test_a_grid_of_four_gives_four_child_runs_and_the_best(app_dir, capsys):
     assert parent.info.experiment_id == client.get_experiment_by_name("main").experiment_id
     out = capsys.readouterr().out
     assert "sweep of main/quad: 4 trial(s), grid" in out and out.count(" succeeded in ") == 4
-    assert "best loss=0 with x=3" in out
+    assert "best loss=0 with x=3" in out and f"MLflow parent run {result.run_id}" in out and "None" not in out
     assert app.runs().empty  # a sweep is not a run of the workflow
     assert App.open(app_dir).find("main").executors[0].parameters == {"x": 0, "label": "q"}  # app untouched
 

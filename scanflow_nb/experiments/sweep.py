@@ -112,6 +112,8 @@ class SweepResult:
         best = self.best_or_none()
         if best is not None:
             head += f"; best {self.metric}={best.metric:.6g} with {_params(best.params)} (run {best.run_id})"
+        if self.run_id:
+            head += f"; MLflow parent run {self.run_id}"
         return head
 
     def __str__(self) -> str:
@@ -357,7 +359,6 @@ class TrialRunner:
                 print(
                     f"sweep of {self.key}: {self.plan.remaining} trial(s), {self.plan.kind}"
                     + (f" (study {self.plan.study!r})" if self.plan.study else "")
-                    + f"; MLflow parent run {event.run_id}"
                 )
             return
         trial = self.trials.get(event.key or "")
