@@ -25,7 +25,7 @@ def pytest_report_header(config):
     return f"scanflow_nb {scanflow_nb.__version__} from {where}"
 
 
-XDIST_GROUPS = {"browser": "browser", "docker": "docker", "swarm": "docker"}  # marker -> worker group
+XDIST_GROUPS = {"browser": "browser", "swarm": "swarm", "docker": "docker"}  # marker -> worker group, first match
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -33,8 +33,8 @@ def pytest_collection_modifyitems(config, items):
     """The suite runs on several pytest-xdist workers (--dist loadgroup, pyproject.toml). A file's tests
     stay on one worker, in order (several share module-scoped services and state), and tests sharing a
     heavy session resource stay on one worker too: the browser tests (a Jupyter server and Chromium),
-    the container tests (one engine and swarm: its CPUs, memory and image tags), the tutorials (the Colab
-    install)."""
+    the container tests (the engine's CPUs and memory), the swarm tests (its one node), the tutorials
+    (the Colab install). Containers and swarm are two groups, so the longest group is not both."""
     for item in items:
         group = "tutorials" if item.path.name == "test_tutorials.py" else None
         group = group or next((g for m, g in XDIST_GROUPS.items() if item.get_closest_marker(m)), None)
