@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -134,6 +135,7 @@ def test_ctrl_c_stops_every_trial_and_the_study_resumes(app_dir):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "KeyboardInterrupt" in out
     assert "sweep stopped after" in out and "no trial is left running" in out
+    assert re.search(r"\(MLflow parent run [0-9a-f]{32}\)", out), out  # where the trials that ran are
     assert [pid for pid in started if _alive(pid)] == []  # no trial process survives
     client = get_client(app.store_uri)
     runs = client.search_runs([client.get_experiment_by_name("main").experiment_id])

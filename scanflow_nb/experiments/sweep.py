@@ -353,8 +353,9 @@ class TrialRunner:
         return dataclasses.replace(task.executor, parameters={**self.base.parameters, **trial.params})
 
     def __call__(self, event: ev.RunEvent) -> None:
-        if event.kind == ev.RUN_STARTED:
+        if event.kind == ev.RUN_FINISHED:  # stopped or not, the parent run is known by now
             self.parent_run = event.run_id
+        if event.kind == ev.RUN_STARTED:
             if self.echo:
                 print(
                     f"sweep of {self.key}: {self.plan.remaining} trial(s), {self.plan.kind}"
@@ -470,7 +471,10 @@ def sweep(
             if echo:
                 done = sum(t.status in ev.FINAL_STATES for t in runner.trials.values())
                 again = "; the same call resumes the study" if plan.study else ""
-                print(f"sweep stopped after {done} of {plan.remaining} trial(s); no trial is left running{again}")
+                parent = f" (MLflow parent run {runner.parent_run})" if runner.parent_run else ""
+                print(
+                    f"sweep stopped after {done} of {plan.remaining} trial(s){parent}; no trial is left running{again}"
+                )
             raise
         result.trial_list += list(runner.trials.values())
         result.run_id, result.status = outcome.run_id, outcome.status

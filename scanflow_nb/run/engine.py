@@ -172,10 +172,12 @@ class Run:
                 self._close_writer()
             except Exception as close_error:  # the run's own error is the one to raise
                 log.warning("could not finish the MLflow writes of %r: %s", self.root.name, close_error)
+            root = self._workflow_runs.get(self.root.name)
             self._emit(
                 ev.RunEvent(
                     ev.RUN_FINISHED,
                     self.root.name,
+                    run_id=root.id_now if root is not None else None,
                     duration=time.time() - started,
                     error=f"{type(exc).__name__}: {exc}",
                 )
