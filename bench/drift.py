@@ -5,6 +5,10 @@ Prints, in one run (alpha = 0.05; the load average is printed with the figures):
   1. images at n = 30, the 15 corruptions at severity 1, and at n = 100, severity 3: detection rate per
      corruption and on average, false positive rate on clean batches, for the autoencoder, KS, MMD and
      BBSD (the classifier's outputs) side by side;
+  1b. the false positive rate at n = 30 measured on 200 clean batches for each of several references
+     (2 with --quick, 5 in the full run; the detectors refitted on each), with its exact 95% interval,
+     each reference's own rate, and BBSD given the model's outputs on its own training data (the
+     mistake that makes it flag clean batches);
   2. a table (breast cancer, 30 numeric columns and 2 categorical) at n = 50: a new category, a category
      mix change, a location shift and a x1.5 scale change of 3 of the 30 numeric columns: detection
      rate, false positive rate, and how often the shifted column is named first;
@@ -15,7 +19,8 @@ Prints, in one run (alpha = 0.05; the load average is printed with the figures):
   5. scoring throughput, and the delay from a batch being logged to its result being in MLflow.
 
     python bench/drift.py            # the full run (about 15 minutes on 2 idle cores)
-    python bench/drift.py --quick    # about 4 minutes: fewer trials and streams, no server latency
+    python bench/drift.py --quick    # about 6 minutes: fewer trials and streams, no server latency
+    python bench/drift.py --quick --stream 500   # with the full run's 500 clean batches in the stream
 """
 
 from __future__ import annotations
@@ -69,7 +74,7 @@ class Flat:
         return self.model.predict_proba(np.asarray(X).reshape(len(X), -1))
 
 
-def image_detectors(ref: np.ndarray, y_ref: np.ndarray) -> dict:
+def image_detectors(ref: np.ndarray, y_ref: np.ndarray, seed: int = 0, quiet: bool = False) -> dict:
     """The image detectors, fitted on the reference digits. The classifier BBSD watches learns from the
     first half of the reference; its outputs and the labels of the second half are BBSD's reference."""
     from sklearn.linear_model import LogisticRegression
@@ -80,15 +85,69 @@ def image_detectors(ref: np.ndarray, y_ref: np.ndarray) -> dict:
     y_ref = y_ref[half:]
     dets = {}
     for name, make in (
-        ("autoencoder", lambda: AutoencoderDetector(alpha=ALPHA).fit(ref)),
-        ("ks", lambda: KSDetector(alpha=ALPHA).fit(ref)),
-        ("mmd", lambda: MMDDetector(alpha=ALPHA).fit(ref)),
+        ("autoencoder", lambda: AutoencoderDetector(alpha=ALPHA, seed=seed).fit(ref)),
+        ("ks", lambda: KSDetector(alpha=ALPHA, seed=seed).fit(ref)),
+        ("mmd", lambda: MMDDetector(alpha=ALPHA, seed=seed).fit(ref)),
         ("bbsd", lambda: ModelOutputDetector(model, alpha=ALPHA).fit(probabilities=held_out, y_reference=y_ref)),
     ):
         started = time.monotonic()
         dets[name] = make()
-        print(f"fit {name:<12} {time.monotonic() - started:6.1f} s")
+        if not quiet:
+            print(f"fit {name:<12} {time.monotonic() - started:6.1f} s")
     return dets
+
+
+# -- 1b. the false positive rate, measured on many clean batches and several references -------------------
+def interval(hits: int, trials: int) -> str:
+    """The rate with its exact (Clopper-Pearson) 95% confidence interval."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(hits, trials).proportion_ci(0.95, method="exact")
+    return f"{hits / trials:.3f} [{ci.low:.3f}, {ci.high:.3f}]"
+
+
+def calibration(X: np.ndarray, y: np.ndarray, first: dict, references: int, batches: int, seed: int) -> None:
+    """False positive rate at n = 30 over `batches` clean batches for each of `references` reference/pool
+    splits (the detectors refitted on each; `first` are those of split 0). A rate measured against one
+    fixed reference is that reference's own rate: it varies between references around the true rate, so
+    both the pooled rate (with its exact 95% interval) and each reference's rate are shown. The rows
+    "training outputs" are the classic mistake: BBSD whose reference outputs are the model's outputs on
+    the data it learned from (a logistic regression, and a random forest, which is far surer of its
+    training data than of new data)."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    started = time.monotonic()
+    hits: dict[str, list[int]] = {}
+    medians: dict[str, list[float]] = {}
+    for r in range(references):
+        order = np.random.default_rng(seed + r).permutation(len(X))
+        ref, pool, y_ref = X[order[:1000]], X[order[1000:]], y[order[:1000]]
+        dets = dict(first) if r == 0 else image_detectors(ref, y_ref, seed + r, quiet=True)
+        half = len(ref) // 2
+        forest = Flat(
+            RandomForestClassifier(200, random_state=seed + r).fit(ref[:half].reshape(half, -1), y_ref[:half])
+        )
+        dets["bbsd, training outputs"] = ModelOutputDetector(dets["bbsd"].model, alpha=ALPHA).fit(ref[:half])
+        dets["bbsd (forest)"] = ModelOutputDetector(forest, alpha=ALPHA).fit(ref[half:])
+        dets["bbsd (forest), training outputs"] = ModelOutputDetector(forest, alpha=ALPHA).fit(ref[:half])
+        rng = np.random.default_rng([seed, r, 30])
+        ps: dict[str, list[float]] = {name: [] for name in dets}
+        for _ in range(batches):
+            batch = pool[rng.choice(len(pool), 30, replace=False)]
+            for name, det in dets.items():
+                ps[name].append(det.score(batch).p_value)
+        for name, p in ps.items():
+            hits.setdefault(name, []).append(int(np.sum(np.asarray(p) < ALPHA)))
+            medians.setdefault(name, []).append(float(np.median(p)))
+    total = references * batches
+    print(
+        f"\nFalse positive rate on clean digits, n = 30, alpha {ALPHA}: {batches} batches x {references} references "
+        f"({time.monotonic() - started:.0f} s, {load()})"
+    )
+    print(f"  {'detector':<32}{'pooled [95% CI]':>24}{'per reference':>28}{'median p':>10}")
+    for name, counts in hits.items():
+        each = " ".join(f"{c / batches:.2f}" for c in counts)
+        print(f"  {name:<32}{interval(sum(counts), total):>24}{each:>28}{np.median(medians[name]):>10.2f}")
 
 
 def rates(dets: dict, pools: dict, n: int, trials: int, seed: int) -> dict[str, dict[str, float]]:
@@ -298,6 +357,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--references", type=int, default=None, help="reference splits for the false positive rate")
+    parser.add_argument("--clean", type=int, default=None, help="clean batches per reference (default 200)")
+    parser.add_argument("--stream", type=int, default=None, help="clean batches in the stream (default 100 / 500)")
     args = parser.parse_args()
     trials = args.trials or (15 if args.quick else 50)
     began = time.monotonic()
@@ -308,13 +370,14 @@ def main() -> None:
     X, y = load_digits()
     order = np.random.default_rng(args.seed).permutation(len(X))
     ref, pool, y_pool = X[order[:1000]], X[order[1000:]], y[order[1000:]]
-    dets = image_detectors(ref, y[order[:1000]])
+    dets = image_detectors(ref, y[order[:1000]], args.seed)
 
     images(dets, pool, 30, 1, trials, args.seed)
+    calibration(X, y, dets, args.references or (2 if args.quick else 5), args.clean or 200, args.seed)
     images(dets, pool, 100, 3, max(10, trials * 3 // 5), args.seed)
     tabular(trials * 2, args.seed)
     label_shift(dets["bbsd"], pool, y_pool, trials, args.seed)
-    streams(dets["autoencoder"], pool, 100 if args.quick else 500, 5 if args.quick else 30, args.seed)
+    streams(dets["autoencoder"], pool, args.stream or (100 if args.quick else 500), 5 if args.quick else 30, args.seed)
     throughput(dets, pool)
     if not args.no_latency:
         samples = 5 if args.quick else 15
