@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from calibration_support import most_false_alarms
 
 from scanflow_nb.check import Detector, DetectorInputError, ModelOutputDetector
 from scanflow_nb.datasets import corrupt, load_digits
@@ -39,6 +40,14 @@ def test_clean_outputs_pass_and_a_shift_the_model_reacts_to_is_flagged(setup):
     rotated = det.score(corrupt(X[pool[80:160]], "rotate", severity=4, seed=0))
     assert rotated.is_drift and rotated.drifted and set(rotated.drifted) <= set(rotated.features)
     assert np.all(rotated.scores[rotated.indices] > rotated.threshold), "anomalous: the least confident outputs"
+
+
+def test_the_false_positive_rate_holds_over_many_clean_batches(setup):
+    det, model, X, _, _, pool = setup
+    rng = np.random.default_rng(11)
+    P = model.predict_proba(X[pool])  # once: the batches are subsets of the held-out pool
+    flagged = sum(det.score(probabilities=P[rng.choice(len(pool), 30, replace=False)]).is_drift for _ in range(200))
+    assert flagged <= most_false_alarms(200), f"{flagged} of 200 clean batches flagged at alpha 0.05"
 
 
 def test_label_shift_is_estimated(setup):
