@@ -10,7 +10,11 @@ Black-box shift estimation: given the true labels of the reference, the model's 
 matrix C (C[i, j]: mean probability of class i over reference samples of class j, times the share
 of class j) relates the mean predicted probabilities on the batch to its class proportions q:
 mean(P_batch) = C w, q = w * p_reference. `estimates` on the result hold q as `proportion[<class>]`.
-Give labels of data the model did not train on: a training-set confusion matrix is over-confident.
+The reference must be data the model did not learn from (a validation split, or recent production
+data): on its training data a model is surer than on anything new, so every clean batch would look
+drifted. bench/drift.py measures it: BBSD with a random forest's outputs on its own training data as
+the reference flags 100% of clean batches; with held-out outputs, about alpha. The same holds for
+the labels behind BBSE: a training-set confusion matrix is over-confident.
 
 The model can be any object with `predict_proba`, a callable returning probabilities, or an MLflow
 model URI (loaded on first use). Probabilities a serving process logged with the batch can be
@@ -110,7 +114,10 @@ class ModelOutputDetector(Detector):
 
     # -- fit and score -------------------------------------------------------------------------------------
     def fit(self, X_reference: Any = None, y_reference: Any = None, probabilities: Any = None) -> ModelOutputDetector:
-        """Learn the model's outputs on the reference; with `y_reference` (true labels), the confusion for BBSE."""
+        """Learn the model's outputs on the reference; with `y_reference` (true labels), the confusion for BBSE.
+
+        The reference must be data the model did not train on (see the module's docstring).
+        """
         if X_reference is None and probabilities is None:
             raise ValidationError("ModelOutputDetector.fit needs the reference data or its probabilities")
         P = self._probabilities(X_reference, probabilities, "reference")

@@ -14,6 +14,14 @@ for (1.0: batches whose median p-value is about 0.16). One batch with overwhelmi
 (p below about 5e-7) alarms at once; a mild shift that each batch shows only weakly alarms after a
 few (batches whose median p-value is 0.07: 5 batches, median).
 
+The run length holds for p-values that are uniform on clean batches. A detector's p-values are
+valid on average over references, but against one fixed reference every batch shares that
+reference's sampling error, and a stream does not average it out: a reference against which clean
+batches are flagged 7% of the time at alpha = 0.05 (a mean normal score of 0.2) shortens the
+expected run between false alarms from 500 to about 130 batches, one at 6% to about 240 (simulated).
+The larger the reference against the batch, the smaller that error (bench/drift.py prints each
+reference's own rate); an arl of 500 still means about one false alarm per 500 clean batches.
+
 Why not the others the issue allowed: an e-value detector (e-CUSUM) also guarantees its false
 alarm rate, but turning p-values into e-values wastes much of the evidence of mildly significant
 batches, and alpha-spending controls the chance of any false alarm over a planned horizon, which a
