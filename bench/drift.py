@@ -18,7 +18,7 @@ Prints, in one run (alpha = 0.05; the load average is printed with the figures):
      number of batches until the alarm under a sustained mild shift (median over repeated streams);
   5. scoring throughput, and the delay from a batch being logged to its result being in MLflow.
 
-    python bench/drift.py            # the full run (about 15 minutes on 2 idle cores)
+    python bench/drift.py            # the full run (about 20 minutes on 2 idle cores)
     python bench/drift.py --quick    # about 6 minutes: fewer trials and streams, no server latency
     python bench/drift.py --quick --stream 500   # with the full run's 500 clean batches in the stream
 """
