@@ -11,9 +11,9 @@ matrix C (C[i, j]: mean probability of class i over reference samples of class j
 of class j) relates the mean predicted probabilities on the batch to its class proportions q:
 mean(P_batch) = C w, q = w * p_reference. `estimates` on the result hold q as `proportion[<class>]`.
 The reference must be data the model did not learn from (a validation split, or recent production
-data): on its training data a model is surer than on anything new, so every clean batch would look
+data): on its training data a model can be far surer than on anything new, so clean batches look
 drifted. bench/drift.py measures it: BBSD with a random forest's outputs on its own training data as
-the reference flags 100% of clean batches; with held-out outputs, about alpha. The same holds for
+the reference flags 95% of clean batches; with held-out outputs, about alpha. The same holds for
 the labels behind BBSE: a training-set confusion matrix is over-confident.
 
 The model can be any object with `predict_proba`, a callable returning probabilities, or an MLflow
