@@ -287,7 +287,7 @@ def test_keyboard_interrupt_stops_child_processes(tmp_path):
             print("INTERRUPTED", app.status("w")["w"].status, flush=True)
     """)
     )
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pid_file = tmp_path / "app" / "pid"
     deadline = time.monotonic() + 300  # opening a new MLflow store takes long on a busy machine
     while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
@@ -295,8 +295,8 @@ def test_keyboard_interrupt_stops_child_processes(tmp_path):
         time.sleep(0.2)
     child = int(pid_file.read_text())
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=180)  # it closes its MLflow runs first, slow when the machine is busy
-    assert "INTERRUPTED interrupted" in out
+    out, err = proc.communicate(timeout=180)  # it closes its MLflow runs first, slow when the machine is busy
+    assert "INTERRUPTED interrupted" in out, err[-3000:]
     deadline = time.monotonic() + 30
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.2)

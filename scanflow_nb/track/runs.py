@@ -239,14 +239,17 @@ class RunWriter:
     @contextmanager
     def held(self) -> Iterator[None]:
         """Asks made inside are taken up together when it ends (run creations first)."""
-        with self._cv:
-            self._holds += 1
+        held = False
         try:
+            with self._cv:
+                self._holds += 1
+                held = True
             yield
         finally:
-            with self._cv:
-                self._holds -= 1
-                self._cv.notify()
+            if held:  # a KeyboardInterrupt may land anywhere: never leave the writer held
+                with self._cv:
+                    self._holds -= 1
+                    self._cv.notify()
 
     @property
     def experiment_id(self) -> str:
