@@ -5,7 +5,9 @@
     tasks), Kedro (SequentialRunner, the scripts run in-process) and papermill (one notebook per
     script): 5 sequential steps of 0.5 s CPU (goal: scanflow_nb within 1.02x of plain and ahead of
     Ploomber), then 10 no-op steps, whose difference to plain is the cost added per step (goal:
-    <= 10 ms). Every tool runs in a live process set up once, like a kernel; rounds are interleaved
+    <= 10 ms). scanflow_nb forks each step from a warm starter (`run/starters.py`); "cold starts"
+    runs it again with a new interpreter per step (as SCANFLOW_WARM_START=0 does). Every tool runs
+    in a live process set up once, like a kernel; rounds are interleaved
     so that load drifts hit all alike; medians are printed.
 (b) a 2-wide parallel group of CPU-bound executors versus the same two one after the other
     (goal: speedup >= 1.8 on 2 cores);
@@ -123,9 +125,13 @@ def compare(root: Path, name: str, seconds: float, steps: int, repeat: int, peer
         with contextlib.redirect_stdout(io.StringIO()):
             assert app.run(name, force=True).ok
 
+    from scanflow_nb.run.local import LocalBackend
+
+    cold = LocalBackend(warm=False)  # each step a new interpreter, as before the warm starter
     tools = {
         "plain python": lambda: timed(plain),
         "scanflow_nb": lambda: timed(lambda: app.run(name, echo=False, force=True)),
+        "scanflow_nb, cold starts": lambda: timed(lambda: app.run(name, cold, echo=False, force=True)),
         "scanflow_nb, console output": lambda: timed(console),
     }
     started = []

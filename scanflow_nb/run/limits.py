@@ -43,7 +43,10 @@ def child_group(resources: Resources) -> ChildGroup | None:
 
 
 class Monitor:
-    """Reaps one attempt, samples its process tree's memory, and enforces its memory limit."""
+    """Reaps one attempt, samples its process tree's memory, and enforces its memory limit.
+
+    `process` is a Popen, or a `starters.Started` (whose starter reaps it and reports its end).
+    """
 
     def __init__(self, process: subprocess.Popen, memory: int | None, group: ChildGroup | None):
         self.process, self.memory, self.group = process, memory, group
@@ -67,10 +70,9 @@ class Monitor:
 
     # -- threads ------------------------------------------------------------------------------
     def _reap(self) -> None:
-        """wait4: the exit status with the attempt's resource usage (Popen itself is never asked)."""
+        """wait4: the exit status with the CPU time (Popen is never asked; a warm starter reports its attempts')."""
         try:
-            _, status, rusage = os.wait4(self.process.pid, 0)
-            self.cpu_s = rusage.ru_utime + rusage.ru_stime
+            _, status, self.cpu_s = self.process.wait4() if hasattr(self.process, "wait4") else _wait4(self.process.pid)
             self.process.returncode = os.waitstatus_to_exitcode(status)
         except ChildProcessError:  # reaped elsewhere: Popen knows the code
             self.process.wait()
@@ -108,6 +110,11 @@ class Monitor:
             self.exited.wait()
             self.killed_for_memory = self.group.out_of_memory()
             self.group.remove()
+
+
+def _wait4(pid: int) -> tuple[int, int, float]:
+    pid, status, rusage = os.wait4(pid, 0)
+    return pid, status, rusage.ru_utime + rusage.ru_stime
 
 
 def _tree(root) -> list:

@@ -18,7 +18,7 @@ from functools import cache
 from pathlib import Path
 
 from ..resources import Node
-from . import processes
+from . import processes, starters
 from .backend import Launch, Tracking
 from .limits import Monitor, child_group
 from .machine import this_machine
@@ -51,10 +51,18 @@ class LocalBackend:
     name = "local"
     runs_images = False
 
-    def __init__(self, isolated: bool = False, python: str | None = None, grace: float = processes.GRACE_S):
+    def __init__(
+        self,
+        isolated: bool = False,
+        python: str | None = None,
+        grace: float = processes.GRACE_S,
+        warm: bool | None = None,
+    ):
         self.isolated = isolated
         self.python = python or sys.executable
         self.grace = grace
+        # forked from a warm starter (starters.py) where it can be; SCANFLOW_WARM_START=0 starts each cold
+        self.warm = processes.SUBREAPER and (warm if warm is not None else os.environ.get("SCANFLOW_WARM_START") != "0")
 
     def open(self, app_dir: Path, workflow: str, tracking: Tracking) -> Tracking:
         return tracking
@@ -70,8 +78,29 @@ class LocalBackend:
     def launch(self, launch: Launch) -> processes.ProcessTree:
         # -P: the script's folder is not put first on sys.path, so an executor named like a standard
         # module (select.py, json.py) does not shadow it; the app folder is importable instead.
-        argv = processes.command(self._python(launch), launch.script, launch.args, self.grace)
+        python = self._python(launch)
+        if self.warm and python == self.python:
+            warm = self._start_warm(launch)
+            if warm is not None:
+                return processes.ProcessTree(*warm, self.grace)
+        argv = processes.command(python, launch.script, launch.args, self.grace)
         return processes.ProcessTree(*self._start(argv, launch.env, launch), self.grace)
+
+    def _start_warm(self, launch: Launch) -> tuple[starters.Started, Monitor] | None:
+        """The attempt forked by this Python's warm starter; None where it must start cold."""
+        env = self._env(launch.env, launch)
+        starter = starters.STARTERS.get(self.python, env)
+        if starter is None:
+            return None
+        group = child_group(launch.resources)
+        procs = str(group.path / "cgroup.procs") if group else ""
+        try:
+            started = starter.start(launch.script, launch.args, launch.app_dir, env, self.grace, procs)
+        except OSError:  # the starter is gone: this attempt starts cold, the next gets a new starter
+            if group is not None:
+                group.remove()
+            return None
+        return started, Monitor(started, launch.resources.memory, group)
 
     def serve(self, launch: Launch) -> LocalService:
         """A service as a subprocess listening on the executor's host and port of this machine."""
@@ -81,11 +110,16 @@ class LocalBackend:
         reach = "127.0.0.1" if ex.host == "0.0.0.0" else ex.host
         return LocalService(process, monitor, self.grace, f"http://{reach}:{ex.port}", ex.health)
 
-    def _start(self, argv: list[str], extra_env: dict[str, str], launch: Launch) -> tuple[subprocess.Popen, Monitor]:
+    @staticmethod
+    def _env(extra_env: dict[str, str], launch: Launch) -> dict[str, str]:
         pythonpath = os.pathsep.join(filter(None, [str(launch.app_dir), os.environ.get("PYTHONPATH")]))
         env = {**os.environ, **extra_env, "PYTHONPATH": pythonpath}
         if launch.resources.gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(launch.gpus)
+        return env
+
+    def _start(self, argv: list[str], extra_env: dict[str, str], launch: Launch) -> tuple[subprocess.Popen, Monitor]:
+        env = self._env(extra_env, launch)
         group = child_group(launch.resources)
         try:
             process = processes.spawn(group.command(argv) if group else argv, launch.app_dir, env)

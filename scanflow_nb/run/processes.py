@@ -1,6 +1,7 @@
 """Process trees that end with their executor: start one, read its output, stop all of it.
 
-On Linux each attempt runs under `reaper.py`, a child subreaper that keeps every descendant
+On Linux each attempt runs under `reaper.py` (started cold, or forked by a warm starter:
+`starters.py`), a child subreaper that keeps every descendant
 (even one that called `setsid`) below it and ends them all; elsewhere the attempt gets its own
 process group. Stopping is SIGTERM to the whole tree, `grace` seconds, then SIGKILL for what is
 left, without the caller waiting: `kill()` returns at once and a short-lived thread escalates.
@@ -21,6 +22,7 @@ from pathlib import Path
 from ..resources import Usage
 from . import reaper
 from .limits import Monitor
+from .starters import Started
 
 GRACE_S = 3.0  # between SIGTERM and SIGKILL
 MAX_LINE = 64 * 1024  # longer lines are passed on in pieces of this size
@@ -53,7 +55,7 @@ class ProcessTree:
     nothing here waits on the process itself, so its exit status and CPU time stay the monitor's.
     """
 
-    def __init__(self, process: subprocess.Popen, monitor: Monitor, grace: float = GRACE_S):
+    def __init__(self, process: subprocess.Popen | Started, monitor: Monitor, grace: float = GRACE_S):
         self.process, self.monitor = process, monitor
         self.grace = grace
         self._stopping = False
@@ -97,6 +99,8 @@ class ProcessTree:
         pending = pending.rstrip(b"\r\n")
         if pending:
             yield from _pieces(pending)
+        if isinstance(self.process, Started) and self.monitor.exited.wait(1.0) and self.process.lost:
+            yield self.process.lost
 
     def wait(self, timeout: float | None) -> int:
         return self.monitor.wait(timeout)
@@ -111,7 +115,9 @@ class ProcessTree:
                 return
             self._stopping = True
         try:
-            if SUBREAPER:
+            if isinstance(self.process, Started):  # by pidfd: never another process that got its pid
+                self.process.send_signal(signal.SIGTERM)
+            elif SUBREAPER:
                 os.kill(self.process.pid, signal.SIGTERM)  # the reaper passes it to the whole tree
             else:
                 os.killpg(self.process.pid, signal.SIGTERM)
@@ -122,36 +128,7 @@ class ProcessTree:
     def _escalate(self) -> None:
         if self.monitor.exited.wait(self.grace + 2.0):  # the reaper itself kills after `grace`
             return
-        kill_tree(self.process.pid)
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL process `pid`, its process group and every descendant, frozen first so none slips away."""
-    try:
-        os.kill(pid, signal.SIGSTOP)
-    except ProcessLookupError:
-        return
-    frozen: set[int] = {pid}
-    if SUBREAPER:
-        while True:
-            new = set(reaper.descendants(pid)) - frozen
-            if not new:
-                break
-            for child in new:
-                try:
-                    os.kill(child, signal.SIGSTOP)
-                except ProcessLookupError:
-                    pass
-            frozen |= new
-    for target in frozen:
-        try:
-            os.kill(target, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+        reaper.kill_tree(self.process.pid, SUBREAPER)
 
 
 def _pieces(raw: bytes) -> Iterator[str]:

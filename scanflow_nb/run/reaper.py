@@ -8,7 +8,11 @@ running are stopped; on SIGTERM, SIGINT or SIGHUP (or when the kernel dies: pare
 signal) the whole tree gets SIGTERM, GRACE seconds, then SIGKILL. It exits last, with the
 script's own status, so the pipe the kernel reads closes only when nothing of the tree is left.
 
-The kernel's side (`processes.py`) also imports `descendants` from here.
+As `python -P reaper.py --serve FD` it is a warm starter instead (`serve`): past interpreter start
+once, it forks such a reaper for each attempt the kernel asks for on the Unix socket FD
+(`starters.py` is the kernel's side).
+
+The kernel's side (`processes.py`, `starters.py`) also uses `descendants` and `kill_tree` from here.
 """
 
 from __future__ import annotations
@@ -20,10 +24,55 @@ import time
 
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+CHILD_LISTS = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")  # CONFIG_PROC_CHILDREN
 
 
 def descendants(root: int) -> dict[int, str]:
-    """Live (non-zombie) descendants of process `root`: pid -> command name, read from /proc."""
+    """Live (non-zombie) descendants of process `root`: pid -> command name, read from /proc.
+
+    Walks the kernel's child lists (/proc/PID/task/TID/children) down from `root`, where the
+    kernel has them; otherwise reads every process's parent.
+    """
+    if not CHILD_LISTS:
+        return _descendants_by_scan(root)
+    found: dict[int, str] = {}
+    todo = [root]
+    while todo:
+        for pid in _children(todo.pop()):
+            name, state = _stat(pid)
+            if name is not None and state not in (b"Z", b"X"):
+                found[pid] = name
+            todo.append(pid)
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:  # ended meanwhile
+        return []
+    children: list[int] = []
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children", "rb") as f:
+                children.extend(map(int, f.read().split()))
+        except OSError:
+            pass
+    return children
+
+
+def _stat(pid: int) -> tuple[str | None, bytes]:
+    """Command name and state of `pid` (None if it has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None, b"X"
+    head, _, tail = stat.rpartition(b")")
+    return head.partition(b"(")[2].decode(errors="replace"), tail.split()[0]
+
+
+def _descendants_by_scan(root: int) -> dict[int, str]:
     children: dict[int, list[int]] = {}
     names: dict[int, str] = {}
     for entry in os.scandir("/proc"):
@@ -56,6 +105,35 @@ def _signal_all(pids, sig: int) -> None:
             os.kill(pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def kill_tree(pid: int, tree: bool = True) -> None:
+    """SIGKILL process `pid`, its process group and (`tree`) every descendant, frozen first so none slips away."""
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        return
+    frozen: set[int] = {pid}
+    if tree:
+        while True:
+            new = set(descendants(pid)) - frozen
+            if not new:
+                break
+            for child in new:
+                try:
+                    os.kill(child, signal.SIGSTOP)
+                except ProcessLookupError:
+                    pass
+            frozen |= new
+    for target in frozen:
+        try:
+            os.kill(target, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 class Reaper:
@@ -137,16 +215,27 @@ def _prctl(option: int, value: int) -> None:
 
 
 def _run_script(script: str, args: list[str]) -> None:
-    """Run `script` as `__main__`, as `python -P script args` would; tracebacks start in the script."""
-    import runpy
-    import traceback
+    """Run `script` in a new `__main__`, as `python -P script args` would; tracebacks start in the script.
+
+    The module stays `sys.modules["__main__"]`, so the interpreter's finalization clears it as it
+    clears a plain script's: a file the script left open is flushed and closed then.
+    """
+    from importlib.machinery import SourceFileLoader
 
     sys.argv = [script, *args]
+    main = type(sys)("__main__")
+    main.__dict__.update(__annotations__={}, __builtins__=sys.modules["builtins"], __cached__=None, __file__=script)
+    main.__loader__ = SourceFileLoader("__main__", script)
+    sys.modules["__main__"] = main
     try:
-        runpy.run_path(script, run_name="__main__")
+        with open(script, "rb") as f:
+            code = compile(f.read(), script, "exec", dont_inherit=True)
+        exec(code, main.__dict__)
     except SystemExit:
         raise
     except BaseException as exc:
+        import traceback
+
         tb = exc.__traceback__
         while tb is not None and tb.tb_frame.f_code.co_filename != script:
             tb = tb.tb_next
@@ -159,14 +248,13 @@ def _run_script(script: str, args: list[str]) -> None:
         raise SystemExit(1) from None
 
 
-def main(argv: list[str]) -> None:
-    grace, script, args = float(argv[0]), argv[1], argv[2:]
-    parent = os.getppid()
+def reap_script(grace: float, script: str, args: list[str], parent: int) -> None:
+    """Be the subreaper of `script` (run in a forked child) and end as it ended; never returns."""
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, *STOP_SIGNALS})
-    if os.getppid() != parent:  # the kernel died before the parent-death signal was armed
-        raise SystemExit(1)
+    if os.getppid() != parent:  # the parent died before the parent-death signal was armed
+        os._exit(1)
     reaper = Reaper(grace)
     reaper.main = os.fork()
     if reaper.main == 0:
@@ -175,6 +263,147 @@ def main(argv: list[str]) -> None:
         raise SystemExit(0)
     reaper.supervise()
     reaper.exit()
+
+
+# -- the warm starter ----------------------------------------------------------------------------
+# Requests and answers are marshal'd tuples, one per SOCK_SEQPACKET message:
+#   kernel -> starter: (script, args, cwd, env, grace, cgroup_procs or ""), fds [output pipe, answer socket]
+#   starter -> kernel: ("ready", pid, site dirs) once on FD; per attempt on its answer socket
+#   ("pid", pid), then ("exit", wait status, cpu seconds) when the attempt's reaper has ended.
+MAX_REQUEST = 1 << 20
+
+
+def serve(fd: int) -> None:
+    """Fork a reaper for each request on the socket `fd`; report each one's end. Ends with the kernel."""
+    import _socket
+    import ctypes  # noqa: F401 -- what every forked reaper and script would import, imported once here
+    import gc
+    import marshal
+    import resource  # noqa: F401 -- os.wait4 imports it at the first reap: in every attempt alike, then
+    import select
+    import site
+    from importlib.machinery import SourceFileLoader  # noqa: F401
+
+    parent = os.getppid()
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # the kernel's end is ours, and so every attempt's
+    if os.getppid() != parent:
+        os._exit(1)
+    sock = _socket.socket(fileno=fd)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    answers: dict[int, object] = {}  # reaper pid -> its answer socket
+    sites = [*site.getsitepackages(), site.getusersitepackages()] if site.ENABLE_USER_SITE else site.getsitepackages()
+    gc.freeze()  # the children never copy these pages to collect or finalize them (fork without exec)
+    sock.send(marshal.dumps(("ready", os.getpid(), sites)))
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    listening, starter = True, os.getpid()
+    while listening or answers:
+        for ready, _ in poller.poll():
+            if ready == wake_r:
+                _drain(wake_r)
+                _report_ended(answers)
+                continue
+            data, ancillary, flags, _ = sock.recvmsg(MAX_REQUEST, _socket.CMSG_SPACE(8))
+            fds = [int.from_bytes(d[i : i + 4], sys.byteorder) for *_, d in ancillary for i in range(0, len(d) - 3, 4)]
+            if not data and not fds:  # the kernel let go: end once the attempts running have ended
+                poller.unregister(sock.fileno())
+                listening = False
+                continue
+            if len(fds) != 2 or flags & _socket.MSG_TRUNC:  # not ours to run: whoever asked sees its answer close
+                for stray in fds:
+                    os.close(stray)
+                continue
+            output, answer = fds[0], _socket.socket(fileno=fds[1])
+            try:
+                pid = os.fork()
+            except OSError:  # no process to be had: the kernel sees the answer close and starts it cold
+                os.close(output)
+                answer.close()
+                continue
+            if pid == 0:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                sock.close()
+                for other in answers.values():
+                    other.close()
+                answer.close()
+                os.close(wake_r)
+                os.close(wake_w)
+                _attempt(starter, output, data)
+            os.close(output)
+            answers[pid] = answer
+            try:
+                answer.send(marshal.dumps(("pid", pid)))
+            except OSError:  # the kernel stopped waiting: the attempt is its to stop, the end ours to reap
+                pass
+    os._exit(0)
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _report_ended(answers: dict) -> None:
+    """Reap every ended attempt and send its wait status and CPU time to whoever waits for it."""
+    import marshal
+
+    while True:
+        try:
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        answer = answers.pop(pid, None)
+        if answer is not None:
+            try:
+                answer.send(marshal.dumps(("exit", status, usage.ru_utime + usage.ru_stime)))
+            except OSError:  # the kernel stopped waiting
+                pass
+            answer.close()
+
+
+def _attempt(starter: int, output: int, request: bytes) -> None:
+    """In a forked child: become the attempt `python -P reaper.py GRACE SCRIPT ARGS` would have been."""
+    import marshal
+
+    try:
+        script, args, cwd, env, grace, cgroup_procs = marshal.loads(request)
+        os.setsid()
+        if cgroup_procs:  # in the attempt's memory group before anything of it runs
+            with open(cgroup_procs, "w") as f:
+                f.write(str(os.getpid()))
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(env)
+        pythonpath = env.get("PYTHONPATH")
+        sys.path[:0] = [os.path.abspath(p) for p in pythonpath.split(os.pathsep)] if pythonpath else []
+        sys.path_importer_cache.clear()  # as fresh as a new interpreter's: packages installed since are seen
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(output, 1)
+        os.dup2(output, 2)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536)
+    except BaseException as exc:
+        os.write(output, f"[scanflow] the warm starter could not start the executor: {exc}\n".encode())
+        os._exit(1)
+    reap_script(grace, script, args, starter)
+
+
+def main(argv: list[str]) -> None:
+    if argv[0] == "--serve":
+        serve(int(argv[1]))
+    else:
+        reap_script(float(argv[0]), argv[1], argv[2:], os.getppid())
 
 
 if __name__ == "__main__":
