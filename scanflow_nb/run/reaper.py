@@ -319,9 +319,13 @@ def serve(fd: int) -> None:
                     os.close(stray)
                 continue
             output, answer = fds[0], _socket.socket(fileno=fds[1])
+            asking = select.poll()
+            asking.register(answer.fileno(), 0)
             try:
-                pid = os.fork()
-            except OSError:  # no process to be had: the kernel sees the answer close and starts it cold
+                pid = -1 if asking.poll(0) else os.fork()  # hung up: the kernel gave up waiting
+            except OSError:  # no process to be had
+                pid = -1
+            if pid < 0:  # the kernel sees the answer close and starts the attempt cold
                 os.close(output)
                 answer.close()
                 continue

@@ -31,6 +31,7 @@ from . import reaper
 log = logging.getLogger(__name__)
 
 READY_S = 60.0  # the most a starter may take to start
+ANSWER_S = 30.0  # the most it may take to fork an attempt
 STARTUP = ("PYTHON", "LC_", "LD_", "MALLOC_")  # variables an interpreter reads when it starts
 STARTUP_NAMES = ("LANG", "LANGUAGE", "TZ", "HOME")
 LOST = "[scanflow] the warm process starter ended while the executor ran; the executor was stopped"
@@ -108,6 +109,7 @@ class Starter:
 
     def __init__(self, python: str, env: dict[str, str]):
         self.python = python
+        self.broken = False
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._socket = ours
         env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
@@ -139,7 +141,7 @@ class Starter:
 
     def fresh(self) -> bool:
         """Still running, and no site folder changed since it started (new packages, new .pth files)."""
-        return self.process.poll() is None and _stamps(self.sites) == self.stamps
+        return not self.broken and self.process.poll() is None and _stamps(self.sites) == self.stamps
 
     def start(self, script: Path, args: list[str], cwd: Path, env: dict[str, str], grace: float, cgroup_procs: str):
         """Fork one attempt; its output (stderr included) on a new pipe. OSError if the starter is gone."""
@@ -155,11 +157,17 @@ class Starter:
         finally:
             os.close(write)
             theirs.close()
-        answer = ours.recv(4096)
-        if not answer:
+        ours.settimeout(ANSWER_S)
+        try:
+            answer = ours.recv(4096)
+        except OSError:
+            answer = b""
+        if not answer:  # gone or hung: this attempt starts cold (a late fork sees no one asking and skips it)
+            self.broken = True
             os.close(read)
             ours.close()
-            raise OSError("the warm starter ended")
+            raise OSError("the warm starter did not answer")
+        ours.settimeout(None)
         _, pid = marshal.loads(answer)
         return Started(pid, open(read, "rb", buffering=0), ours, grace)
 
