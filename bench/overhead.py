@@ -11,7 +11,9 @@
     so that load drifts hit all alike; medians are printed.
 (b) a 2-wide parallel group of CPU-bound executors versus the same two one after the other
     (goal: speedup >= 1.8 on 2 cores);
-(c) `%load_ext scanflow_nb` in a fresh IPython shell (goal: < 0.5 s).
+(c) `%load_ext scanflow_nb` in a fresh IPython shell (goal: < 0.5 s);
+(d) one no-op attempt of the local back end alone (no engine, no MLflow), started to reaped:
+    forked by a warm starter, started cold under the reaper, and plain `python -P noop.py`.
 
 The peers pin packages this project's environment must not get (Ploomber wants notebook < 7), so
 they live in a venv of their own (the packages of setup.cfg's `bench` extra; bench/_peers.py
@@ -182,6 +184,38 @@ def load_ext_time(repeat: int) -> float:
     return statistics.median(runs)
 
 
+def attempt_start(root: Path, repeat: int) -> dict[str, float]:
+    """Median seconds from launch to reaped of one no-op attempt, warm, cold and plain, interleaved."""
+    from scanflow_nb import Executor
+    from scanflow_nb.run import starters
+    from scanflow_nb.run.backend import Launch
+    from scanflow_nb.run.local import LocalBackend
+
+    folder = root / "attempt"
+    folder.mkdir()
+    (folder / "noop.py").write_text("pass\n")
+    spec = Launch("w/noop", "w", Executor("noop", file="noop.py"), folder, folder / "noop.py", [], {}, 1)
+    warm, cold = LocalBackend(), LocalBackend(warm=False)
+    if starters.STARTERS.get(warm.python, warm._env({}, spec), wait=True) is None:
+        raise RuntimeError("no warm starter could start here")
+
+    def attempt(backend):
+        handle = backend.launch(spec)
+        for _ in handle.lines():
+            pass
+        assert handle.wait(60) == 0
+
+    def plain():
+        subprocess.run([sys.executable, "-P", "noop.py"], cwd=folder, check=True, stdout=subprocess.PIPE)
+
+    ways = {"warm starter": lambda: attempt(warm), "cold (reaper)": lambda: attempt(cold), "plain python -P": plain}
+    times: dict[str, list[float]] = {way: [] for way in ways}
+    for _ in range(repeat * 4):
+        for way, run in ways.items():
+            times[way].append(timed(run))
+    return {way: statistics.median(values) for way, values in times.items()}
+
+
 def report(title: str, medians: dict[str, float], steps: int, goal: str) -> None:
     plain = medians["plain python"]
     print(f"{title} (median wall time; ratio to plain; added per step over plain):")
@@ -195,7 +229,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="rounds per measurement; the median is printed")
     parser.add_argument("--peers", metavar="PYTHON", help="the Python that has ploomber, kedro and papermill")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["a", "b", "c"], help="parts to leave out")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["a", "b", "c", "d"], help="parts to leave out")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; median of {args.repeat} rounds")
     with tempfile.TemporaryDirectory() as tmp:
@@ -214,6 +248,13 @@ def main() -> None:
     if "c" not in args.skip:
         load = load_ext_time(max(args.repeat, 5))
         print(f"(c) %load_ext scanflow_nb in a fresh shell: {load * 1000:.0f} ms (goal < 500 ms)")
+    if "d" not in args.skip:
+        with tempfile.TemporaryDirectory() as tmp:
+            starts = attempt_start(Path(tmp), args.repeat)
+        print(
+            "(d) one no-op attempt, launched to reaped (median): "
+            + ", ".join(f"{way} {value * 1000:.1f} ms" for way, value in starts.items())
+        )
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 
