@@ -59,6 +59,7 @@ class Started:
         self.returncode: int | None = None
         self.lost: str | None = None
         self._ended = False
+        self._lock = threading.Lock()  # a signal and the pidfd's close, from two threads
         self._answer = answer
         try:  # signals reach this very process even after its pid is reused
             self._pidfd: int | None = os.pidfd_open(pid)
@@ -66,12 +67,13 @@ class Started:
             self._pidfd = None
 
     def send_signal(self, sig: int) -> None:
-        if self._ended:
-            return
-        if self._pidfd is not None:
-            signal.pidfd_send_signal(self._pidfd, sig)
-        else:
-            os.kill(self.pid, sig)
+        with self._lock:
+            if self._ended:
+                return
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, sig)
+            else:
+                os.kill(self.pid, sig)
 
     def wait4(self) -> tuple[int, int, float]:
         """Block until the attempt ends: (pid, wait status, CPU seconds). StarterLost if the starter died."""
@@ -81,8 +83,7 @@ class Started:
             self._answer.close()
         if message:
             _, status, cpu = marshal.loads(message)
-            self._ended = True
-            self._close_pidfd()
+            self._end()
             return self.pid, status, cpu
         self.lost = LOST
         self._await_end()
@@ -92,16 +93,16 @@ class Started:
         """The attempt's reaper stops its tree on its own (parent-death signal); make sure it did."""
         import select
 
-        if self._pidfd is not None:
-            if not select.select([self._pidfd], [], [], self.grace + 2.0)[0]:
-                reaper.kill_tree(self.pid)
-            self._ended = True
-            self._close_pidfd()
+        if self._pidfd is not None and not select.select([self._pidfd], [], [], self.grace + 2.0)[0]:
+            reaper.kill_tree(self.pid)
+        self._end()
 
-    def _close_pidfd(self) -> None:
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
+    def _end(self) -> None:
+        with self._lock:
+            self._ended = True
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
 
 
 class Starter:
