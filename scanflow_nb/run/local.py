@@ -78,17 +78,16 @@ class LocalBackend:
     def launch(self, launch: Launch) -> processes.ProcessTree:
         # -P: the script's folder is not put first on sys.path, so an executor named like a standard
         # module (select.py, json.py) does not shadow it; the app folder is importable instead.
-        python = self._python(launch)
+        python, env = self._python(launch), self._env(launch.env, launch)
         if self.warm and python == self.python:
-            warm = self._start_warm(launch)
+            warm = self._start_warm(launch, env)
             if warm is not None:
                 return processes.ProcessTree(*warm, self.grace)
         argv = processes.command(python, launch.script, launch.args, self.grace)
-        return processes.ProcessTree(*self._start(argv, launch.env, launch), self.grace)
+        return processes.ProcessTree(*self._start(argv, env, launch), self.grace)
 
-    def _start_warm(self, launch: Launch) -> tuple[starters.Started, Monitor] | None:
+    def _start_warm(self, launch: Launch, env: dict[str, str]) -> tuple[starters.Started, Monitor] | None:
         """The attempt forked by this Python's warm starter; None where it must start cold."""
-        env = self._env(launch.env, launch)
         starter = starters.STARTERS.get(self.python, env)
         if starter is None:
             return None
@@ -106,7 +105,7 @@ class LocalBackend:
         """A service as a subprocess listening on the executor's host and port of this machine."""
         ex = launch.executor
         cmd = service_command(launch, self._python(launch), ex.host)
-        process, monitor = self._start(cmd, service_env(launch, ex.host), launch)
+        process, monitor = self._start(cmd, self._env(service_env(launch, ex.host), launch), launch)
         reach = "127.0.0.1" if ex.host == "0.0.0.0" else ex.host
         return LocalService(process, monitor, self.grace, f"http://{reach}:{ex.port}", ex.health)
 
@@ -118,8 +117,7 @@ class LocalBackend:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(launch.gpus)
         return env
 
-    def _start(self, argv: list[str], extra_env: dict[str, str], launch: Launch) -> tuple[subprocess.Popen, Monitor]:
-        env = self._env(extra_env, launch)
+    def _start(self, argv: list[str], env: dict[str, str], launch: Launch) -> tuple[subprocess.Popen, Monitor]:
         group = child_group(launch.resources)
         try:
             process = processes.spawn(group.command(argv) if group else argv, launch.app_dir, env)
