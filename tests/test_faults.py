@@ -329,6 +329,45 @@ def test_a_store_damaged_before_the_kernel_started_is_set_aside(app_dir):
     assert "Traceback" not in out.stderr and "was damaged" in out.stderr and "created a new, empty one" in out.stderr
 
 
+def test_a_store_locked_by_another_processs_write_is_not_set_aside(app_dir):
+    """Another kernel or a service committing holds SQLite's lock; every run must still be there after."""
+    from scanflow_nb.track.store import get_client, heal
+
+    app = new_app(app_dir, Workflow("w", executors=[Executor("a", code="print(1)")]))
+    app.save()
+    result = app.run("w", echo=False)
+    db = app.state_dir / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert writer.stdout.readline() == "locked\n"
+        assert heal(uri) is None  # this kernel has seen the store before
+        first_sight = subprocess.run(
+            [sys.executable, "-c", f"from scanflow_nb.track.store import heal; print(heal({uri!r}))"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert first_sight.returncode == 0 and first_sight.stdout == "None\n", first_sight.stderr
+        assert writer.poll() is None, "the lock was released before the checks ran"
+    finally:
+        writer.communicate("commit\n", timeout=30)
+    assert sorted(p.name for p in db.parent.glob("mlflow.db*")) == ["mlflow.db"]
+    assert get_client(uri).get_run(result.executors["w/a"].run_id).info.status == "FINISHED"
+
+
+LOCK_HOLDER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.readline()
+db.execute("COMMIT")
+"""
+
+
 # -- 4. output is bounded in the cell, on disk and in the kernel's memory ------------------------------
 def rss_mb() -> float:
     with open("/proc/self/status") as f:

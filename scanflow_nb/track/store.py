@@ -1,9 +1,10 @@
 """The embedded store: SQLite plus an artifact folder inside the app's state folder.
 
-The store heals: when a kernel finds its `mlflow.db` deleted, replaced or damaged (not a SQLite
-database any more), it reconnects every client it holds, keeps a damaged file aside, creates a
-new store (MLflow's migrations run again) and says so in one line, instead of failing every later
-run with a traceback until the kernel restarts.
+The store heals: when a kernel finds its `mlflow.db` deleted, replaced or damaged (corrupt, or not a
+SQLite database any more; a store busy with another process's write is not damaged), it reconnects
+every client it holds, keeps a damaged file aside, creates a new store (MLflow's migrations run
+again) and says so in one line, instead of failing every later run with a traceback until the
+kernel restarts.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sqlite3
 import sys
 import threading
 import time
+from contextlib import closing
 from functools import cache
 from pathlib import Path
 
@@ -22,6 +24,9 @@ from ..errors import NotFoundError, TrackerError
 _lock = threading.Lock()
 _known: dict[Path, tuple[int, int]] = {}  # store file -> (device, inode) when this kernel last found it sound
 SQLITE_HEADER = b"SQLite format 3\x00"
+DAMAGE_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}  # a busy or locked store is in use, not damaged
+BUSY_WAIT = 1.0  # seconds the check waits for another process's write; MLflow's own calls wait longer
+UNCHECKED = "unchecked"  # the check could not finish (busy, locked, unreadable): never a reason to set aside
 
 
 def embedded_uri(state_dir: Path) -> str:
@@ -76,6 +81,8 @@ def heal(uri: str) -> str | None:
         note = f"the MLflow store {path} was deleted: created a new, empty one (earlier runs are not in it)"
     else:
         damage = _damage(path, st.st_size, path in _known)
+        if damage == UNCHECKED:
+            return None  # checked again on the next call
         if damage is None:
             if _known.setdefault(path, (st.st_dev, st.st_ino)) == (st.st_dev, st.st_ino):
                 return None
@@ -102,14 +109,15 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def _damage(path: Path, size: int, known: bool) -> str | None:
-    """Why the file at `path` is not a usable SQLite database, or None if it is."""
+    """Why the file at `path` is not a usable SQLite database, None if it is, UNCHECKED if the check could
+    not finish, e.g. while another process writes (only a corrupt file or not a database is damage)."""
     if size == 0:
         return "emptied" if known else None  # a new, empty file is how SQLite starts one
     with open(path, "rb") as f:
         if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
             return "not a SQLite database"
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_WAIT)) as db:
             if known:
                 db.execute("SELECT count(*) FROM sqlite_master").fetchone()
             else:  # first sight in this kernel: every page (a truncated copy passes the line above)
@@ -117,7 +125,7 @@ def _damage(path: Path, size: int, known: bool) -> str | None:
                 if verdict != "ok":
                     return verdict
     except sqlite3.DatabaseError as exc:
-        return str(exc)
+        return str(exc) if (exc.sqlite_errorcode or 0) & 0xFF in DAMAGE_CODES else UNCHECKED
     return None
 
 
