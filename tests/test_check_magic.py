@@ -179,3 +179,39 @@ def test_a_table_reference_picks_the_tabular_detector(shell, app_dir, capsys, mo
         shell.run_line_magic("scanflow", "checker start serve --detector ks")
     with pytest.raises(UsageError, match="needs the model it watches"):
         shell.run_line_magic("scanflow", "checker start serve --detector model_output")
+
+
+def test_a_model_output_checker_refuses_the_models_own_training_data(shell, digits_app, capsys):
+    """The trap of issue 14: outputs on training data are over-confident, so every fresh batch looks drifted."""
+    import mlflow
+    from sklearn.linear_model import LogisticRegression
+
+    app_dir, clean, _ = digits_app
+    shell.run_line_magic("scanflow", f"app {app_dir}")
+    app = shell.magics_manager.registry["ScanflowMagics"].current_app
+    uri = app.tracking_uri("serve")
+    X, y = load_digits()
+    flat = X.reshape(len(X), -1)
+    experiment = tr.experiment_id(tr.client_for(uri), "serve")
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(experiment_id=experiment) as training:
+            model = LogisticRegression(max_iter=2000).fit(flat[:600], y[:600])
+            mlflow.sklearn.log_model(model, name="model", registered_model_name="guarded")
+    finally:
+        mlflow.set_tracking_uri(None)
+    tr.client_for(uri).set_registered_model_alias("guarded", "champion", "1")
+    tr.log_reference(flat[:600], uri, "serve", run_id=training.info.run_id)  # the training rows, in the same run
+    for model_uri in ("models:/guarded@champion", "models:/guarded/1", f"runs:/{training.info.run_id}/model"):
+        with pytest.raises(UsageError, match="logged by the run that trained") as refused:
+            shell.run_line_magic("scanflow", f"checker start serve --detector model_output --model {model_uri}")
+        assert "held-out data" in str(refused.value)
+    assert not (app_dir / ".scanflow" / "checker" / "serve").exists(), "nothing was fitted on the training data"
+
+    tr.log_reference(flat[1200:1500], uri, "serve")  # held out: the newest reference wins
+    capsys.readouterr()
+    shell.run_line_magic("scanflow", "checker start serve --detector model_output --model models:/guarded/1")
+    try:
+        assert "ModelOutputDetector" in capsys.readouterr().out
+    finally:
+        shell.run_line_magic("scanflow", "checker stop serve")

@@ -17,12 +17,14 @@ the reference flags 95% of clean batches; with held-out outputs, about alpha. Th
 the labels behind BBSE: a training-set confusion matrix is over-confident.
 
 The model can be any object with `predict_proba`, a callable returning probabilities, or an MLflow
-model URI (loaded on first use). Probabilities a serving process logged with the batch can be
-scored instead of calling the model: `score(probabilities=P)`.
+model URI (loaded on first use, from `tracking_uri` and its registry when given). Probabilities a
+serving process logged with the batch can be scored instead of calling the model:
+`score(probabilities=P)`.
 """
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -50,6 +52,7 @@ class ModelOutputDetector(Detector):
         classes: list | None = None,
         permutations: int = 1000,
         max_reference: int = 2000,
+        tracking_uri: str | None = None,
     ) -> None:
         super().__init__(alpha, seed)
         if model is not None and not (isinstance(model, str) or hasattr(model, "predict_proba") or callable(model)):
@@ -58,6 +61,7 @@ class ModelOutputDetector(Detector):
                 f"got {type(model).__name__}"
             )
         self.model = model  # as given: an MLflow model URI stays a URI (it is what gets saved)
+        self.tracking_uri = tracking_uri  # where a models:/ or runs:/ URI is found (None: MLflow's current one)
         self._loaded = None
         self.classes = [str(c) for c in classes] if classes is not None else None
         self.permutations, self.max_reference = int(permutations), int(max_reference)
@@ -71,6 +75,7 @@ class ModelOutputDetector(Detector):
             "classes": self.classes,
             "permutations": self.permutations,
             "max_reference": self.max_reference,
+            "tracking_uri": self.tracking_uri,
         }
 
     @property
@@ -89,7 +94,7 @@ class ModelOutputDetector(Detector):
                 "ModelOutputDetector has no model: pass probabilities=..., or give the model to the detector"
             )
         if self._loaded is None:
-            self._loaded = _load_model(self.model) if isinstance(self.model, str) else self.model
+            self._loaded = _load_model(self.model, self.tracking_uri) if isinstance(self.model, str) else self.model
         model = self._loaded
         predict = model.predict_proba if hasattr(model, "predict_proba") else model
         try:
@@ -232,11 +237,43 @@ class ModelOutputDetector(Detector):
         self.source_proportions_ = state.get("source_proportions")
 
 
-def _load_model(uri: str):
-    """An MLflow model: the native scikit-learn object when it is one (it has predict_proba), else pyfunc."""
+def _load_model(uri: str, tracking_uri: str | None = None):
+    """An MLflow model: the native scikit-learn object when it is one (it has predict_proba), else pyfunc.
+
+    With `tracking_uri`, a models:/ or runs:/ URI is found in that tracker and its registry.
+    """
     import mlflow
 
-    try:
-        return mlflow.sklearn.load_model(uri)
-    except Exception:
-        return mlflow.pyfunc.load_model(uri).predict
+    if tracking_uri is None or not uri.startswith(("models:/", "runs:/")):
+        try:
+            return mlflow.sklearn.load_model(uri)
+        except Exception:
+            return mlflow.pyfunc.load_model(uri).predict
+    import mlflow.artifacts
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=_artifact_uri(uri, tracking_uri), dst_path=tmp, tracking_uri=tracking_uri
+        )
+        return _load_model(local)
+
+
+def registered_version(uri: str, tracking_uri: str):
+    """The registry's entry for models:/NAME/VERSION or models:/NAME@ALIAS in the registry of `tracking_uri`;
+    None for other URIs (runs:/..., a logged model models:/m-..., a path)."""
+    from ..track import get_client
+
+    name, at, alias = uri[len("models:/") :].partition("@")
+    name, _, version = name.partition("/")
+    if not uri.startswith("models:/") or not (at or version.isdigit()):
+        return None
+    client = get_client(tracking_uri)
+    return client.get_model_version_by_alias(name, alias) if at else client.get_model_version(name, version)
+
+
+def _artifact_uri(uri: str, tracking_uri: str) -> str:
+    """Where the files of the model `uri` are (MLflow resolves models:/ names in its process-wide registry only)."""
+    from ..track import get_client
+
+    found = registered_version(uri, tracking_uri)
+    return uri if found is None else get_client(tracking_uri).get_model_version_download_uri(found.name, found.version)

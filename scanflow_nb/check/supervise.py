@@ -100,15 +100,23 @@ def fitted_detector(
 
     spec = _checker_spec(app, workflow)
     reference = reference or spec.reference
+    uri = app.tracking_uri(workflow)
     if reference is not None:
-        X = read_reference(app, reference, app.tracking_uri(workflow))
+        X = read_reference(app, reference, uri)
+        reference_run = reference[len("runs:/") :].partition("/")[0] if reference.startswith("runs:/") else None
     else:
-        X, _ = load_reference(app.tracking_uri(workflow), app.experiment_name(workflow))
+        X, reference_run = load_reference(uri, app.experiment_name(workflow))
     kind = choose_kind(detector or spec.detector, X)
     if kind == "model_output" and model is None:
         raise ValidationError("the model_output detector needs the model it watches: give --model MODEL_URI")
-    options = {"model": model} if model is not None else {}
-    fingerprint = f"{FORMAT}|{kind}|{spec.alpha}|{model}|".encode() + _digest(X)
+    if kind == "model_output" and reference_run is not None and reference_run == training_run(model, uri):
+        raise ValidationError(
+            f"the reference data was logged by the run that trained {model} (run {reference_run}): a model is "
+            "over-confident on its training data, so nearly every fresh batch would look drifted; log held-out "
+            "data the model never saw with log_reference, or give it with --reference"
+        )
+    options = {"model": model, "tracking_uri": uri} if model is not None else {}
+    fingerprint = f"{FORMAT}|{kind}|{spec.alpha}|{sorted(options.items())}|".encode() + _digest(X)
     digest = hashlib.sha256(fingerprint).hexdigest()
     folder = app.state_dir / "checker" / workflow
     if (folder / "fingerprint").is_file() and (folder / "fingerprint").read_text() == digest:
@@ -118,6 +126,21 @@ def fitted_detector(
     fitted.save(folder / "detector")
     (folder / "fingerprint").write_text(digest)
     return fitted
+
+
+def training_run(model_uri: str, tracking_uri: str) -> str | None:
+    """The run that logged the MLflow model `model_uri` (runs:/ or a registered models:/ name), if known."""
+    from mlflow.exceptions import MlflowException
+
+    from .model_output import registered_version
+
+    if model_uri.startswith("runs:/"):
+        return model_uri[len("runs:/") :].partition("/")[0]
+    try:
+        found = registered_version(model_uri, tracking_uri)
+    except MlflowException:
+        return None  # not in this registry: loading it says what is wrong
+    return None if found is None else found.run_id
 
 
 def start_checker(
