@@ -14,6 +14,7 @@
 
     python bench/labeling.py                                  # 10 seeds (about an hour on a busy 2-core machine)
     python bench/labeling.py --quick                          # 3 seeds
+    python bench/labeling.py --part curves --jobs 2          # the learning curves only, two seeds at a time
     python bench/labeling.py --part curves --strategies auto margin typical random
 """
 
@@ -82,7 +83,13 @@ def area(points, start: int) -> float:
     return float(np.interp(np.arange(start, AREA_UNTIL + 1), n, s).mean())
 
 
-def curves_report(strategies: list[str], seeds: int, step: int, budget: int, models=LEARNERS, starts=(10, 20)) -> None:
+def curves_report(
+    strategies: list[str], seeds: int, step: int, budget: int, models=LEARNERS, starts=(10, 20), jobs: int = 1
+) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(jobs) if jobs > 1 else None
+    run_all = pool.map if pool else map
     print(
         f"\n== labels to reach test accuracy, digits, {seeds} seeds, {step} labels a query, classes not given, "
         f"at most {budget} labels (a run that never reaches a target counts as {budget}) ==",
@@ -93,7 +100,9 @@ def curves_report(strategies: list[str], seeds: int, step: int, budget: int, mod
             results = {}
             for strategy in strategies:
                 started = time.perf_counter()
-                runs = [curve(strategy, model, seed, start, step, budget) for seed in range(seeds)]
+                runs = list(
+                    run_all(curve, *zip(*[(strategy, model, seed, start, step, budget) for seed in range(seeds)]))
+                )
                 results[strategy] = runs
                 cells = []
                 for target in TARGETS:
@@ -127,6 +136,8 @@ def curves_report(strategies: list[str], seeds: int, step: int, budget: int, mod
                     + f", area {gain:+.4f}   (goals: <= 0.60x, area >= random's: {'met' if ok else 'NOT met'})",
                     flush=True,
                 )
+    if pool:
+        pool.shutdown()
 
 
 def big_pool(n: int = 5000) -> tuple[np.ndarray, np.ndarray]:
@@ -156,8 +167,8 @@ def query_time_report(repeats: int = 5) -> None:
                 cpu.append(time.process_time() - started_cpu)
                 used.add(improver.queries[-1].used)
             print(
-                f"{model:19s} {labeled:3d} labels ({', '.join(sorted(used))}): first query {times[0]:.2f} s "
-                f"(embedding fitted), then median {statistics.median(times[1:]):.2f} s, "
+                f"{model:19s} {labeled:3d} labels ({', '.join(sorted(used))}): first query {times[0]:.2f} s, CPU "
+                f"{cpu[0]:.2f} s (embedding fitted), then median {statistics.median(times[1:]):.2f} s, "
                 f"CPU {statistics.median(cpu[1:]):.2f} s   (goal: < 1 s; load average {os.getloadavg()[0]:.1f})",
                 flush=True,
             )
@@ -215,6 +226,7 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=["auto", "random"])
     parser.add_argument("--part", choices=["all", "curves", "time", "latency"], default="all")
     parser.add_argument("--models", nargs="+", choices=LEARNERS, default=list(LEARNERS))
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel (processes) for the curves")
     parser.add_argument("--starts", nargs="+", type=int, default=[10, 20], help="random labels to start from")
     args = parser.parse_args()
     seeds = args.seeds or (3 if args.quick else 10)
@@ -224,7 +236,7 @@ def main() -> None:
         flush=True,
     )
     if args.part in ("all", "curves"):
-        curves_report(args.strategies, seeds, args.step, args.budget, args.models, args.starts)
+        curves_report(args.strategies, seeds, args.step, args.budget, args.models, args.starts, args.jobs)
     if args.part in ("all", "time"):
         query_time_report()
     if args.part in ("all", "latency"):

@@ -95,7 +95,7 @@ def report(label: str, results) -> dict:
     return {"rows": rows, "summary": summary}
 
 
-def run(args, dataset: str, k: int, strategy: str, seed: int, label: str):
+def run(args, dataset: str, k: int, strategy: str, seed: int, label: str, detectors: dict):
     result = reproduce(
         dataset,
         k=k,
@@ -108,6 +108,7 @@ def run(args, dataset: str, k: int, strategy: str, seed: int, label: str):
         seed=seed,
         small=False,
         echo=None,
+        detectors=detectors,  # one detector per seed, shared by every k and strategy
     )
     s = result.summary()
     print(
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
         f"{args.repeats} random draws, seeds 0-{args.seeds - 1}",
         flush=True,
     )
-    out = {}
+    out, detectors = {}, {}
     for dataset in args.dataset:
         try:
             for k in args.k:
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
                     label = f"{dataset}, k = {k}, {strategy} ({args.embedding} embedding)"
                     started = time.perf_counter()
                     out[label] = report(
-                        label, [run(args, dataset, k, strategy, seed, label) for seed in range(args.seeds)]
+                        label, [run(args, dataset, k, strategy, seed, label, detectors) for seed in range(args.seeds)]
                     )
                     print(f"({time.perf_counter() - started:.0f} s, load average {os.getloadavg()[0]:.1f})", flush=True)
         except DatasetUnavailable as exc:

@@ -207,6 +207,7 @@ def reproduce(
     tracking_uri: str | None = None,
     experiment: str = "reproduction",
     echo: Callable[[str], None] | None = print,
+    detectors: dict | None = None,
 ) -> Reproduction:
     """Run the experiment on `dataset` ("digits" offline, or "mnist" / "fashion_mnist" online).
 
@@ -221,6 +222,8 @@ def reproduce(
     repeats      random draws averaged for the baseline (default 5; 3 in small mode)
     classifier   an unfitted scikit-learn classifier with predict_proba (default: logistic regression)
     tracking_uri with it, one MLflow run per corruption in `experiment` (parameters and accuracies)
+    detectors    a dict shared by calls that differ only in k, strategy, step or repeats: each detector is
+                 fitted once (it depends on the dataset, seed, size and detector only)
     """
     from .check import make_detector
     from .datasets import CORRUPTIONS, corrupt
@@ -281,8 +284,12 @@ def reproduce(
     options = (
         {"max_seconds": 20.0 if small else 120.0, "epochs": 40 if small else 150} if detector == "autoencoder" else {}
     )
-    fitted = make_detector(detector, **options).fit(X_ref)
-    say(f"{detector} detector fitted on {len(X_ref)} clean reference samples")
+    key = (dataset, seed, small, detector)
+    detectors = {} if detectors is None else detectors
+    if key not in detectors:
+        detectors[key] = make_detector(detector, **options).fit(X_ref)
+        say(f"{detector} detector fitted on {len(X_ref)} clean reference samples")
+    fitted = detectors[key]
 
     result = Reproduction(
         dataset, k, severity, detector, strategy, repeats, embedding, step, sizes, clean_accuracy, 0.0

@@ -95,6 +95,20 @@ def test_same_seed_same_numbers_and_results_logged_to_mlflow(tmp_path, monkeypat
     assert "accuracy_active" not in by_name["digits/none"].data.metrics
 
 
+def test_calls_sharing_detectors_fit_each_detector_once(result):
+    detectors = {}
+    runs = [
+        reproduce(
+            "digits", corruptions=["rotate"], detector="ks", small=True, repeats=1, k=k, echo=None, detectors=detectors
+        )
+        for k in (5, 10)
+    ]
+    assert list(detectors) == [("digits", 0, True, "ks")]  # fitted by the first call, used by the second
+    assert [r.labeled for r in runs[0].improved + runs[1].improved] == [5, 10]
+    for run in runs:  # the same detector as a run of its own gives the same verdicts
+        assert [(r.p_value, r.anomalies) for r in run.rows] == [(r.p_value, r.anomalies) for r in result.rows[:2]]
+
+
 def test_small_mode_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("SCANFLOW_SMALL", "1")
     assert small_mode()

@@ -76,14 +76,21 @@ def check(name: str) -> None:
 
 
 def choose(name: str, candidates: Candidates, k: int, history: list[Query]) -> tuple[np.ndarray, str, str]:
-    """Positions of k candidates chosen by strategy `name`; with the strategy that chose them and why."""
+    """Positions of k candidates chosen by strategy `name`; with the strategy that chose them and why.
+
+    Runs in one BLAS / OpenMP thread: the problems are small, and a retrain may run beside the query (threads
+    spinning against each other made a query of 10 from 5,000 take 5x the CPU time on a busy 2-core machine).
+    """
+    from threadpoolctl import threadpool_limits
+
     check(name)
     used, reason = (name, "")
-    if name == "auto":
-        used, reason = auto(candidates, history)
-    elif used in ("uncertainty", "margin", "entropy", "batch") and candidates.model is None:
-        used, reason = "random", "no model yet (labels of two classes are needed)"
-    positions = STRATEGIES[used](candidates, k)
+    with threadpool_limits(limits=1):
+        if name == "auto":
+            used, reason = auto(candidates, history)
+        elif used in ("uncertainty", "margin", "entropy", "batch") and candidates.model is None:
+            used, reason = "random", "no model yet (labels of two classes are needed)"
+        positions = STRATEGIES[used](candidates, k)
     return np.asarray(positions, dtype=int), used, reason
 
 
@@ -191,15 +198,11 @@ def _diverse(Z: np.ndarray, weight: np.ndarray, k: int, rng: np.random.Generator
 
 
 def _kmeans(Z: np.ndarray, k: int, rng: np.random.Generator, weight=None):
-    """k-means with at most as many clusters as distinct samples, in one OpenMP thread: the problems are
-    small, and a retrain may run beside the query (threads spinning against each other made k-means
-    5-10x slower on a busy 2-core machine)."""
+    """k-means with at most as many clusters as distinct samples."""
     from sklearn.cluster import KMeans
-    from threadpoolctl import threadpool_limits
 
     k = min(k, len(np.unique(Z, axis=0)))
-    with threadpool_limits(limits=1, user_api="openmp"):
-        return KMeans(k, n_init=1, random_state=int(rng.integers(2**31))).fit(Z, sample_weight=weight)
+    return KMeans(k, n_init=1, random_state=int(rng.integers(2**31))).fit(Z, sample_weight=weight)
 
 
 def _modal_score(name: str, sign: float) -> Callable:
