@@ -8,6 +8,10 @@ Either way the attempt is reaped here, so its exit code comes with its CPU time 
 attempt and of the children it waited for); its peak memory is the largest tree total sampled.
 (The rusage peak is no use: it counts the kernel's own memory, shared by the child between fork
 and exec.)
+
+The sampler takes as little as it can from the step it watches: on Linux it reads /proc itself (the
+kernel's child lists and `statm`: about 0.2 ms a look, where psutil's scan of every process took
+5 ms), and one that only measures (no watchdog to enforce) runs `SAMPLER_NICE` steps nicer.
 """
 
 from __future__ import annotations
@@ -21,12 +25,16 @@ import time
 
 from ..resources import Resources, Usage
 from .cgroups import ChildGroup, child_groups
+from .reaper import descendants, kill_tree
 
 log = logging.getLogger(__name__)
 
 CGROUP, WATCHDOG = "cgroup v2", "watchdog"
 INTERVAL = 0.1  # seconds between two samples of an attempt's memory
 REFRESH = 0.5  # seconds between two looks for new processes in its tree
+SAMPLER_NICE = 10  # how much nicer than the kernel the sampling threads are (Linux: a thread's own priority)
+PROC = os.path.isdir(f"/proc/{os.getpid()}/task")  # Linux: read /proc, not psutil
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def memory_mode() -> str:
@@ -83,26 +91,21 @@ class Monitor:
             self.exited.set()
 
     def _sample(self) -> None:
-        import psutil
-
-        try:
-            root = psutil.Process(self.process.pid)
-        except psutil.NoSuchProcess:
-            self._end_group()
-            return
-        tree, refreshed = [root], 0.0
+        if self.memory is None or self.group is not None:  # measuring only; a watchdog keeps its priority
+            lower_priority(SAMPLER_NICE)
+        pid, tree, refreshed = self.process.pid, [self.process.pid], 0.0
         try:
             while not self.exited.is_set():
                 if time.monotonic() - refreshed > REFRESH:
-                    tree, refreshed = _tree(root), time.monotonic()
+                    tree, refreshed = _tree(pid), time.monotonic()
                 rss = sum(_rss(p) for p in tree)
                 self.peak = max(self.peak, rss)
                 if self.memory is not None and self.group is None and rss > self.memory:
                     self.killed_for_memory = True
-                    _kill_tree(self.process.pid, tree)
+                    _kill_tree(pid)
                 self.exited.wait(INTERVAL)
         except Exception as exc:  # the attempt goes on; say why nothing is measured any more
-            log.warning("memory watchdog of executor process %s stopped: %s", self.process.pid, exc)
+            log.warning("memory watchdog of executor process %s stopped: %s", pid, exc)
         self._end_group()
 
     def _end_group(self) -> None:
@@ -117,32 +120,57 @@ def _wait4(pid: int) -> tuple[int, int, float]:
     return pid, status, rusage.ru_utime + rusage.ru_stime
 
 
-def _tree(root) -> list:
+def lower_priority(nice: int) -> None:
+    """Make the calling thread `nice` steps nicer (Linux: per thread; elsewhere nothing)."""
+    try:
+        me = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, me, os.getpriority(os.PRIO_PROCESS, me) + nice)
+    except (AttributeError, OSError):  # no per-thread priorities here: the thread keeps the process's
+        pass
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its live descendants."""
+    if PROC:
+        return [pid, *descendants(pid)]
     import psutil
 
     try:
-        return [root, *root.children(recursive=True)]
+        return [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
     except psutil.Error:
-        return [root]
+        return [pid]
 
 
-def _rss(process) -> int:
+def _rss(pid: int) -> int:
+    """Resident memory of `pid` in bytes (0 once it has ended)."""
+    if PROC:
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as f:
+                return int(f.read().split()[1]) * PAGE
+        except (OSError, IndexError, ValueError):  # gone since the last look
+            return 0
     import psutil
 
     try:
-        return process.memory_info().rss
-    except psutil.Error:  # gone since the last look
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
         return 0
 
 
-def _kill_tree(pid: int, tree: list) -> None:
-    """SIGKILL, as the kernel's OOM killer would: the process group, and each process of the tree."""
+def _kill_tree(pid: int) -> None:
+    """SIGKILL, as the kernel's OOM killer would: the process, its group and every descendant."""
+    if PROC:
+        return kill_tree(pid)
     import psutil
 
     try:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+    try:
+        tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return
     for process in tree:
         try:
             process.kill()
