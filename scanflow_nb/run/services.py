@@ -10,8 +10,6 @@ from __future__ import annotations
 import urllib.request
 
 from ..files import state_dir
-from ..serve.process import command
-from ..serve.spool import spool_root
 from .backend import Launch
 
 SERVICE_START_TIMEOUT = 300.0  # seconds a service may take to answer its health check (unless its timeout says)
@@ -23,6 +21,9 @@ def service_command(launch: Launch, python: str, host: str, app_dir=None) -> lis
     ex = launch.executor
     if ex.model is None:
         return [python, "-P", str(launch.script), *launch.args]
+    from ..serve.process import command  # the serve package (numpy and more): only for a model service
+    from ..serve.spool import spool_root
+
     spool = spool_root(state_dir(app_dir or launch.app_dir), f"{launch.workflow}/{ex.name}")
     env = launch.env
     cmd = command(
