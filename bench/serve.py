@@ -31,6 +31,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+# bench/docker.py would shadow the docker SDK (part 4 and the swarm back end import it): keep this folder off sys.path
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 

@@ -99,8 +99,9 @@ def test_every_answered_row_reaches_mlflow_with_predictions_and_probabilities(re
     assert predictions.tolist() == registry.models["1"].predict(X[:40]).tolist()
     assert run.data.tags["scanflow.model_version"] == "1"
     assert run.data.tags[tr.CLASSES_TAG] == str(list(range(10)))
-    stats = service.stats()
-    assert stats["rows"] == answered and 0 < stats["spool_rows"] == answered - sum(sizes)
+    # the logger process reports a batch logged just after MLflow has it: wait for the service to know too
+    stats = wait_for(lambda: (s := service.stats())["shipped_rows"] == sum(sizes) and s) or service.stats()
+    assert stats["rows"] == answered and 0 < stats["spool_rows"] == answered - sum(sizes), stats
     assert mlflow.get_run(run.info.run_id).data.tags["mlflow.parentRunId"] == stats["service_run_id"]
 
 
@@ -161,21 +162,58 @@ def test_a_moved_alias_is_served_without_a_failed_request(registry):
     assert logged_rows(registry.uri, "canary", "canary") == client.rows
 
 
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_rows_of_a_killed_service_are_logged_by_its_next_start(registry):
+    """Killed alone, the serving process takes its logger process with it; the next start logs what it left."""
     options = {"name": "crash", "flush_seconds": 600, "batch_rows": 10_000}
     svc = start_service(f"models:/{MODEL}/1", registry.uri, "crash", **options)
     client = Client(svc.url)
     for start in range(0, 20, 4):
         client.predict(registry.X[start : start + 4])
-    os.killpg(svc.process.pid, signal.SIGKILL)
+    logger = svc.stats()["logger_pid"]
+    assert alive(logger) and logger != svc.process.pid
+    os.kill(svc.process.pid, signal.SIGKILL)  # the serving process only
     svc.process.wait(30)
+    assert wait_for(lambda: not alive(logger), timeout=30)
     assert logged_rows(registry.uri, "crash", "crash") == 0
     again = start_service(f"models:/{MODEL}/1", registry.uri, "crash", **options)
     try:
         assert wait_for(lambda: logged_rows(registry.uri, "crash", "crash") == 20, timeout=60)
-        assert again.stats()["adopted_segments"] == 1
+        assert wait_for(lambda: again.stats()["adopted_segments"] == 1), again.stats()
     finally:
         again.stop()
+
+
+def test_a_dead_logger_is_said_and_started_again_and_nothing_is_lost(registry):
+    svc = start_service(f"models:/{MODEL}/1", registry.uri, "relog", name="relog", batch_rows=5, flush_seconds=600)
+    try:
+        client = Client(svc.url)
+        client.predict(registry.X[:5])
+        assert wait_for(lambda: logged_rows(registry.uri, "relog", "relog") == 5, timeout=60)
+        first = svc.stats()["logger_pid"]
+        os.kill(first, signal.SIGKILL)
+        health = wait_for(lambda: (h := requests.get(f"{svc.url}/health", timeout=5).json())["logger"] != "ok" and h)
+        assert health and health["status"] == "ok" and "exited with code -9" in health["logger"], health
+        for start in range(5, 25, 5):  # answered while the logger is away: journaled, logged when it is back
+            client.predict(registry.X[start : start + 5])
+        assert wait_for(lambda: logged_rows(registry.uri, "relog", "relog") == 25, timeout=90), svc.stats()
+        stats = wait_for(lambda: (s := svc.stats())["logger"] == "ok" and s["shipped_rows"] == 25 and s)
+        assert stats and stats["logger_pid"] != first and stats["batches"] == 5, svc.stats()
+    finally:
+        last_words = svc.stop()
+    assert "25 rows answered, 25 logged, 0 dropped" in last_words
+    mlflow = get_client(registry.uri)
+    runs = mlflow.search_runs(
+        [mlflow.get_experiment_by_name("relog").experiment_id], "tags.`scanflow.kind` = 'service'"
+    )
+    assert len(runs) == 1 and runs[0].data.metrics["rows"] == 25  # the new logger goes on with the same run
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""The serving journal on a real disk, with real processes killed mid-way: nothing answered is lost or repeated."""
+"""The serving journal on a real disk, both sides of it (the serving process's `Spool`, the logger's `Backlog`),
+with real processes killed mid-way: nothing answered is lost or repeated."""
 
 import json
 import signal
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from scanflow_nb.errors import ValidationError
+from scanflow_nb.serve.backlog import Backlog
 from scanflow_nb.serve.spool import Spool, read_segment
 
 HEADER = {"model_uri": "models:/m@champion", "version": "1"}
@@ -22,8 +24,13 @@ def entry(X, version="1", proba=True):
     return Spool.entry({**HEADER, "version": version}, X, predictions, probabilities)
 
 
+def backlog(spool, max_bytes=None):
+    """The logger's view of `spool`'s folder."""
+    return Backlog(spool.root, spool.replica, max_bytes or spool.max_bytes)
+
+
 def ready(spool):
-    return [p for p in spool.pending() if p.suffix == ".ready"]
+    return [p for p in backlog(spool).pending() if p.suffix == ".ready"]
 
 
 def test_requests_gather_into_batches_of_exactly_batch_rows_and_read_back_whole(tmp_path):
@@ -33,7 +40,7 @@ def test_requests_gather_into_batches_of_exactly_batch_rows_and_read_back_whole(
         spool.write(entry(rows[start : start + 3]))
     spool.write(entry(rows[15:29]))  # one request of 14 rows: 5 fill the second batch, 9 start the third
     assert len(ready(spool)) == 2
-    assert spool.stats()["spool_rows"] == 29 and spool.stats()["requests"] == 6
+    assert spool.stats() == {"rows": 29, "requests": 6, "open_rows": 9, "open_bytes": spool.stats()["open_bytes"]}
     assert spool.seal() is True
     segments = [read_segment(p) for p in ready(spool)]
     assert [s.rows for s in segments] == [10, 10, 9]
@@ -80,19 +87,22 @@ def test_a_torn_last_record_is_skipped(tmp_path):
 
 def test_past_the_bound_the_oldest_segments_are_dropped_and_counted(tmp_path):
     spool = Spool(tmp_path, batch_rows=1000, flush_seconds=60, max_bytes=2**20)
+    logger = backlog(spool)
     big = np.zeros((1000, 60))  # about 480 KB a segment
     for _ in range(5):
         spool.write(entry(big))
+    assert logger.bound() == 3000  # two segments fit in 1 MiB
     kept = ready(spool)
     claimed = kept[0]
-    assert spool.claim(claimed)  # being shipped: never dropped under the shipper
+    assert logger.claim(claimed)  # being shipped: never dropped under the shipper
     for _ in range(2):
         spool.write(entry(big))
-    stats = spool.stats()
+    assert logger.bound() == 2000
+    stats = logger.stats()
     assert stats["dropped_rows"] == 5000 and stats["dropped_segments"] == 5
-    assert stats["spool_bytes"] <= 2**20 + 500_000  # the claimed one may sit above the bound
-    assert claimed in spool.pending()
-    events = [json.loads(p.read_text()) for p in spool.pending() if p.suffix == ".event"]
+    assert stats["ready_bytes"] <= 2**20 + 500_000  # the claimed one may sit above the bound
+    assert claimed in logger.pending()
+    events = [json.loads(p.read_text()) for p in logger.pending() if p.suffix == ".event"]
     assert sum(e["rows"] for e in events if e["kind"] == "overflow") == 5000
     assert events[-1]["total_dropped_rows"] == 5000
 
@@ -101,12 +111,13 @@ def test_a_done_item_is_gone_and_a_released_one_stays(tmp_path):
     spool = Spool(tmp_path, batch_rows=1, flush_seconds=60)
     spool.write(entry([[1.0]]))
     spool.write(entry([[2.0]]))
-    one, two = ready(spool)
-    assert spool.claim(one) and not spool.claim(one)  # one shipper at a time
-    spool.done(one)
-    assert spool.claim(two)
-    spool.release(two)
-    assert spool.pending() == [two] and not one.exists()
+    logger = backlog(spool)
+    one, two = logger.pending()
+    assert logger.claim(one) and not logger.claim(one)  # one shipper at a time
+    logger.done(one)
+    assert logger.claim(two)
+    logger.release(two)
+    assert logger.pending() == [two] and not one.exists()
 
 
 KILLED_WRITER = textwrap.dedent(
@@ -140,24 +151,26 @@ def test_a_killed_replicas_rows_are_adopted_by_the_next_one(tmp_path):
     dead = proc.stdout.readline().strip()
     assert proc.wait(30) == -signal.SIGKILL
     spool = Spool(tmp_path, batch_rows=100, flush_seconds=60)
-    assert spool.adopt() == 2  # the sealed segment of 4 rows and the open one of 2
+    logger = backlog(spool)
+    assert logger.adopt() == 2  # the sealed segment of 4 rows and the open one of 2
     rows = [read_segment(p).X[:, 0].tolist() for p in ready(spool)]
     assert sorted(sum(rows, [])) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert logger.stats()["adopted_rows"] == 6
     assert not (tmp_path / dead).exists() and not (tmp_path / f"{dead}.lock").exists()
-    assert spool.adopt() == 0  # once
+    assert logger.adopt() == 0  # once
 
 
 def test_a_living_replicas_journal_is_left_alone(tmp_path):
     proc = writer(tmp_path, "live")
     alive = proc.stdout.readline().strip()
     try:
-        spool = Spool(tmp_path, batch_rows=100, flush_seconds=60)
-        assert spool.adopt() == 0
+        logger = backlog(Spool(tmp_path, batch_rows=100, flush_seconds=60))
+        assert logger.adopt() == 0
         assert any((tmp_path / alive).iterdir())
     finally:
         proc.stdin.close()
         proc.wait(30)
-    assert spool.adopt() == 2  # it ended without closing its spool: now it is an orphan
+    assert logger.adopt() == 2  # it ended without closing its spool: now it is an orphan
 
 
 def test_close_keeps_what_is_unshipped_for_the_next_replica(tmp_path):
@@ -165,7 +178,7 @@ def test_close_keeps_what_is_unshipped_for_the_next_replica(tmp_path):
     spool.write(entry([[1.0, 2.0]]))
     spool.close()
     successor = Spool(tmp_path, batch_rows=100, flush_seconds=60)
-    assert successor.adopt() == 1
+    assert backlog(successor).adopt() == 1
     assert [read_segment(p).X.tolist() for p in ready(successor)] == [[[1.0, 2.0]]]
     empty = Spool(tmp_path / "other", batch_rows=100, flush_seconds=60)
     empty.close()

@@ -33,7 +33,9 @@ def asgi_app(service: PredictionService):
     app = FastAPI(title=f"scanflow serve {service.name}", lifespan=lifespan)
 
     async def health():
-        return JSONResponse({"status": "ok", "version": service.model.version, "tracker": service.stats()["tracker"]})
+        stats = service.stats()
+        keys = ("tracker", "logger", "spool_rows", "last_error")
+        return JSONResponse({"status": "ok", "version": service.model.version, **{k: stats[k] for k in keys}})
 
     app.get("/health")(health)
     app.get("/ping")(health)

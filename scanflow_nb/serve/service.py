@@ -3,11 +3,13 @@
 Requests are parsed, predicted and formatted by MLflow's own scoring server code
 (`mlflow.pyfunc.scoring_server.invocations`: `inputs`, `instances`, `dataframe_split`, `dataframe_records`,
 CSV, Parquet), so clients see exactly what `mlflow models serve` answers. Around it, the service
-- writes each answered request's rows, predictions and class probabilities to the replica's spool before the
-  reply goes out (one local write; MLflow is never on the request path), and a shipper thread logs them as
-  inference batches of `batch_rows` rows or `flush_seconds` seconds;
+- writes each answered request's rows and predictions to the replica's spool before the reply goes out (one
+  local write; MLflow is never on the request path), and the replica's logger process logs them as inference
+  batches of `batch_rows` rows or `flush_seconds` seconds, with their class probabilities (MLflow's writes
+  never hold this process's GIL: a request never waits for them);
 - follows a registry alias: a moved alias is loaded in the background and swapped in with one assignment;
-- answers `/health` (and MLflow's `/ping`), `/version` (which model version answers, as JSON) and `/stats`.
+- answers `/health` (and MLflow's `/ping`), `/version` (which model version answers, as JSON) and `/stats`
+  (what was answered, journaled, logged, dropped; the tracker's and the logger's state).
 `http.serve()` runs it with uvicorn, as MLflow does, and flushes everything on a clean stop (SIGTERM, Ctrl-C).
 """
 
@@ -27,13 +29,24 @@ import numpy as np
 
 from ..errors import ValidationError
 from ..files import state_dir
+from .logger import LoggerProcess
 from .model import AliasFollower, LoadedModel, follows, load_model, registered_name
-from .shipper import Shipper
 from .spool import Entry, Spool, spool_root
 
 log = logging.getLogger("scanflow_nb.serve")
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 5000
+# what the logger process reports: rows logged, batches, events, and what its spool bound dropped or it adopted
+LOGGED = (
+    "shipped_rows",
+    "batches",
+    "switches_logged",
+    "unloggable_rows",
+    "dropped_rows",
+    "dropped_segments",
+    "adopted_segments",
+    "adopted_rows",
+)
 VERSION_HEADER = "X-Scanflow-Model-Version"
 # our own loop retries the tracker; MLflow's client would otherwise retry one call for minutes
 CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
@@ -130,14 +143,17 @@ class PredictionService:
             self.spool.close()
             raise
         settings = {"model_uri": model_uri, "batch_rows": batch_rows, "flush_seconds": flush_seconds}
-        self.shipper = Shipper(
-            self.spool,
-            tracking_uri,
-            self.experiment,
-            self.name,
-            {**settings, **(params or {})},
-            parent_run_id=parent_run_id,
-            probabilities=self.probabilities,
+        self.logger = LoggerProcess(
+            {
+                "root": str(self.spool.root),
+                "replica": self.spool.replica,
+                "max_bytes": self.spool.max_bytes,
+                "tracking_uri": tracking_uri,
+                "experiment": self.experiment,
+                "service": self.name,
+                "params": {**settings, **(params or {})},
+                "parent_run_id": parent_run_id,
+            },
             on_error=self._error,
         )
         self.follower = (
@@ -151,9 +167,8 @@ class PredictionService:
         self.unlogged = {"rows": 0, "requests": 0}
         self.drain_seconds = drain_seconds
         self.started_at = time.time()
-        self._proba_broken: set[str | None] = set()
         self._headers: dict[tuple, tuple[dict, str]] = {}
-        self._models = {self.model.version: self.model}  # the versions whose rows may still wait to be shipped
+        self._replaced: list[LoadedModel] = []  # their files go once requests to them have finished
         self._stop = threading.Event()
         self._sealer = threading.Thread(target=self._seal_old, name=f"scanflow-seal-{self.name}", daemon=True)
         self._closed: dict[str, Any] | None = None
@@ -161,17 +176,15 @@ class PredictionService:
 
     # -- life ----------------------------------------------------------------------------------------
     def start(self) -> PredictionService:
-        self.spool.adopt()
-        self.shipper.start()
+        self.logger.start()
         self._sealer.start()
         if self.follower is not None:
             self.follower.start()
         return self
 
     def close(self) -> dict[str, Any]:
-        """Stop following, seal what is buffered and log it (within `drain_seconds`); returns the final stats.
-
-        What cannot be logged in time stays in the spool, for the next replica of this service to log.
+        """Stop following, seal what is buffered and have the logger log it (within `drain_seconds`);
+        returns the final stats. What cannot be logged in time stays in the spool, for the next replica.
         """
         with self._close_lock:
             if self._closed is not None:
@@ -180,10 +193,11 @@ class PredictionService:
             if self.follower is not None:
                 self.follower.stop()
             self.spool.seal()
-            drained = self.shipper.stop(self.drain_seconds)
+            final = self.logger.stop(self.drain_seconds, self.spool.counts)
             self.spool.close()
-            self._closed = {**self.stats(), "drained": drained}
-            self.model.discard()
+            self._closed = {**self.stats(), "drained": bool(final.get("drained"))}
+            for model in [*self._replaced, self.model]:
+                model.discard()
             return self._closed
 
     def _seal_old(self) -> None:
@@ -202,17 +216,14 @@ class PredictionService:
     def switch(self, new: LoadedModel) -> None:
         """Answer with `new` from now on (one assignment: no request sees neither model)."""
         old, self.model = self.model, new
-        self._models[new.version] = new
         record = {"previous": old.version, "version": new.version, "load_seconds": round(new.load_seconds, 3)}
         self.switches.append({**record, "at": time.time()})
         self.spool.event("switch", **record, reason=f"{self.model_uri} moved from {old.label} to {new.label}")
         log.warning("serve %s: now answering with %s (was %s)", self.name, new.label, old.label)
-        threading.Timer(60.0, self._forget, args=(old,)).start()  # requests and batches of it finish first
-
-    def _forget(self, old: LoadedModel) -> None:
-        if self.model is not old:
-            self._models.pop(old.version, None)
-            old.discard()
+        self._replaced.append(old)
+        forget = threading.Timer(60.0, old.discard)  # requests to it finish first
+        forget.daemon = True
+        forget.start()
 
     # -- answering ------------------------------------------------------------------------------------
     def answer(self, body: bytes, content_type: str | None) -> Reply:
@@ -250,29 +261,6 @@ class PredictionService:
         header, key = self._headers[place]
         return Spool.entry(header, X, predictions, key=key)
 
-    def probabilities(self, header: dict[str, Any], X: np.ndarray) -> tuple[np.ndarray | None, list | None]:
-        """Class probabilities of a logged segment's rows by the version that answered them, and its classes.
-
-        Computed when the segment is shipped, for all its rows at once (not on the request path); None
-        when that version is no longer loaded here (e.g. rows adopted from another replica) or has none.
-        """
-        model = self._models.get(header.get("version"))
-        if model is None or model.uri != header.get("model_uri") or model.predict_proba is None:
-            return None, None
-        if model.version in self._proba_broken:
-            return None, None
-        try:
-            given = X
-            if model.takes_frames and header.get("columns"):
-                import pandas as pd
-
-                given = pd.DataFrame(X, columns=header["columns"])
-            return np.asarray(model.predict_proba(given), dtype=float), model.classes
-        except Exception as exc:
-            self._proba_broken.add(model.version)
-            self._error(f"{model.label} answers but its predict_proba fails ({exc}): logging predictions only")
-            return None, None
-
     def journal(self, reply: Reply) -> None:
         """Write a reply's rows to the spool: call it just before the reply goes out."""
         self.statuses[reply.status] += 1
@@ -290,20 +278,28 @@ class PredictionService:
         return {**self.model.info(), "service": self.name, "follows": self.follower is not None, "mlflow": VERSION}
 
     def stats(self) -> dict[str, Any]:
-        shipper = self.shipper
+        logged, spool = self.logger.status, self.spool.stats()
+        counts = {key: logged.get(key, 0) for key in LOGGED}
+        settled = counts["shipped_rows"] + counts["dropped_rows"] + counts["unloggable_rows"]
         return {
             "service": self.name,
             "replica": self.spool.replica,
             "model_version": self.model.version,
             "uptime_s": round(time.time() - self.started_at, 1),
             "answered": dict(sorted(self.statuses.items())),
-            **self.spool.stats(),
-            **shipper.counts,
+            "rows": spool["rows"],
+            "requests": spool["requests"],
+            **counts,
+            "spool_rows": spool["rows"] + counts["adopted_rows"] - settled,
+            "spool_bytes": spool["open_bytes"] + logged.get("ready_bytes", 0),
+            "spool_dir": str(self.spool.dir),
             "unlogged_rows": self.unlogged["rows"],
             "unlogged_requests": self.unlogged["requests"],
-            "tracker": "unreachable" if shipper.outage else "ok",
-            "outages": len(shipper.outages),
-            "service_run_id": shipper.service_run,
+            "tracker": "unreachable" if logged.get("outage") else "ok",
+            "outages": logged.get("outages", 0),
+            "logger": self.logger.health(),
+            "logger_pid": self.logger.pid,
+            "service_run_id": logged.get("service_run"),
             "switches": self.switches[-20:],
             "last_error": self.errors[-1] if self.errors else None,
         }

@@ -1,4 +1,4 @@
-"""The shipper: one daemon thread that turns what the spool holds into MLflow runs, oldest first.
+"""The shipper: the thread of a replica's logger process that turns what the spool holds into MLflow runs.
 
 A sealed segment becomes one inference batch (`check.tracking.log_batch`, the convention the watcher reads),
 with the model's predictions beside it and its class probabilities (computed here, for the whole batch at once,
@@ -8,7 +8,8 @@ event becomes what it records: a model switch is a child run of the service run,
 run's `dropped_rows` metric. While the tracker is away the thread waits (doubling up to `max_backoff`),
 records the outage and goes on where it stopped; a segment is deleted only once MLflow has it, and a
 segment whose upload may have been cut short (here, or by a dead replica it was adopted from) is looked up
-by its id before it is logged again: no batch twice.
+by its id before it is logged again: no batch twice. It looks at the spool every `poll` seconds, keeping it
+under its bound even while the tracker is away.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Any
 from ..check import tracking as tr
 from ..errors import ScanflowError, TrackerError
 from ..track import experiment_id, get_client, log_values
-from .spool import EVENT, Spool, read_segment
+from .backlog import Backlog
+from .spool import EVENT, read_segment
 
 log = logging.getLogger("scanflow_nb.serve")
 
@@ -37,11 +39,14 @@ KIND_TAG = "scanflow.kind"
 
 
 class Shipper:
-    """Logs the spool of one replica to `experiment` at `tracking_uri` in a daemon thread."""
+    """Logs the backlog of one replica to `experiment` at `tracking_uri` in a daemon thread.
+
+    `counts` and `service_run` carry on from an earlier logger of the same replica (one restarted).
+    """
 
     def __init__(
         self,
-        spool: Spool,
+        backlog: Backlog,
         tracking_uri: str,
         experiment: str,
         service: str,
@@ -51,14 +56,18 @@ class Shipper:
         max_backoff: float = 30.0,
         adopt_every: float = 10.0,
         on_error: Callable[[str], None] | None = None,
+        poll: float = 0.25,
+        counts: dict[str, int] | None = None,
+        service_run: str | None = None,
     ):
-        self.spool, self.tracking_uri, self.experiment, self.service = spool, tracking_uri, experiment, service
+        self.backlog, self.tracking_uri, self.experiment, self.service = backlog, tracking_uri, experiment, service
         self.params, self.parent_run_id = dict(params or {}), parent_run_id
         self.probabilities = probabilities or (lambda header, X: (None, None))
-        self.max_backoff, self.adopt_every = max_backoff, adopt_every
+        self.max_backoff, self.adopt_every, self.poll = max_backoff, adopt_every, poll
         self.on_error = on_error or (lambda message: None)
-        self.service_run: str | None = None
-        self.counts = {"shipped_rows": 0, "batches": 0, "switches_logged": 0, "unloggable_rows": 0}
+        self.service_run = service_run
+        keys = ("shipped_rows", "batches", "switches_logged", "unloggable_rows")
+        self.counts = {key: int((counts or {}).get(key, 0)) for key in keys}
         self.outages: list[dict[str, float | None]] = []
         self.last_error: str | None = None
         self._retry: set[str] = set()  # segment ids whose earlier upload failed midway
@@ -73,14 +82,16 @@ class Shipper:
         self._thread.start()
         return self
 
-    def stop(self, drain_seconds: float = 30.0) -> bool:
-        """Stop the thread, then ship what is left within `drain_seconds`; True if nothing is left."""
+    def stop(self, drain_seconds: float = 30.0, totals: dict[str, int] | None = None) -> bool:
+        """Stop the thread, then ship what is left within `drain_seconds`; True if nothing is left.
+
+        `totals`: the rows and requests the replica answered, for the service run's last metrics.
+        """
         self._stop.set()
-        self.spool.sealed.set()
         if self._thread is not None:
             self._thread.join(max(drain_seconds, 1.0))
         deadline = time.monotonic() + drain_seconds
-        while self.spool.pending() and time.monotonic() < deadline:
+        while self.backlog.pending() and time.monotonic() < deadline:
             try:
                 self.ship()
             except Exception as exc:
@@ -88,10 +99,10 @@ class Shipper:
                 time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         if self.service_run is not None:
             try:
-                self._close_service_run()
+                self._close_service_run(totals or {})
             except Exception as exc:
                 self._failed(exc)
-        return not self.spool.pending()
+        return not self.backlog.pending()
 
     @property
     def outage(self) -> bool:
@@ -110,15 +121,15 @@ class Shipper:
             self.outages[-1]["ended"] = time.time()
             self._outage_start = None
         shipped = 0
-        for path in self.spool.pending():
-            if not self.spool.claim(path):
+        for path in self.backlog.pending():
+            if not self.backlog.claim(path):
                 continue  # dropped by the bound meanwhile (and counted there)
             try:
                 self._event(client, path) if path.suffix == EVENT else self._segment(client, path)
             except BaseException:
-                self.spool.release(path)
+                self.backlog.release(path)
                 raise
-            self.spool.done(path)
+            self.backlog.done(path)
             shipped += 1
         return shipped
 
@@ -128,7 +139,7 @@ class Shipper:
             return
         header = segment.header
         # after a cut-short upload, here or by the (dead) replica this segment was adopted from: look first
-        unsure = segment.id in self._retry or header.get("replica") != self.spool.replica
+        unsure = segment.id in self._retry or header.get("replica") != self.backlog.replica
         if unsure and self._already_logged(client, segment.id):
             self._retry.discard(segment.id)
             self.counts["shipped_rows"] += segment.rows
@@ -208,42 +219,43 @@ class Shipper:
             client.log_metric(self.service_run, "dropped_rows", float(event["total_dropped_rows"]))
 
     def _open_service_run(self, client) -> None:
-        tags = {KIND_TAG: "service", SERVICE_TAG: self.service, REPLICA_TAG: self.spool.replica}
+        tags = {KIND_TAG: "service", SERVICE_TAG: self.service, REPLICA_TAG: self.backlog.replica}
         if self.parent_run_id:  # e.g. the executor run of a workflow's service
             tags[tr.PARENT_TAG] = self.parent_run_id
         self.service_run = client.create_run(
-            self._exp, run_name=f"serve {self.service} ({self.spool.replica})", tags=tags
+            self._exp, run_name=f"serve {self.service} ({self.backlog.replica})", tags=tags
         ).info.run_id
         log_values(client, self.service_run, params=self.params)
 
-    def _close_service_run(self) -> None:
+    def _close_service_run(self, totals: dict[str, int]) -> None:
         client = get_client(self.tracking_uri)
-        stats = self.spool.stats()
+        stats = self.backlog.stats()
         metrics = {
-            "requests": stats["requests"],
-            "rows": stats["rows"],
+            **totals,
             "dropped_rows": stats["dropped_rows"],
-            "left_in_spool_rows": stats["spool_rows"],
+            "left_in_spool_rows": stats["ready_rows"],
             **self.counts,
         }
         log_values(client, self.service_run, metrics=metrics)
         client.set_terminated(self.service_run, "FINISHED")
 
     def _run(self) -> None:
-        backoff, next_adopt = 0.5, 0.0
-        while not self._stop.is_set():
+        backoff, next_try, next_adopt = 0.5, 0.0, 0.0
+        while True:
             try:
                 if time.monotonic() >= next_adopt:
-                    self.spool.adopt()
+                    self.backlog.adopt()
                     next_adopt = time.monotonic() + self.adopt_every
-                self.spool.sealed.clear()
-                self.ship()
-                backoff = 0.5
-                self.spool.sealed.wait(self.adopt_every)
+                self.backlog.bound()
+                if time.monotonic() >= next_try and (self.service_run is None or self.backlog.pending()):
+                    self.ship()
+                    backoff = 0.5
             except Exception as exc:
                 self._failed(exc)
-                self._stop.wait(backoff)
+                next_try = time.monotonic() + backoff
                 backoff = min(backoff * 2, self.max_backoff)
+            if self._stop.wait(self.poll):
+                return
 
     def _failed(self, exc: BaseException) -> None:
         message = f"{type(exc).__name__}: {exc}"
@@ -255,7 +267,7 @@ class Shipper:
                 self.service,
                 self.tracking_uri,
                 message,
-                self.spool.dir,
+                self.backlog.dir,
             )
         if message != self.last_error:
             self.on_error(message)

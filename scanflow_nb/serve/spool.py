@@ -6,15 +6,15 @@ A segment gathers the rows of consecutive requests answered by one model version
 `.open` while requests append to it, and renamed `.ready` when sealed (at `batch_rows` rows, when older than
 the flush interval, on a model switch or a shape change, on stop). An event (`.event`, JSON) is something to
 log besides rows: a model switch, an overflow. The shipper logs ready items oldest first and deletes each one
-once MLflow has it.
+once MLflow has it. This module is the serving process's side; `backlog.Backlog` is the logger process's.
 
 Crash safety: each request is one `os.write` made before the reply, so a process killed afterwards loses
 nothing it answered (the page cache keeps it); a record torn by a kill mid-write was never answered and is
-skipped on reading. A replica adopts the folders of dead replicas (their lock is free) under the same root,
-at start and from time to time, so rows spooled by a killed replica are logged by the next one.
+skipped on reading. A replica's logger adopts the folders of dead replicas (their lock is free) under the same
+root, at start and from time to time, so rows spooled by a killed replica are logged by the next one.
 
-Bounded: while the tracker is away segments pile up; past `max_bytes` the oldest ready segments are dropped.
-Dropped rows are counted (`stats()`) and recorded in an overflow event, which the shipper logs: never silent.
+Bounded: while the tracker is away segments pile up; past `max_bytes` the logger drops the oldest ready
+segments, counts them and records an overflow event, which it logs: never silent.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import struct
 import threading
 import time
@@ -160,7 +159,11 @@ def read_segment(path: Path) -> Segment:
 
 
 class Spool:
-    """The journal of replica `replica` of a service, in `root` (created if missing)."""
+    """The journal of replica `replica` of a service, in `root` (created if missing): the serving process's side.
+
+    It writes and seals segments and records events; the replica's logger process (`Backlog`, `Shipper`)
+    takes them from there. It holds `<replica>.lock` while it lives.
+    """
 
     def __init__(
         self,
@@ -186,10 +189,7 @@ class Spool:
         self.dir.mkdir(exist_ok=True)
         self._lock = threading.Lock()
         self._open: _Open | None = None
-        self._ready: dict[Path, tuple[int, int]] = {}  # sealed segment -> (bytes, rows)
-        self._claimed: set[Path] = set()  # being shipped: never dropped meanwhile
-        self.sealed = threading.Event()  # set when something becomes ready to ship
-        self.counts = {"rows": 0, "requests": 0, "dropped_rows": 0, "dropped_segments": 0, "adopted_segments": 0}
+        self.counts = {"rows": 0, "requests": 0}
         self.closed = False
 
     # -- the request path ----------------------------------------------------------------------
@@ -247,124 +247,25 @@ class Spool:
     def _seal(self) -> None:
         seg, self._open = self._open, None
         os.close(seg.fd)
-        ready = seg.path.with_suffix(READY)
-        os.replace(seg.path, ready)
-        self._ready[ready] = (seg.size, seg.rows)
-        self._bound()
-        self.sealed.set()
+        os.replace(seg.path, seg.path.with_suffix(READY))
 
-    def _bound(self) -> None:
-        total = sum(size for size, _ in self._ready.values())
-        dropped_rows = dropped = 0
-        for path in sorted(self._ready):
-            if total <= self.max_bytes:
-                break
-            if path in self._claimed:
-                continue
-            size, rows = self._ready.pop(path)
-            path.unlink(missing_ok=True)
-            total -= size
-            dropped_rows += rows
-            dropped += 1
-        if dropped:
-            self.counts["dropped_rows"] += dropped_rows
-            self.counts["dropped_segments"] += dropped
-            self._event("overflow", rows=dropped_rows, segments=dropped, total_dropped_rows=self.counts["dropped_rows"])
-
-    # -- events ------------------------------------------------------------------------------------
     def event(self, kind: str, **data: Any) -> None:
         """Record something to log besides rows (e.g. a model switch), in order with the segments."""
         with self._lock:
-            self._event(kind, **data)
-            self.sealed.set()
-
-    def _event(self, kind: str, **data: Any) -> None:
-        path = self.dir / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}{EVENT}"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"kind": kind, "at": time.time(), "replica": self.replica, **data}))
-        os.replace(tmp, path)
-
-    # -- the shipper's side ------------------------------------------------------------------------
-    def pending(self) -> list[Path]:
-        """Sealed segments and events, oldest first."""
-        with self._lock:
-            return sorted([*self._ready, *self.dir.glob(f"*{EVENT}")], key=lambda p: p.name)
-
-    def claim(self, path: Path) -> bool:
-        """Mark a segment as being shipped (False if it was dropped meanwhile)."""
-        with self._lock:
-            if path in self._claimed or (path.suffix == READY and path not in self._ready):
-                return False
-            self._claimed.add(path)
-            return True
-
-    def done(self, path: Path) -> None:
-        """The item is in MLflow: forget it."""
-        with self._lock:
-            self._claimed.discard(path)
-            self._ready.pop(path, None)
-            path.unlink(missing_ok=True)
-
-    def release(self, path: Path) -> None:
-        """Shipping failed: the item stays for the next attempt."""
-        with self._lock:
-            self._claimed.discard(path)
-
-    def adopt(self) -> int:
-        """Take over the folders of dead replicas under the same root; returns how many segments came."""
-        adopted = 0
-        for lock in self.root.glob("*.lock"):
-            replica = lock.name[: -len(".lock")]
-            if replica == self.replica:
-                continue
-            try:
-                fd = os.open(lock, os.O_RDWR)
-            except FileNotFoundError:
-                continue
-            try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # alive
-                adopted += self._take(self.root / replica)
-                lock.unlink(missing_ok=True)
-            finally:
-                os.close(fd)
-        if adopted:
-            with self._lock:
-                self.counts["adopted_segments"] += adopted
-                self._bound()
-                self.sealed.set()
-        return adopted
-
-    def _take(self, folder: Path) -> int:
-        taken = 0
-        for item in sorted(folder.glob("*")) if folder.is_dir() else []:
-            if item.suffix in (OPEN, READY):
-                target = self.dir / item.with_suffix(READY).name
-                os.replace(item, target)
-                rows = read_segment(target).rows
-                with self._lock:
-                    self._ready[target] = (target.stat().st_size, rows)
-                taken += 1
-            elif item.suffix == EVENT:
-                os.replace(item, self.dir / item.name)
-        shutil.rmtree(folder, ignore_errors=True)
-        return taken
+            write_event(self.dir, kind, replica=self.replica, **data)
 
     # -- state -------------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
+        """Rows and requests journaled, and the open segment's rows and bytes."""
         with self._lock:
-            open_rows = self._open.rows if self._open else 0
-            return {
-                **self.counts,
-                "spool_rows": open_rows + sum(rows for _, rows in self._ready.values()),
-                "spool_bytes": (self._open.size if self._open else 0) + sum(s for s, _ in self._ready.values()),
-                "spool_dir": str(self.dir),
-            }
+            seg = self._open
+            return {**self.counts, "open_rows": seg.rows if seg else 0, "open_bytes": seg.size if seg else 0}
 
     def close(self) -> None:
-        """Seal what is open and let go of the lock; the folder goes when nothing is left in it."""
+        """Seal what is open and let go of the lock; the folder goes when nothing is left in it.
+
+        Call it once the replica's logger process has ended: what is left waits for the next replica.
+        """
         with self._lock:
             if self.closed:
                 return
@@ -372,10 +273,19 @@ class Spool:
                 self._seal()
             self.closed = True
         with contextlib.suppress(OSError):
-            self.dir.rmdir()  # only if empty: what is left waits for the next replica
+            self.dir.rmdir()  # only if empty
         if not self.dir.exists():
             (self.root / f"{self.replica}.lock").unlink(missing_ok=True)
         os.close(self._lock_fd)
+
+
+def write_event(folder: Path, kind: str, **data: Any) -> Path:
+    """An event file in `folder`, named to sort in time with the segments, written whole or not at all."""
+    path = folder / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}{EVENT}"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"kind": kind, "at": time.time(), **data}))
+    os.replace(tmp, path)
+    return path
 
 
 def spool_root(base: str | Path, service: str) -> Path:
