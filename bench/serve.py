@@ -299,28 +299,34 @@ def switch(tracker: str, X, args) -> None:
 
 
 SWARM_LOAD = """\
-import json, os, threading, time, urllib.request
+import collections, json, os, threading, time, urllib.request
 rows = {rows}
 url = os.environ["SCANFLOW_SERVICE_API"] + "/invocations"
 body = json.dumps({{"inputs": rows}}).encode()
-counts = {{"answered": 0, "failed": 0}}
+counts, by_replica = collections.Counter(), collections.Counter()
 lock = threading.Lock()
 
 def client():
     deadline = time.monotonic() + {seconds}
     while time.monotonic() < deadline:
+        replica = None
         try:  # a new connection each time: round-robin DNS spreads them over the replicas
-            urllib.request.urlopen(urllib.request.Request(url, body, {{"Content-Type": "application/json"}})).read()
-            outcome = "answered"
+            request = urllib.request.Request(url, body, {{"Content-Type": "application/json"}})
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                reply.read()
+                replica = reply.headers["X-Scanflow-Replica"]
         except OSError:
-            outcome = "failed"
+            time.sleep(0.05)
         with lock:
-            counts[outcome] += 1
+            counts["answered" if replica else "failed"] += 1
+            if replica:
+                by_replica[replica] += 1
 
 threads = [threading.Thread(target=client) for _ in range({clients})]
 [t.start() for t in threads]
 [t.join() for t in threads]
-print("LOAD", json.dumps({{**counts, "rows": counts["answered"] * len(rows)}}))
+report = {{**counts, "rows": counts["answered"] * len(rows), "by_replica": dict(by_replica)}}
+print("LOAD", json.dumps(report))
 """
 
 
@@ -340,7 +346,7 @@ def swarm(X, y, args) -> None:
     rows = X[: args.rows].tolist()
     load = SWARM_LOAD.format(rows=json.dumps(rows), seconds=args.swarm_seconds, clients=args.clients)
     api = Executor(
-        "api", model=f"models:/{MODEL}@champion", port=free_port(), replicas=2, parameters={"flush-seconds": 1}
+        "api", model=f"models:/{MODEL}@champion", port=free_port(), replicas=2, parameters={"flush-seconds": 5}
     )
     app = App(Path.cwd() / "swarm_app")
     app.path.mkdir(exist_ok=True)
@@ -371,14 +377,17 @@ def swarm(X, y, args) -> None:
         "swarm", backend=SwarmBackend(echo=lambda line: None, tracker_timeout=600), echo=False, listeners=[on_event]
     )
     report = json.loads(app.logs("swarm/load").split("LOAD ", 1)[1])
+    report.setdefault("failed", 0)
     logged = logged_rows(uri, "swarm", "api")
     replicas = {r.data.tags["scanflow.serve.replica"] for r in service_batches(uri, "swarm", "api")}
     replaced = f"{moments['replaced'] - moments['killed']:.1f} s" if "replaced" in moments else "not within 300 s"
     print(
         f"   run {result.status}; {report['answered']} requests answered 200 ({report['rows']} rows), "
-        f"{report['failed']} failed (connections of the killed replica); {len(replicas)} replicas logged batches; "
-        f"the killed one was replaced and healthy after {replaced}"
+        f"{report['failed']} failed (connections of the killed replica); the killed one was replaced and "
+        f"healthy after {replaced}"
     )
+    answers = ", ".join(f"{n} by {name}" for name, n in sorted(report["by_replica"].items()))
+    print(f"   answers per replica: {answers}; batches logged from {len(replicas)} replicas' journals")
     verdict = "none lost" if logged >= report["rows"] else f"{report['rows'] - logged} LOST"
     print(
         f"   rows logged {logged} vs answered 200 {report['rows']}: {verdict}; {logged - report['rows']} more "

@@ -48,7 +48,7 @@ def test_two_replicas_share_the_load_and_a_killed_one_loses_no_row(registry, bas
     from scanflow_nb.run.swarm import SwarmBackend
 
     port, rows = free_port(), registry.X[:4].tolist()
-    api = Executor("api", model=f"models:/{MODEL}@champion", port=port, replicas=2, parameters={"flush-seconds": 1})
+    api = Executor("api", model=f"models:/{MODEL}@champion", port=port, replicas=2, parameters={"flush-seconds": 5})
     load = Executor("load", code=LOAD.format(rows=json.dumps(rows), seconds=40), depends_on=["api"])
     registry.app.add(Workflow("swarmed", executors=[api, load]))
     killed: list = []

@@ -12,7 +12,7 @@ import threading
 from typing import Any
 
 from ..errors import ScanflowError, ValidationError
-from .service import CLIENT_ENV, DEFAULT_HOST, DEFAULT_PORT, VERSION_HEADER, PredictionService
+from .service import CLIENT_ENV, DEFAULT_HOST, DEFAULT_PORT, REPLICA_HEADER, VERSION_HEADER, PredictionService
 
 
 def asgi_app(service: PredictionService):
@@ -58,7 +58,7 @@ def asgi_app(service: PredictionService):
         except TimeoutError:
             return Response("Request processing time exceeded limit", status_code=504, media_type="application/json")
         service.journal(reply)
-        headers = {VERSION_HEADER: str(reply.model.version or "")}
+        headers = {VERSION_HEADER: str(reply.model.version or ""), REPLICA_HEADER: service.spool.replica}
         return Response(reply.content, status_code=reply.status, media_type=reply.mimetype, headers=headers)
 
     return app

@@ -43,6 +43,7 @@ class LoggerProcess:
         self.final: dict[str, Any] | None = None
         self.down: str | None = None  # why the logger is not running, while it is restarted
         self.restarts = 0
+        self.ready = threading.Event()  # set by its first status: it has opened the journal and can ship
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # one logger at a time, started or stopped
         self._process: subprocess.Popen | None = None
@@ -80,6 +81,7 @@ class LoggerProcess:
                 self.on_error(message["error"])
             if "status" in message:
                 self.status, self.down, self.restarts = message["status"], None, 0
+                self.ready.set()
             if message.get("final"):
                 self.final = message
         code = process.wait()
@@ -123,7 +125,9 @@ class LoggerProcess:
         return self._process.pid if self._process is not None else None
 
     def health(self) -> str:
-        return self.down or ("stopped" if self._stopping.is_set() else "ok")
+        if self.down or self._stopping.is_set():
+            return self.down or "stopped"
+        return "ok" if self.ready.is_set() else "starting"
 
 
 class Probabilities:

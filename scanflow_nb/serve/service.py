@@ -48,6 +48,7 @@ LOGGED = (
     "adopted_rows",
 )
 VERSION_HEADER = "X-Scanflow-Model-Version"
+REPLICA_HEADER = "X-Scanflow-Replica"  # which replica answered (its spool and its batches carry the same name)
 # our own loop retries the tracker; MLflow's client would otherwise retry one call for minutes
 CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 
@@ -175,11 +176,19 @@ class PredictionService:
         self._close_lock = threading.Lock()
 
     # -- life ----------------------------------------------------------------------------------------
-    def start(self) -> PredictionService:
+    def start(self, logger_timeout: float = 300.0) -> PredictionService:
+        """Start the logger process, and the threads that seal old segments and follow the alias.
+
+        Waits (up to `logger_timeout` s) until the logger runs, so that a service that answers also logs
+        and a stop right after the first requests finds a logger ready to drain; past that it serves anyway
+        (its rows wait in the spool) and says so.
+        """
         self.logger.start()
         self._sealer.start()
         if self.follower is not None:
             self.follower.start()
+        if not self.logger.ready.wait(logger_timeout):
+            self._error(f"the logger process has not started within {logger_timeout:g} s: serving, rows wait")
         return self
 
     def close(self) -> dict[str, Any]:
