@@ -185,6 +185,20 @@ class Probabilities:
         self._models.clear()
 
 
+def warm_up(settings: dict[str, Any], probabilities: Probabilities, on_error: Callable[[str], None]) -> None:
+    """Import MLflow and load the served version before saying ready, not at the first batch: on a busy
+    machine that cold start takes long enough to outlast a short service's stop."""
+    from ..errors import ScanflowError
+    from ..track import get_client
+
+    try:
+        get_client(settings["tracking_uri"])
+        if settings.get("model_uri"):
+            probabilities._model((settings["model_uri"], settings.get("version")))
+    except (ScanflowError, OSError) as exc:  # the tracker away, ...: the shipper tries again as it ships
+        on_error(f"warming up: {type(exc).__name__}: {exc}")
+
+
 def run() -> int:
     """The logger process: settings on the first stdin line, then ship until told to stop (or orphaned)."""
     from .backlog import Backlog
@@ -204,6 +218,7 @@ def run() -> int:
     parent = os.getppid()
     backlog = Backlog(settings["root"], settings["replica"], settings["max_bytes"], settings.get("counts"))
     probabilities = Probabilities(settings["tracking_uri"], lambda message: say(error=message))
+    warm_up(settings, probabilities, lambda message: say(error=message))
     shipper = Shipper(
         backlog,
         settings["tracking_uri"],

@@ -154,6 +154,8 @@ class PredictionService:
                 "service": self.name,
                 "params": {**settings, **(params or {})},
                 "parent_run_id": parent_run_id,
+                "model_uri": self.model.uri,
+                "version": self.model.version,
             },
             on_error=self._error,
         )
