@@ -197,6 +197,8 @@ def test_a_dead_logger_is_said_and_started_again_and_nothing_is_lost(registry):
         client = Client(svc.url)
         client.predict(registry.X[:5])
         assert wait_for(lambda: logged_rows(registry.uri, "relog", "relog") == 5, timeout=60)
+        # the counts the next logger goes on from are those the serving side has heard (reported every 0.2 s)
+        assert wait_for(lambda: svc.stats()["shipped_rows"] == 5, timeout=30), svc.stats()
         first = svc.stats()["logger_pid"]
         os.kill(first, signal.SIGKILL)
         health = wait_for(lambda: (h := requests.get(f"{svc.url}/health", timeout=5).json())["logger"] != "ok" and h)
