@@ -57,7 +57,9 @@ def test_a_grid_of_four_gives_four_child_runs_and_the_best(app_dir, capsys):
     assert App.open(app_dir).find("main").executors[0].parameters == {"x": 0, "label": "q"}  # app untouched
 
 
-def test_optuna_finds_the_optimum_of_a_quadratic_in_12_trials(app_dir):
+def test_optuna_finds_the_optimum_of_a_quadratic_in_6_trials(app_dir):
+    """Two random trials, then four from TPE's model. More trials only add time: with seed 0 the best lands
+    within 0.95 of the optimum after six as after twelve, whatever order two workers finish in."""
     pytest.importorskip("optuna")
     app = quad_app(app_dir)
     seen = []
@@ -65,19 +67,19 @@ def test_optuna_finds_the_optimum_of_a_quadratic_in_12_trials(app_dir):
         "main/quad",
         search="optuna",
         space={"x": (-10.0, 10.0)},
-        trials=12,
+        trials=6,
         metric="loss",
         seed=0,
         max_workers=2,
         on_trial=seen.append,
         echo=False,
     )
-    assert len(seen) == 12 and all(t.status == "succeeded" for t in seen)
+    assert len(seen) == 6 and all(t.status == "succeeded" for t in seen)
     assert abs(result.best.params["x"] - 3) < 1.5  # TPE with seed 0 lands within 0.95 in any finishing order
     assert result.best.metric == min(t.metric for t in seen) == pytest.approx((result.best.params["x"] - 3) ** 2)
-    assert len({round(t.params["x"], 6) for t in seen}) == 12
-    again = app.sweep("main/quad", search="optuna", space={"x": (-10.0, 10.0)}, trials=12, metric="loss", seed=0)
-    assert again.run_id is None and len(again.trial_list) == 12  # the study is done: nothing more to run
+    assert len({round(t.params["x"], 6) for t in seen}) == 6
+    again = app.sweep("main/quad", search="optuna", space={"x": (-10.0, 10.0)}, trials=6, metric="loss", seed=0)
+    assert again.run_id is None and len(again.trial_list) == 6  # the study is done: nothing more to run
 
 
 SLOW_TRIAL = """\
