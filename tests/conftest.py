@@ -32,10 +32,11 @@ def worker_group(item) -> str:
     """The pytest-xdist group of a test (--dist loadgroup, pyproject.toml). A file's tests stay on one
     worker, in order (several share module-scoped services and state), and tests sharing a heavy session
     resource stay on one worker too: the browser tests (a Jupyter server and Chromium), the container
-    tests (the engine's CPUs and memory), the swarm tests (its one node), the tutorials (the Colab
-    install). Containers and swarm are two groups, so the longest group is not both."""
-    if item.path.name == "test_tutorials.py":
-        return "tutorials"
+    tests (the engine's CPUs and memory), the swarm tests (its one node), the tutorials on the Colab
+    install. Containers and swarm are two groups, so the longest group is not both. A test file may
+    group its own tests with a module-level `xdist_group(item)`."""
+    if own := getattr(getattr(item, "module", None), "xdist_group", None):
+        return own(item)
     return next((g for m, g in XDIST_GROUPS.items() if item.get_closest_marker(m)), item.path.name)
 
 

@@ -60,6 +60,13 @@ IN_COLAB = (
 )
 
 
+def xdist_group(item) -> str:
+    """The tutorials on the Colab install (one per session) are one pytest-xdist group, on one worker; 02
+    (Docker) and 06 run on this suite's environment and, with the checks above, are another group."""
+    number = re.match(r"test_(\d\d)_", item.name)
+    return "tutorials" if number and any(name.startswith(number[1]) for name in IN_COLAB) else "tutorials-local"
+
+
 def outside_env(**extra: str) -> dict[str, str]:
     """This process's environment less PYTHONPATH (a worktree's `PYTHONPATH=$PWD` would hide what the
     tutorials' environments install)."""
