@@ -53,11 +53,20 @@ def scanflow(*args):
     return subprocess.run([sys.executable, "-m", "scanflow_nb.cli", *args], capture_output=True, text=True, timeout=600)
 
 
-def test_history_sees_runs_made_by_another_process(app_dir):
+@pytest.fixture(scope="module")
+def ran_twice(tmp_path_factory):
+    """An app run twice by another process (the `scanflow` CLI); the second run finds everything unchanged
+    and both executors cached. Read, never changed, by the tests that use it."""
+    app_dir = tmp_path_factory.mktemp("history") / "app"
     make_app(app_dir)
-    for _ in range(2):  # the second run finds everything unchanged: both executors cached
+    for _ in range(2):
         done = scanflow("--file", str(app_dir), "run", "main", "--quiet")
         assert done.returncode == 0, done.stdout + done.stderr
+    return app_dir
+
+
+def test_history_sees_runs_made_by_another_process(ran_twice):
+    app_dir = ran_twice
     frame = App.open(app_dir).runs()
     assert list(frame["status"]) == ["succeeded", "succeeded"]
     assert frame["start"].is_monotonic_decreasing  # newest first
@@ -76,13 +85,12 @@ def test_history_sees_runs_made_by_another_process(app_dir):
     assert csv[0].startswith("run_id,workflow,start,duration,status") and "train.score" in csv[0] and len(csv) == 3
 
 
-def test_sqlite_reader_and_mlflow_reader_agree(app_dir):
-    """The fast reader of the embedded store sees exactly what MLflow's own search returns."""
+def test_sqlite_reader_and_mlflow_reader_agree(ran_twice):
+    """The fast reader of the embedded store sees exactly what MLflow's own search returns: two workflow
+    runs and the first run's two executor runs (cached executors cost no run)."""
     from scanflow_nb.track.history import _read_mlflow, _read_sqlite, sqlite_path
 
-    app = make_app(app_dir)
-    assert app.run("main", echo=False).ok
-    uri = app.store_uri
+    uri = App.open(ran_twice).store_uri
 
     def view(records):
         return sorted(
@@ -92,7 +100,7 @@ def test_sqlite_reader_and_mlflow_reader_agree(app_dir):
 
     kinds = ("workflow", "executor")
     fast, sure = view(_read_sqlite(sqlite_path(uri), kinds, None, None)), view(_read_mlflow(uri, kinds, None))
-    assert len(fast) == 3 and fast == sure
+    assert len(fast) == 4 and fast == sure
 
 
 def test_compare_shows_the_changed_line_and_parameter(app_dir, run_cell):
