@@ -2,7 +2,7 @@
 
     python bench/reproduce.py                       # digits (offline), all 15 corruptions, autoencoder,
                                                     # k = 20 and 100, 3 seeds, the improver's default vs random
-    python bench/reproduce.py --strategy auto margin --seeds 5 --json bench/out/reproduce.json
+    python bench/reproduce.py --strategy auto margin --seeds 5 --jobs 2 --json bench/out/reproduce.json
     python bench/reproduce.py --dataset mnist fashion_mnist     # online only
 
 Each seed is a new split, detector, corruption draw and random baselines. Per setting it prints every
@@ -92,32 +92,50 @@ def report(label: str, results) -> dict:
     for cells in [header, *body]:
         lines += [f"   * - {cells[0]}", *[f"     - {c}" for c in cells[1:]]]
     print("\n" + "\n".join(lines))
-    return {"rows": rows, "summary": summary}
+    return {"rows": rows, "summary": summary, "seeds": [result.to_dict() for result in results]}
 
 
-def run(args, dataset: str, k: int, strategy: str, seed: int, label: str, detectors: dict):
-    result = reproduce(
-        dataset,
-        k=k,
-        severity=args.severity,
-        detector=args.detector,
-        strategy=strategy,
-        embedding=args.embedding,
-        step=args.step,
-        repeats=args.repeats,
-        seed=seed,
-        small=False,
-        echo=None,
-        detectors=detectors,  # one detector per seed, shared by every k and strategy
-    )
-    s = result.summary()
-    print(
-        f"{label}, seed {seed}: clean accuracy {result.clean_accuracy:.3f}, drift in {s['detected']} of "
-        f"{s['corruptions']}, chosen beats random in {s['active_beats_random']} of {s['improved']} "
-        f"(mean {s['mean_active']:.3f} vs {s['mean_random']:.3f}); {result.seconds:.0f} s",
-        flush=True,
-    )
-    return result
+def run(args, dataset: str, seed: int) -> dict:
+    """Every k and strategy on one seed, sharing the seed's detector: {label: Reproduction}."""
+    results, detectors = {}, {}
+    for k in args.k:
+        for strategy in args.strategy:
+            label = f"{dataset}, k = {k}, {strategy} ({args.embedding} embedding)"
+            result = reproduce(
+                dataset,
+                k=k,
+                severity=args.severity,
+                detector=args.detector,
+                strategy=strategy,
+                embedding=args.embedding,
+                step=args.step,
+                repeats=args.repeats,
+                seed=seed,
+                small=False,
+                echo=None,
+                detectors=detectors,  # one detector per seed, shared by every k and strategy
+            )
+            s = result.summary()
+            print(
+                f"{label}, seed {seed}: clean accuracy {result.clean_accuracy:.3f}, drift in {s['detected']} of "
+                f"{s['corruptions']}, chosen beats random in {s['active_beats_random']} of {s['improved']} "
+                f"(mean {s['mean_active']:.3f} vs {s['mean_random']:.3f}); {result.seconds:.0f} s",
+                flush=True,
+            )
+            results[label] = result
+    return results
+
+
+def _over_seeds(args, dataset: str) -> list[dict]:
+    """`run` for every seed, `args.jobs` seeds at a time (each in its own process, with its own detector)."""
+    if args.jobs == 1:
+        return [run(args, dataset, seed) for seed in range(args.seeds)]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")  # TensorFlow does not survive a fork
+    with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+        return list(pool.map(run, [args] * args.seeds, [dataset] * args.seeds, range(args.seeds)))
 
 
 def main(argv=None) -> int:
@@ -131,6 +149,7 @@ def main(argv=None) -> int:
     parser.add_argument("--severity", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5, help="random baselines averaged")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in its own process")
     parser.add_argument("--json", type=Path, help="also write every row as JSON here")
     args = parser.parse_args(argv)
     print(
@@ -139,19 +158,17 @@ def main(argv=None) -> int:
         f"{args.repeats} random draws, seeds 0-{args.seeds - 1}",
         flush=True,
     )
-    out, detectors = {}, {}
+    out = {}
     for dataset in args.dataset:
+        started = time.perf_counter()
         try:
-            for k in args.k:
-                for strategy in args.strategy:
-                    label = f"{dataset}, k = {k}, {strategy} ({args.embedding} embedding)"
-                    started = time.perf_counter()
-                    out[label] = report(
-                        label, [run(args, dataset, k, strategy, seed, label, detectors) for seed in range(args.seeds)]
-                    )
-                    print(f"({time.perf_counter() - started:.0f} s, load average {os.getloadavg()[0]:.1f})", flush=True)
+            seeds = _over_seeds(args, dataset)
         except DatasetUnavailable as exc:
             print(f"\n## {dataset}: not available here - {exc}")
+            continue
+        for label in seeds[0]:
+            out[label] = report(label, [results[label] for results in seeds])
+        print(f"({time.perf_counter() - started:.0f} s, load average {os.getloadavg()[0]:.1f})", flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1))
