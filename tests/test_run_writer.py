@@ -72,8 +72,9 @@ def test_nothing_waits_for_a_busy_store_and_runs_keep_the_times_they_were_asked_
 def test_a_refused_write_is_reported_and_the_rest_still_written(tmp_path):
     writer, reports = new_writer(tmp_path)
     step = writer.start_run("step", "executor", label="wf/step")
+    run_id = step.id  # an executor starts once its run exists (and with it the store)
     client = MlflowClient(embedded_uri(tmp_path))
-    client.log_param(step.id, "lr", "0.2")  # e.g. the executor logged its own value first
+    client.log_param(run_id, "lr", "0.2")  # e.g. the executor logged its own value first
     writer.log(step, params={"lr": 0.1})
     writer.finish(step, "succeeded", metrics={"exit_code": 0})
     failures = writer.close()

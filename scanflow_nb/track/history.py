@@ -15,12 +15,13 @@ from __future__ import annotations
 import html
 import sqlite3
 from collections.abc import Iterable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import NotFoundError, ValidationError
-from .store import get_client
+from .store import get_client, sqlite_path
 
 KIND = "scanflow.kind"
 PARENT = "mlflow.parentRunId"
@@ -95,10 +96,6 @@ def _wanted(key: str, tags: tuple[str, ...]) -> bool:
     return any(key == tag or (tag.endswith(".") and key.startswith(tag)) for tag in tags)
 
 
-def sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
-
-
 def _read_sqlite(
     path: Path, kinds: tuple[str, ...], since: float | None, tags: tuple[str, ...] | None
 ) -> list[RunRecord]:
@@ -109,7 +106,7 @@ def _read_sqlite(
         WHERE r.lifecycle_stage = 'active' AND e.lifecycle_stage = 'active'
           AND k.value IN ({",".join("?" * len(kinds))}) AND r.start_time >= ?"""
     args = (*kinds, int((since or 0) * 1000))
-    with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30) as con:
+    with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)) as con:
         rows = con.execute(
             "SELECT r.run_uuid, r.name, e.name, r.status, r.start_time, r.end_time FROM runs r "
             f"JOIN experiments e ON e.experiment_id = r.experiment_id WHERE r.run_uuid IN ({chosen})",
