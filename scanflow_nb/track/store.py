@@ -45,12 +45,17 @@ def artifact_root(state_dir: Path) -> Path:
 
 
 @cache
-def _client(uri: str):
+def _quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # the run summary already says where runs are; MLflow would add two lines per closed run
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     for noisy in ("mlflow.store.db.utils", "alembic"):  # table creation chatter, not news for a user
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@cache
+def _client(uri: str):
+    _quiet_mlflow()
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
@@ -106,6 +111,7 @@ def heal(uri: str) -> str | None:
                 os.replace(f"{path}{suffix}", f"{aside}{suffix}")
         _dispose_engines(path)
         note = f"the MLflow store {path} was damaged ({damage}): kept it as {aside.name}, created a new, empty one"
+    _quiet_mlflow()
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     SqlAlchemyStore(uri, str(default_artifact_root(uri)))  # creates the tables in a new file
