@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from contextlib import closing
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -214,3 +215,22 @@ def test_a_held_burst_creates_the_next_run_before_writing_the_last_ones_record(t
     assert writer.close() == []
     assert writer.order == [("create", "first"), ("create", "second"), ("flush", "first"), ("flush", "second")]
     assert MlflowClient(embedded_uri(tmp_path)).get_run(first.id).info.status == "FINISHED"
+
+
+def test_new_stores_are_copies_of_one_migrated_store_and_write_ahead(tmp_path, monkeypatch):
+    """MLflow's migrations run once per MLflow version (into the user's cache); each new store is a copy
+    whose default experiment keeps its artifacts in its own app, and which writes ahead (WAL)."""
+    from scanflow_nb.track import get_client
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for app in ("one", "two"):
+        client = get_client(embedded_uri(tmp_path / app))
+        assert client.get_experiment("0").artifact_location == str(tmp_path / app / "mlartifacts" / "0")
+        run = client.create_run("0")
+        (tmp_path / "note.txt").write_text(app)
+        client.log_artifact(run.info.run_id, str(tmp_path / "note.txt"))
+        kept = tmp_path / app / "mlartifacts" / "0" / run.info.run_id / "artifacts" / "note.txt"
+        assert kept.read_text() == app
+        with closing(sqlite3.connect(tmp_path / app / "mlflow.db")) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert len(list((tmp_path / "cache" / "scanflow_nb").glob("empty-mlflow-*.db"))) == 1

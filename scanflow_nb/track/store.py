@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sqlite3
 import sys
+import tempfile
 import threading
 import time
 from contextlib import closing
@@ -31,6 +33,7 @@ _known: dict[Path, tuple[int, int]] = {}  # store file -> (device, inode) when t
 _stores: set[Path] = set()  # the SQLite stores this process opened: their connections commit without fsync
 DAMAGE_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}  # a busy or locked store is in use, not damaged
 BUSY_WAIT = 1.0  # seconds the check waits for another process's write; MLflow's own calls wait longer
+TEMPLATE_ARTIFACTS = "/scanflow-template-artifacts"  # the template's artifact root, replaced in each copy
 JOURNALS = ("-wal", "-shm", "-journal")  # SQLite's files beside a store
 UNCHECKED = "unchecked"  # the check could not finish (busy, locked, unreadable): never a reason to set aside
 
@@ -114,7 +117,8 @@ def heal(uri: str) -> str | None:
     _quiet_mlflow()
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    SqlAlchemyStore(uri, str(default_artifact_root(uri)))  # creates the tables in a new file
+    if not _copy_of_template(path):
+        SqlAlchemyStore(uri, str(default_artifact_root(uri)))  # MLflow's migrations create the tables
     _write_ahead(path)
     st = path.stat()
     _known[path] = (st.st_dev, st.st_ino)
@@ -148,6 +152,48 @@ def _damage(path: Path, size: int, known: bool) -> str | None:
             return "not a SQLite database"
         return str(exc) if code in DAMAGE_CODES else UNCHECKED
     return None
+
+
+def _copy_of_template(path: Path) -> bool:
+    """Make the new store at `path` a copy of an empty one, migrated once per MLflow version in the user's
+    cache: MLflow's migrations take seconds, a copy milliseconds. False if no template could be had."""
+    try:
+        template = _template()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = path.with_name(f".{path.name}.{os.getpid()}.new")
+        shutil.copyfile(template, new)
+        now = int(time.time() * 1000)
+        with closing(sqlite3.connect(new)) as db, db:  # the default experiment's folder and times are this store's
+            db.execute(
+                "UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?),"
+                " creation_time = ?, last_update_time = ? WHERE experiment_id = 0",
+                (TEMPLATE_ARTIFACTS, str(default_artifact_root(f"sqlite:///{path}")), now, now),
+            )
+        try:
+            os.link(new, path)  # never over a store another process made meanwhile
+        except FileExistsError:
+            pass
+        finally:
+            new.unlink()
+    except (OSError, sqlite3.Error):
+        return False
+    return True
+
+
+def _template() -> Path:
+    import mlflow
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "scanflow_nb"
+    template = folder / f"empty-mlflow-{mlflow.__version__}.db"
+    if not template.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder) as scratch:
+            made = Path(scratch) / "mlflow.db"
+            SqlAlchemyStore(f"sqlite:///{made}", TEMPLATE_ARTIFACTS)
+            _dispose_engines(made)
+            os.replace(made, template)  # whole or not at all, whoever makes it last
+    return template
 
 
 def _write_ahead(path: Path) -> None:
