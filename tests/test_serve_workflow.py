@@ -51,7 +51,7 @@ def test_a_service_serves_its_dependents_and_stops_with_the_run(registry):
     assert [(e.key, e.url) for e in serving] == [("deploy/api", f"http://127.0.0.1:{port}")]
     started = next(e.time for e in events if e.kind == "started" and e.key == "deploy/traffic")
     assert started >= serving[0].time  # the dependent waited for the health check
-    log = registry.app.logs("traffic")
+    log = registry.app.logs("deploy/traffic")  # the registry is shared: other files deploy a "traffic" too
     assert log.count("version 1 ") == 3
     assert not listening(port)  # stopped at the end of the run
     assert logged_rows(registry.uri, "deploy", "api") == 15  # flushed on the way out
