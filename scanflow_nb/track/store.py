@@ -117,8 +117,9 @@ def heal(uri: str) -> str | None:
     _quiet_mlflow()
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    if not _copy_of_template(path):
-        SqlAlchemyStore(uri, str(default_artifact_root(uri)))  # MLflow's migrations create the tables
+    artifacts = default_artifact_root(uri)
+    if not _copy_of_template(path, artifacts):
+        SqlAlchemyStore(uri, str(artifacts))  # MLflow's migrations create the tables
     _write_ahead(path)
     st = path.stat()
     _known[path] = (st.st_dev, st.st_ino)
@@ -154,7 +155,7 @@ def _damage(path: Path, size: int, known: bool) -> str | None:
     return None
 
 
-def _copy_of_template(path: Path) -> bool:
+def _copy_of_template(path: Path, artifacts: Path) -> bool:
     """Make the new store at `path` a copy of an empty one, migrated once per MLflow version in the user's
     cache: MLflow's migrations take seconds, a copy milliseconds. False if no template could be had."""
     try:
@@ -167,7 +168,7 @@ def _copy_of_template(path: Path) -> bool:
             db.execute(
                 "UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?),"
                 " creation_time = ?, last_update_time = ? WHERE experiment_id = 0",
-                (TEMPLATE_ARTIFACTS, str(default_artifact_root(f"sqlite:///{path}")), now, now),
+                (TEMPLATE_ARTIFACTS, str(artifacts), now, now),
             )
         try:
             os.link(new, path)  # never over a store another process made meanwhile
