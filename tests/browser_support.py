@@ -193,6 +193,15 @@ def create_notebook(lab: Lab, name: str, sources: list[str] = ()) -> None:
     lab.api("PUT", f"api/contents/{name}", {"type": "notebook", "format": "json", "content": content})
 
 
+LOAD_ATTEMPTS = 3
+PAGE_STATE = """() => {
+    const failed = document.querySelector('.jp-Dialog[aria-label^="Error Loading Theme"]');
+    if (failed) return failed.getAttribute("aria-label");
+    const themed = document.body.dataset.jpThemeName;
+    return themed && document.querySelector(".jp-NotebookPanel .jp-Cell") ? "ready" : false;
+}"""
+
+
 def open_notebook(page, lab: Lab, name: str, timeout: float = 90) -> None:
     """Create `name` if needed, open it in the page and wait until its kernel is idle."""
     try:
@@ -200,7 +209,14 @@ def open_notebook(page, lab: Lab, name: str, timeout: float = 90) -> None:
     except urllib.error.HTTPError:
         create_notebook(lab, name)
     page.goto(f"{lab.url}/{FRONT_ENDS[lab.front_end][1]}/{name}?token={lab.token}")
-    page.locator(".jp-NotebookPanel .jp-Cell").first.wait_for(timeout=timeout * 1000)
+    for attempt in range(LOAD_ATTEMPTS):
+        state = page.wait_for_function(PAGE_STATE, timeout=timeout * 1000).json_value()
+        if state == "ready":
+            break
+        # A stylesheet request that failed on a busy machine leaves a modal dialog over the page: load it again.
+        if attempt == LOAD_ATTEMPTS - 1:
+            raise RuntimeError(f"the page kept failing to load ({state}):\n{lab.log_tail()}")
+        page.reload()
     wait_for_kernel_idle(page, timeout)
 
 
