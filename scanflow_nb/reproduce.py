@@ -4,7 +4,8 @@ For every corruption: train a classifier on clean data, check a corrupted batch 
 detector fitted on clean reference data, let an oracle label k of the batch's anomalous samples chosen
 by the improver (its default strategy, "auto", unless told otherwise; `step` at a time, retraining in
 between, as the labeling panel does), and compare the accuracy on a separate corrupted evaluation set
-before and after - against labeling k random samples of the batch (averaged over `repeats` draws).
+before and after - against labeling k random samples of the batch. Both sides are averaged over the same
+number of draws (`repeats`: the improver's clustering seeds, the random samples), and every draw is kept.
 Like the closed loop, a batch is improved only when drift is found.
 
     from scanflow_nb.reproduce import reproduce
@@ -47,10 +48,12 @@ class Row:
     anomalies: int
     labeled: int
     before: float
-    active: float | None
-    random: float | None
+    active: float | None  # the mean of active_draws
+    random: float | None  # the mean of random_draws
     clean_after: float | None = None
-    used: str | None = None  # the strategies that chose, with their queries (e.g. "typical x5, margin x5")
+    used: str | None = None  # the strategies that chose, with their queries over all draws ("typical x5, margin x5")
+    active_draws: list[float] = field(default_factory=list)  # one accuracy per draw of the improver's choice
+    random_draws: list[float] = field(default_factory=list)  # one accuracy per draw of k random samples
 
     @property
     def gain(self) -> float | None:
@@ -108,7 +111,7 @@ class Reproduction:
             "anomalies",
             "labeled",
             "before",
-            f"{self.strategy} k",
+            f"{self.strategy} k (x{self.repeats})",
             f"random k (x{self.repeats})",
         ]
         body = [
@@ -219,12 +222,15 @@ def reproduce(
     embedding    where typical and diverse samples are measured: "pca" or "checker" (the autoencoder
                  detector's code)
     step         labels per query: the improver retrains after each (default 10, as the labeling panel)
-    repeats      random draws averaged for the baseline (default 5; 3 in small mode)
+    repeats      draws averaged on each side (default 5; 3 in small mode): the improver's choice with that many
+                 seeds (its clustering and tie-breaks) and that many draws of k random samples
     classifier   an unfitted scikit-learn classifier with predict_proba (default: logistic regression)
     tracking_uri with it, one MLflow run per corruption in `experiment` (parameters and accuracies)
     detectors    a dict shared by calls that differ only in k, strategy, step or repeats: each detector is
                  fitted once (it depends on the dataset, seed, size and detector only)
     """
+    from threadpoolctl import threadpool_limits
+
     from .check import make_detector
     from .datasets import CORRUPTIONS, corrupt
     from .improve import STRATEGIES, ActiveLearner, Oracle, learning_curve
@@ -294,45 +300,55 @@ def reproduce(
     result = Reproduction(
         dataset, k, severity, detector, strategy, repeats, embedding, step, sizes, clean_accuracy, 0.0
     )
-    for index, name in enumerate((CLEAN, *corruptions)):
-        X_batch, y_batch = X[parts["batch"]], y[parts["batch"]]
-        X_eval, y_eval = X[parts["eval"]], y[parts["eval"]]
-        if name != CLEAN:
-            X_batch = corrupt(X_batch, name, severity, seed=seed + 2 * index)
-            X_eval = corrupt(X_eval, name, severity, seed=seed + 2 * index + 1)
-        verdict = fitted.score(X_batch)
-        anomalous = np.asarray(verdict.indices, dtype=int)
-        row = Row(
-            name,
-            bool(verdict.is_drift),
-            float(verdict.p_value),
-            len(anomalous),
-            0,
-            base.score(X_eval, y_eval),
-            None,
-            None,
-        )
-        if verdict.is_drift and len(anomalous):
-            active = improver(strategy, X_batch[anomalous], embedded=fitted if embedding == "checker" else "pca")
-            curve = learning_curve(active, Oracle(y_batch[anomalous]), X_eval, y_eval, min(k, len(anomalous)), step)
-            row.labeled, row.active = len(active.taught), curve[-1][1]
-            used = Counter(query.used for query in active.queries)
-            row.used = ", ".join(f"{name} x{count}" for name, count in used.items())
-            row.clean_after = active.score(X[parts["eval"]], y[parts["eval"]])
-            scores = []
-            for draw in range(repeats):
-                baseline = improver("random", X_batch, draw + 1)
-                ids = baseline.query_ids(row.labeled)
-                baseline.teach_ids(ids, Oracle(y_batch)(ids))
-                scores.append(baseline.score(X_eval, y_eval))
-            row.random = float(np.mean(scores))
-        result.rows.append(row)
-        say(
-            f"{name:>14}: drift {'yes' if row.drift else 'no '} (p={row.p_value:.1e}), {row.anomalies} anomalies, "
-            f"accuracy {row.before:.3f} -> active {_acc(row.active)} / random {_acc(row.random)}"
-        )
-        if tracking_uri:
-            _log_row(tracking_uri, experiment, result, row)
+    # The models are small: one BLAS / OpenMP thread each (threads spinning against a busy machine's other
+    # work made a logistic regression's fit 3-8x slower, as the improver's queries already found)
+    with threadpool_limits(limits=1):
+        for index, name in enumerate((CLEAN, *corruptions)):
+            X_batch, y_batch = X[parts["batch"]], y[parts["batch"]]
+            X_eval, y_eval = X[parts["eval"]], y[parts["eval"]]
+            if name != CLEAN:
+                X_batch = corrupt(X_batch, name, severity, seed=seed + 2 * index)
+                X_eval = corrupt(X_eval, name, severity, seed=seed + 2 * index + 1)
+            verdict = fitted.score(X_batch)
+            anomalous = np.asarray(verdict.indices, dtype=int)
+            row = Row(
+                name,
+                bool(verdict.is_drift),
+                float(verdict.p_value),
+                len(anomalous),
+                0,
+                base.score(X_eval, y_eval),
+                None,
+                None,
+            )
+            if verdict.is_drift and len(anomalous):
+                used, clean_after = Counter(), []
+                for draw in range(repeats):
+                    active = improver(
+                        strategy, X_batch[anomalous], draw, embedded=fitted if embedding == "checker" else "pca"
+                    )
+                    curve = learning_curve(
+                        active, Oracle(y_batch[anomalous]), X_eval, y_eval, min(k, len(anomalous)), step
+                    )
+                    row.labeled = len(active.taught)
+                    row.active_draws.append(curve[-1][1])
+                    used.update(query.used for query in active.queries)
+                    clean_after.append(active.score(X[parts["eval"]], y[parts["eval"]]))
+                row.used = ", ".join(f"{name} x{count}" for name, count in used.items())
+                row.active, row.clean_after = float(np.mean(row.active_draws)), float(np.mean(clean_after))
+                for draw in range(repeats):
+                    baseline = improver("random", X_batch, draw + 1)
+                    ids = baseline.query_ids(row.labeled)
+                    baseline.teach_ids(ids, Oracle(y_batch)(ids))
+                    row.random_draws.append(baseline.score(X_eval, y_eval))
+                row.random = float(np.mean(row.random_draws))
+            result.rows.append(row)
+            say(
+                f"{name:>14}: drift {'yes' if row.drift else 'no '} (p={row.p_value:.1e}), {row.anomalies} anomalies, "
+                f"accuracy {row.before:.3f} -> active {_acc(row.active)} / random {_acc(row.random)}"
+            )
+            if tracking_uri:
+                _log_row(tracking_uri, experiment, result, row)
     result.seconds = time.perf_counter() - started
     return result
 

@@ -30,6 +30,10 @@ def test_corrupted_batches_are_detected_hurt_accuracy_and_get_k_labels(result):
         assert row.before < result.clean_accuracy - 0.05
         assert 0.0 <= row.active <= 1.0 and 0.0 <= row.random <= 1.0
         assert row.gain == pytest.approx(row.active - row.random)
+        # both sides are the mean of as many draws (the comparison is paired), and every draw is kept
+        assert len(row.active_draws) == len(row.random_draws) == result.repeats == 2
+        assert row.active == pytest.approx(np.mean(row.active_draws))
+        assert row.random == pytest.approx(np.mean(row.random_draws))
     assert result.row("rotate").before < 0.6  # rotating 8x8 digits by ~42 degrees breaks the classifier
 
 
@@ -89,7 +93,8 @@ def test_same_seed_same_numbers_and_results_logged_to_mlflow(tmp_path, monkeypat
     assert set(by_name) == {"digits/none", "digits/rotate", "digits/brightness"}
     rotate = by_name["digits/rotate"].data
     assert rotate.params["k"] == "10" and rotate.params["severity"] == "4" and rotate.params["strategy"] == "auto"
-    assert rotate.params["strategy_used"] == result.row("rotate").used == "typical x1"  # k = 10: one query of 10
+    # k = 10: one query of 10 in each of the 2 draws
+    assert rotate.params["strategy_used"] == result.row("rotate").used == "typical x2"
     assert rotate.params["step"] == "10"
     assert rotate.metrics["accuracy_active"] == pytest.approx(result.row("rotate").active)
     assert "accuracy_active" not in by_name["digits/none"].data.metrics
