@@ -217,7 +217,7 @@ def _prctl(option: int, value: int) -> None:
 def _run_script(script: str, args: list[str]) -> None:
     """Run `script` in a new `__main__`, as `python -P script args` would; tracebacks start in the script.
 
-    The module stays `sys.modules["__main__"]`, so the interpreter's finalization clears it as it
+    The module stays `sys.modules["__main__"]`; `_end` clears it as the interpreter's finalization
     clears a plain script's: a file the script left open is flushed and closed then.
     """
     from importlib.machinery import SourceFileLoader
@@ -248,6 +248,50 @@ def _run_script(script: str, args: list[str]) -> None:
         raise SystemExit(1) from None
 
 
+def _exit_code(exc: SystemExit) -> int:
+    """The exit status Python gives a SystemExit that ends it (a message is printed, status 1)."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code & 0xFF
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def _end(code: int) -> None:
+    """End the script's process as the interpreter's own exit would, then `os._exit(code)`.
+
+    Done, in the interpreter's order: non-daemon threads joined, atexit functions, the script's
+    globals cleared (their finalizers run: a file left open is flushed and closed), a collection,
+    the standard streams flushed. Left out: tearing down the modules loaded before the script,
+    which changes nothing the script can see; in a fork (a warm starter's, or this reaper's) it
+    costs 10-20 ms of copy-on-write faults.
+    """
+    import atexit
+    import gc
+
+    try:
+        threading = sys.modules.get("threading")
+        if threading is not None:
+            try:
+                threading._shutdown()  # what the interpreter calls first at exit
+            except BaseException:  # e.g. a Ctrl-C while joining: Python goes on to the atexit functions too
+                pass
+        atexit._run_exitfuncs()  # prints what a function raised, as at a plain exit
+        main = sys.modules.get("__main__")
+        if main is not None:
+            main.__dict__.clear()
+        gc.collect()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                if stream is not None:
+                    stream.flush()
+            except Exception:  # a closed pipe: Python exits 120 when it cannot flush stdout
+                code = code or 120
+    finally:  # whatever happens above, the process ends here
+        os._exit(code)
+
+
 def reap_script(grace: float, script: str, args: list[str], parent: int) -> None:
     """Be the subreaper of `script` (run in a forked child) and end as it ended; never returns."""
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -259,8 +303,12 @@ def reap_script(grace: float, script: str, args: list[str], parent: int) -> None
     reaper.main = os.fork()
     if reaper.main == 0:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        _run_script(script, args)
-        raise SystemExit(0)
+        try:
+            _run_script(script, args)
+            code = 0
+        except SystemExit as exc:
+            code = _exit_code(exc)
+        _end(code)
     reaper.supervise()
     reaper.exit()
 
