@@ -9,17 +9,20 @@ import signal
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from scanflow_nb import Executor
+from scanflow_nb import App, Executor, Workflow
+from scanflow_nb.errors import TrackerError
 from scanflow_nb.resources import Resources
 from scanflow_nb.run import starters
 from scanflow_nb.run.backend import Launch
 from scanflow_nb.run.cgroups import child_groups
 from scanflow_nb.run.local import LocalBackend
 from scanflow_nb.run.processes import SUBREAPER
+from scanflow_nb.track import runs
 
 pytestmark = pytest.mark.skipif(not SUBREAPER, reason="warm starters fork reapers, which need Linux")
 
@@ -219,3 +222,66 @@ def _alive(pid: int) -> bool:
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+SEES_RUN = """\
+import os, subprocess, sys
+print(os.environ["MLFLOW_RUN_ID"], flush=True)
+subprocess.run([sys.executable, "-c", "import os; print(os.environ['MLFLOW_RUN_ID'])"], check=True)
+open("ran.txt", "w").close()
+"""
+
+
+def test_an_attempt_forked_before_its_run_exists_starts_its_code_with_the_run_ids(tmp_path, warm_backend):
+    """The attempt is forked while the store creates its run; its code, and what it starts, see the
+    ids; when there is no run to be had, nothing of it runs and the back end says why."""
+
+    def slow_store():
+        time.sleep(0.3)
+        return {"MLFLOW_RUN_ID": "abc123"}
+
+    spec = replace(launch(tmp_path, SEES_RUN), late_env=slow_store)
+    handle, status, lines = run(warm_backend, spec)
+    assert isinstance(handle.process, starters.Started) and status == 0 and lines == ["abc123", "abc123"]
+    handle, status, lines = run(LocalBackend(warm=False), spec)  # a cold start gets them as it starts
+    assert not isinstance(handle.process, starters.Started) and status == 0 and lines == ["abc123", "abc123"]
+
+    def no_store():
+        raise TrackerError("the store is down")
+
+    (tmp_path / "ran.txt").unlink()
+    with pytest.raises(TrackerError, match="the store is down"):
+        warm_backend.launch(replace(spec, late_env=no_store))
+    time.sleep(0.5)
+    assert not (tmp_path / "ran.txt").exists()
+    handle, status, lines = run(warm_backend, spec)  # the starter serves the next attempt as before
+    assert isinstance(handle.process, starters.Started) and status == 0 and lines == ["abc123", "abc123"]
+
+
+def test_an_executor_whose_run_cannot_be_created_does_not_run(tmp_path, monkeypatch):
+    """The engine starts a warm attempt before its MLflow run exists: if the store refuses the run,
+    the executor is failed as not started and its code never runs; the rest of the run goes on."""
+    create = runs.RunWriter._create
+
+    def refuse_executor_runs(writer, ref):
+        if ref.name != "refused":
+            return create(writer, ref)
+        ref._resolve(None, "the store refused it")
+        writer._failed(ref.label, "run not created: the store refused it")
+
+    monkeypatch.setattr(runs.RunWriter, "_create", refuse_executor_runs)
+    app = App(tmp_path / "app")
+    app.path.mkdir(parents=True, exist_ok=True)
+    (app.path / "refused.py").write_text(SEES_RUN)
+    (app.path / "fine.py").write_text("print('fine')\n")
+    app.add(
+        Workflow(
+            "w", parallel=True, executors=[Executor("refused", file="refused.py"), Executor("fine", file="fine.py")]
+        )
+    )
+    result = app.run("w", echo=False)
+    refused = result.executors["w/refused"]
+    assert refused.status == "failed" and refused.attempts == 0, refused
+    assert refused.error == "not started: the MLflow run of w/refused could not be created: the store refused it"
+    assert result.executors["w/fine"].status == "succeeded"
+    assert not (app.path / "ran.txt").exists()

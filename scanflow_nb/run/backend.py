@@ -8,7 +8,7 @@ of one executor, and cleans up.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,6 +39,10 @@ class Launch:
     attempt: int  # 1 for the first try
     resources: Resources = field(default_factory=Resources)  # what it needs, inherited ones included
     gpus: tuple[str, ...] = ()  # the GPU ids the engine gave it (back ends that place GPUs themselves ignore them)
+    # More environment, known only once the store answers (the MLflow run ids): given to back ends
+    # that say `late_env = True`, which start the process first and call it before the executor's
+    # code runs (it waits; raises TrackerError if the run cannot be had). Others get it in `env`.
+    late_env: Callable[[], dict[str, str]] | None = None
 
 
 @dataclass
@@ -98,6 +102,7 @@ class Backend(Protocol):
     def close(self) -> None:
         """Remove whatever `open` and `launch` created. Called on success, failure and interrupt."""
 
+    # Optional: `late_env = True` (see `Launch.late_env`).
     # Optional: `environment(key) -> dict` says where the last attempt of executor `key` ran, for its
     # provenance: "python" (version), "image" and "image_digest" on container back ends.
 

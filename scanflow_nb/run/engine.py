@@ -417,22 +417,38 @@ class Run:
         }
 
     def _with_run(self, task: Task, ref: RunRef, launch: Launch) -> Launch:
-        """`launch` with its MLflow run's ids; on a worker thread, it waits for the run to exist."""
-        ids = {
-            "MLFLOW_RUN_ID": ref.id,
-            "MLFLOW_EXPERIMENT_ID": self.writer.experiment_id,
-            "SCANFLOW_RUN_ID": self._workflow_runs[self.root.name].id,
-        }
-        self._started[task.key] = time.time()  # its duration leaves out the wait for the store
-        return replace(launch, env={**launch.env, **ids})
+        """`launch` with its MLflow run's ids (see `_run_ids`)."""
+        return replace(launch, env={**launch.env, **self._run_ids(task, ref)()})
+
+    def _run_ids(self, task: Task, ref: RunRef) -> Callable[[], dict[str, str]]:
+        """What gives an executor's attempts their MLflow run's ids: on a worker thread, it waits for
+        the run to exist (TrackerError if it cannot be created); asked again, it answers at once."""
+        ids: dict[str, str] = {}
+
+        def run_ids() -> dict[str, str]:
+            if not ids:
+                ids.update(
+                    MLFLOW_RUN_ID=ref.id,
+                    MLFLOW_EXPERIMENT_ID=self.writer.experiment_id,
+                    SCANFLOW_RUN_ID=self._workflow_runs[self.root.name].id,
+                )
+                self._started[task.key] = time.time()  # its duration leaves out the wait for the store
+            return ids
+
+        return run_ids
 
     # -- worker threads: attempts of one executor ----------------------------------------------
     def _attempts(self, task: Task, ref: RunRef, launch: Launch) -> None:
+        """Run an executor's attempts. A back end with `late_env` starts the first one while its
+        MLflow run is created; its code starts once the run exists."""
         ex, post = task.executor, self._queue.put
         log_path = self.workspace.log_path(task.key)
         attempt, code, error, log = 0, None, None, None
         try:
-            launch = self._with_run(task, ref, launch)
+            if getattr(self.backend, "late_env", False):
+                launch = replace(launch, late_env=self._run_ids(task, ref))
+            else:
+                launch = self._with_run(task, ref, launch)
         except ScanflowError as exc:
             post(("done", task.key, ev.FAILED, 0, None, f"not started: {exc}"))
             return
@@ -450,6 +466,9 @@ class Run:
                     code, error = self._one_attempt(replace(launch, attempt=attempt), ex.timeout, log)
                     if code == 0 and error is None:
                         break
+        except TrackerError as exc:  # its MLflow run could not be created (a late_env back end)
+            post(("done", task.key, ev.FAILED, 0, None, f"not started: {exc}"))
+            return
         except Exception as exc:  # never let a worker die silently
             code, error = None, f"internal error: {type(exc).__name__}: {exc}"
         finally:
@@ -463,6 +482,8 @@ class Run:
         """Start an attempt or a service with `start(launch)` and keep its handle: (handle, None) or (None, why)."""
         try:
             handle = start(launch)
+        except TrackerError:  # no MLflow run to give it: not an attempt that failed
+            raise
         except ScanflowError as exc:
             log.write(str(exc))
             return None, str(exc)

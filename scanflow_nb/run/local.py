@@ -50,6 +50,7 @@ class LocalBackend:
 
     name = "local"
     runs_images = False
+    late_env = True  # a warm attempt is forked while its MLflow run is created (`Launch.late_env`)
 
     def __init__(
         self,
@@ -83,6 +84,8 @@ class LocalBackend:
             warm = self._start_warm(launch, env)
             if warm is not None:
                 return processes.ProcessTree(*warm, self.grace)
+        if launch.late_env is not None:  # a new interpreter gets its whole environment as it starts
+            env.update(launch.late_env())
         argv = processes.command(python, launch.script, launch.args, self.grace)
         return processes.ProcessTree(*self._start(argv, env, launch), self.grace)
 
@@ -94,11 +97,13 @@ class LocalBackend:
         group = child_group(launch.resources)
         procs = str(group.path / "cgroup.procs") if group else ""
         try:
-            started = starter.start(launch.script, launch.args, launch.app_dir, env, self.grace, procs)
-        except OSError:  # the starter is gone: this attempt starts cold, the next gets a new starter
+            started = starter.start(launch.script, launch.args, launch.app_dir, env, self.grace, procs, launch.late_env)
+        except BaseException as exc:
             if group is not None:
                 group.remove()
-            return None
+            if isinstance(exc, OSError):  # the starter is gone: this attempt starts cold, the next gets a new starter
+                return None
+            raise
         return started, Monitor(started, launch.resources.memory, group)
 
     def serve(self, launch: Launch) -> LocalService:

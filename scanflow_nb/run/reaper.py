@@ -316,6 +316,8 @@ def reap_script(grace: float, script: str, args: list[str], parent: int) -> None
 # -- the warm starter ----------------------------------------------------------------------------
 # Requests and answers are marshal'd tuples, one per SOCK_SEQPACKET message:
 #   kernel -> starter: (script, args, cwd, env, grace, cgroup_procs or ""), fds [output pipe, answer socket]
+#   and optionally a pipe on which the kernel sends, once it knows it, more environment (a marshal'd
+#   dict); the attempt reads it to its end before the script starts, and ends if it is empty.
 #   starter -> kernel: ("ready", pid, site dirs) once on FD; per attempt on its answer socket
 #   ("pid", pid), then ("exit", wait status, cpu seconds) when the attempt's reaper has ended.
 MAX_REQUEST = 1 << 20
@@ -356,17 +358,18 @@ def serve(fd: int) -> None:
                 _drain(wake_r)
                 _report_ended(answers)
                 continue
-            data, ancillary, flags, _ = sock.recvmsg(MAX_REQUEST, _socket.CMSG_SPACE(8))
+            data, ancillary, flags, _ = sock.recvmsg(MAX_REQUEST, _socket.CMSG_SPACE(3 * 4))  # up to 3 fds
             fds = [int.from_bytes(d[i : i + 4], sys.byteorder) for *_, d in ancillary for i in range(0, len(d) - 3, 4)]
             if not data and not fds:  # the kernel let go: end once the attempts running have ended
                 poller.unregister(sock.fileno())
                 listening = False
                 continue
-            if len(fds) != 2 or flags & _socket.MSG_TRUNC:  # not ours to run: whoever asked sees its answer close
+            # not ours to run: whoever asked sees its answer close
+            if len(fds) not in (2, 3) or flags & (_socket.MSG_TRUNC | _socket.MSG_CTRUNC):
                 for stray in fds:
                     os.close(stray)
                 continue
-            output, answer = fds[0], _socket.socket(fileno=fds[1])
+            output, answer, late = fds[0], _socket.socket(fileno=fds[1]), fds[2] if len(fds) == 3 else None
             asking = select.poll()
             asking.register(answer.fileno(), 0)
             try:
@@ -376,6 +379,8 @@ def serve(fd: int) -> None:
             if pid < 0:  # the kernel sees the answer close and starts the attempt cold
                 os.close(output)
                 answer.close()
+                if late is not None:
+                    os.close(late)
                 continue
             if pid == 0:
                 signal.set_wakeup_fd(-1)
@@ -386,8 +391,10 @@ def serve(fd: int) -> None:
                 answer.close()
                 os.close(wake_r)
                 os.close(wake_w)
-                _attempt(starter, output, data)
+                _attempt(starter, output, data, late)
             os.close(output)
+            if late is not None:
+                os.close(late)
             answers[pid] = answer
             try:
                 answer.send(marshal.dumps(("pid", pid)))
@@ -424,8 +431,11 @@ def _report_ended(answers: dict) -> None:
             answer.close()
 
 
-def _attempt(starter: int, output: int, request: bytes) -> None:
-    """In a forked child: become the attempt `python -P reaper.py GRACE SCRIPT ARGS` would have been."""
+def _attempt(starter: int, output: int, request: bytes, late: int | None) -> None:
+    """In a forked child: become the attempt `python -P reaper.py GRACE SCRIPT ARGS` would have been.
+
+    `late`: the pipe of the environment the kernel learns only now (the MLflow run ids).
+    """
     import marshal
 
     try:
@@ -435,6 +445,12 @@ def _attempt(starter: int, output: int, request: bytes) -> None:
             with open(cgroup_procs, "w") as f:
                 f.write(str(os.getpid()))
         os.chdir(cwd)
+        if late is not None:
+            with open(late, "rb") as f:
+                more = f.read()
+            if not more:  # the kernel gave this attempt up (it could not get the run): nothing runs
+                os._exit(1)
+            env.update(marshal.loads(more))
         os.environ.clear()
         os.environ.update(env)
         pythonpath = env.get("PYTHONPATH")

@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from . import reaper
@@ -89,6 +90,12 @@ class Started:
         self._await_end()
         raise StarterLost(LOST)
 
+    def abandon(self) -> None:
+        """Let go of an attempt that ends on its own before running anything (its starter reaps it)."""
+        self.stdout.close()
+        self._answer.close()
+        self._end()
+
     def _await_end(self) -> None:
         """The attempt's reaper stops its tree on its own (parent-death signal); make sure it did."""
         import select
@@ -144,20 +151,39 @@ class Starter:
         """Still running, and no site folder changed since it started (new packages, new .pth files)."""
         return not self.broken and self.process.poll() is None and _stamps(self.sites) == self.stamps
 
-    def start(self, script: Path, args: list[str], cwd: Path, env: dict[str, str], grace: float, cgroup_procs: str):
-        """Fork one attempt; its output (stderr included) on a new pipe. OSError if the starter is gone."""
+    def start(
+        self,
+        script: Path,
+        args: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        grace: float,
+        cgroup_procs: str,
+        late: Callable[[], dict[str, str]] | None = None,
+    ):
+        """Fork one attempt; its output (stderr included) on a new pipe. OSError if the starter is gone.
+
+        `late()`: more environment, asked for once the attempt is forked; the attempt waits for it
+        before its script starts (if `late` raises, the attempt ends without running anything).
+        """
         request = marshal.dumps((str(script), list(args), str(cwd), dict(env), grace, cgroup_procs))
         read, write = os.pipe()
+        late_read, late_write = os.pipe() if late is not None else (None, None)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            socket.send_fds(self._socket, [request], [write, theirs.fileno()])
+            fds = [write, theirs.fileno(), *([late_read] if late is not None else [])]
+            socket.send_fds(self._socket, [request], fds)
         except BaseException:
             os.close(read)
             ours.close()
+            if late_write is not None:
+                os.close(late_write)
             raise
         finally:
             os.close(write)
             theirs.close()
+            if late_read is not None:
+                os.close(late_read)
         ours.settimeout(ANSWER_S)
         try:
             answer = ours.recv(4096)
@@ -167,10 +193,24 @@ class Starter:
             self.broken = True
             os.close(read)
             ours.close()
+            if late_write is not None:
+                os.close(late_write)
             raise OSError("the warm starter did not answer")
         ours.settimeout(None)
         _, pid = marshal.loads(answer)
-        return Started(pid, open(read, "rb", buffering=0), ours, grace)
+        started = Started(pid, open(read, "rb", buffering=0), ours, grace)  # noqa: SIM115 - closed by its reader
+        if late is not None:
+            try:
+                more = marshal.dumps(dict(late()))
+            except BaseException:  # the attempt reads nothing and ends; its starter reaps it
+                os.close(late_write)
+                started.abandon()
+                raise
+            try:
+                os.write(late_write, more)
+            finally:
+                os.close(late_write)
+        return started
 
     def close(self) -> None:
         """Let go: the starter ends once the attempts it runs have ended."""
