@@ -110,6 +110,7 @@ class Run:
         self._runs: dict[str, RunRef] = {}  # executor key -> its MLflow run
         self._workflow_runs: dict[str, RunRef] = {}  # created when something under them starts
         self._cached_from: dict[str, str] = {}  # cached executor key -> the run it was cached from
+        self._succeeded: list[tuple[str, str, str | None]] = []  # (key, digest, run id) not yet in the cache log
         # the scheduler's bookkeeping (see _loop)
         self._waiting: dict[str, int] = {}  # pending key -> how many of its selected deps are not done
         self._dependents: dict[str, list[str]] = {}
@@ -288,8 +289,14 @@ class Run:
                 self._handle(message)
                 if not self.cancelled.is_set():
                     self._schedule()
+            self._remember()  # once the next executors are on their way
             if time.monotonic() - self._flushed > 0.2:
                 self._flush_logs()
+
+    def _remember(self) -> None:
+        """Append the executors that succeeded since the last call to the cache log."""
+        while self._succeeded:
+            self.workspace.remember(*self._succeeded.pop(0))
 
     def _flush_logs(self) -> None:
         """Logs are buffered for speed; a few times a second they reach the disk, so they can be followed."""
@@ -660,7 +667,7 @@ class Run:
                 ref, state, metrics, tags, logs=[self.workspace.log_path(key)], later=self._provenance(key)
             )
             if state == ev.SUCCEEDED:
-                self.workspace.remember(key, self._digests[key], ref.id_now)
+                self._succeeded.append((key, self._digests[key], ref.id_now))
             self._record(
                 self._by_key[key],
                 state,
@@ -808,6 +815,7 @@ class Run:
 
         Also keeps what this run learnt for the next one: the cache entries and the file digests.
         """
+        self._remember()
         failures: list[str] = []
         if self.writer is not None:
             failures = self.writer.close()
