@@ -284,4 +284,4 @@ def test_an_executor_whose_run_cannot_be_created_does_not_run(tmp_path, monkeypa
     assert refused.status == "failed" and refused.attempts == 0, refused
     assert refused.error == "not started: the MLflow run of w/refused could not be created: the store refused it"
     assert result.executors["w/fine"].status == "succeeded"
-    assert not (app.path / "ran.txt").exists()
+    assert not (app.path / "ran.txt").exists() and not app.log_path("w/refused").exists()

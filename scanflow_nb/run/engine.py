@@ -474,6 +474,7 @@ class Run:
                     if code == 0 and error is None:
                         break
         except TrackerError as exc:  # its MLflow run could not be created (a late_env back end)
+            log_path.unlink(missing_ok=True)  # opened for the first attempt, empty: nothing ran
             post(("done", task.key, ev.FAILED, 0, None, f"not started: {exc}"))
             return
         except Exception as exc:  # never let a worker die silently
