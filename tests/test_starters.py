@@ -96,6 +96,9 @@ def test_a_forked_attempt_finalizes_fully_and_ends_with_its_own_status(tmp_path,
     )
     assert status == -signal.SIGUSR1
 
+    handle, status, lines = run(warm_backend, launch(tmp_path, "import sys\nsys.exit('stopped: no data')"))
+    assert status == 1 and lines == ["stopped: no data"]  # as Python ends on a SystemExit with a message
+
     handle, status, lines = run(warm_backend, launch(tmp_path, "def f():\n    raise ValueError('boom')\nf()\n"))
     assert status == 1 and lines[0] == "Traceback (most recent call last):" and lines[-1] == "ValueError: boom"
     assert all("reaper.py" not in line for line in lines), lines  # the traceback starts in the script

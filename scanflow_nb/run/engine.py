@@ -8,7 +8,8 @@ run's own thread drains, so listeners run on one thread, in order.
 
 Nobody here waits for MLflow: every write goes to the run's `track.runs.RunWriter` (`self.writer`),
 whose thread opens the store while the run gets ready. An executor's worker waits only for its own
-run's id before launching it; the run returns once every write is done.
+run's id: before launching it, or (a back end with `late_env`) before its code starts; the run
+returns once every write is done.
 """
 
 from __future__ import annotations
