@@ -91,6 +91,12 @@ def test_a_forked_attempt_finalizes_fully_and_ends_with_its_own_status(tmp_path,
     assert (tmp_path / "thread.txt").read_text() == "joined"
     assert handle.usage().cpu_s is not None and handle.usage().cpu_s > 0
 
+    # a module the script imports is finalized too: what it left in an open file's buffer is written
+    (tmp_path / "keeper.py").write_text('LOG = open("module.txt", "w")\nLOG.write("from a module, never flushed")\n')
+    handle, status, lines = run(warm_backend, launch(tmp_path, "import keeper"))
+    assert isinstance(handle.process, starters.Started) and status == 0, lines
+    assert (tmp_path / "module.txt").read_text() == "from a module, never flushed"
+
     handle, status, lines = run(
         warm_backend, launch(tmp_path, "import os, signal\nos.kill(os.getpid(), signal.SIGUSR1)")
     )
