@@ -152,7 +152,8 @@ def execute(name: str, folder: Path, python: Path) -> nbformat.NotebookNode:
     )
     env.pop("SCANFLOW_BASE_IMAGE", None)  # as after `make machine`: the docker back end finds its base image
     out = subprocess.run(
-        [str(python), "-c", "from nbclient.cli import main; main()", "--inplace", "--timeout=600", name],
+        # a hang guard, not a speed check: beside two CPU hogs, 02's docker run cell once took over 600 s
+        [str(python), "-c", "from nbclient.cli import main; main()", "--inplace", "--timeout=1500", name],
         cwd=folder,
         env=env,
         capture_output=True,
