@@ -124,7 +124,9 @@ def test_a_background_run_and_the_saved_notebook(lab, page):
     live.locator("g.sf-executor[data-key='evaluate/score_b']").click()
     expect(run_cell(page, "print(live.selected)").locator(".jp-OutputArea-output")).to_have_text("evaluate/score_b\n")
 
-    page.keyboard.press("Control+s")  # widget state is saved with the notebook (saveState is on)
+    # Save as Ctrl+S does, and wait until the save is done: reading the file while the server replaces it
+    # can fail that save (seen on a busy machine). The widget state is saved with it (saveState is on).
+    page.evaluate("async () => { await window.jupyterapp.commands.execute('docmanager:save'); }")
 
     def saved_graph():
         metadata = lab.api("GET", "api/contents/background.ipynb")["content"]["metadata"]
