@@ -259,6 +259,24 @@ def run_cell(page, code: str, timeout: float = 120, wait: bool = True):
     return cell
 
 
+def wait_for_kernel_output(page, code: str, text: str, timeout: float = 60) -> None:
+    """Run `code` in new cells until one prints `text`.
+
+    A widget change made in the page reaches the kernel when ipywidgets' throttle lets it go: while an earlier
+    update still waits for the kernel, the next one is held back, and a cell run meanwhile sees the old value.
+    """
+    outputs = []
+
+    def printed() -> bool:
+        outputs.append(run_cell(page, code).locator(".jp-OutputArea-output").inner_text())
+        return outputs[-1].strip() == text.strip()
+
+    try:
+        eventually(printed, timeout, f"{code!r} printing {text!r}")
+    except TimeoutError as error:
+        raise AssertionError(f"{error}; it printed {outputs}") from None
+
+
 def wait_for_cell(page, cell, timeout: float = 120) -> None:
     """Wait until a cell's prompt shows its execution count ("[3]:" rather than "[*]:" or "[ ]:")."""
     from playwright.sync_api import expect

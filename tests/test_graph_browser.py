@@ -10,7 +10,15 @@ from __future__ import annotations
 import re
 
 import pytest
-from browser_support import docs_screenshot, eventually, expect, open_notebook, run_cell, wait_for_cell
+from browser_support import (
+    docs_screenshot,
+    eventually,
+    expect,
+    open_notebook,
+    run_cell,
+    wait_for_cell,
+    wait_for_kernel_output,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -82,9 +90,7 @@ def test_click_keys_and_python_selection_in_the_live_graph(lab, page, tmp_path):
     page.keyboard.press("ArrowDown")  # then the parallel group under it
     expect(graph.locator(".sf-key")).to_have_text(re.compile(r"^evaluate/score_[ab]$"))
     below = graph.locator(".sf-key").inner_text()
-    expect(run_cell(page, "print('selected', g.selected)").locator(".jp-OutputArea-output")).to_have_text(
-        f"selected {below}\n"
-    )
+    wait_for_kernel_output(page, "print('selected', g.selected)", f"selected {below}")
     run_cell(page, "g.selected = 'publish'")  # selecting from Python does what a click does
     publish = graph.locator("g.sf-executor[data-key='report/publish']")
     expect(publish).to_have_class(re.compile(r"\bsf-selected\b"))
@@ -122,7 +128,7 @@ def test_a_background_run_and_the_saved_notebook(lab, page):
     expect(live.locator(".scanflow-summary")).to_contain_text("4/4 done", timeout=SLOW)
     expect(live.locator("g.sf-executor.sf-succeeded")).to_have_count(4)
     live.locator("g.sf-executor[data-key='evaluate/score_b']").click()
-    expect(run_cell(page, "print(live.selected)").locator(".jp-OutputArea-output")).to_have_text("evaluate/score_b\n")
+    wait_for_kernel_output(page, "print(live.selected)", "evaluate/score_b")
 
     # Save as Ctrl+S does, and wait until the save is done: reading the file while the server replaces it
     # can fail that save (seen on a busy machine). The widget state is saved with it (saveState is on).

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.swarm, pytest.mark.slow]
 
 LOAD = textwrap.dedent(
     """\
-    import json, os, time, urllib.request
+    import http.client, json, os, time, urllib.request
     rows = {rows}
     url = os.environ["SCANFLOW_SERVICE_API"] + "/invocations"
     body = json.dumps({{"inputs": rows}}).encode()
@@ -29,7 +29,7 @@ LOAD = textwrap.dedent(
             reply = urllib.request.urlopen(urllib.request.Request(url, body, {{"Content-Type": "application/json"}}))
             reply.read()
             answered += 1
-        except OSError:
+        except (OSError, http.client.HTTPException):  # refused, reset, or cut off mid-answer by the kill
             failed += 1
             time.sleep(0.05)
     print("LOAD", json.dumps({{"answered": answered, "rows": answered * len(rows), "failed": failed}}))
