@@ -56,13 +56,14 @@ IN_COLAB = (
     "03_drift_checker.ipynb",
     "04_labeling.ipynb",
     "05_reproduction.ipynb",
+    "06_serving.ipynb",
     "07_experiments.ipynb",
 )
 
 
 def xdist_group(item) -> str:
     """The tutorials on the Colab install (one per session) are one pytest-xdist group, on one worker; 02
-    (Docker) and 06 run on this suite's environment and, with the checks above, are another group."""
+    (Docker, which Colab has not) runs on this suite's environment and, with the checks above, is another group."""
     number = re.match(r"test_(\d\d)_", item.name)
     return "tutorials" if number and any(name.startswith(number[1]) for name in IN_COLAB) else "tutorials-local"
 
