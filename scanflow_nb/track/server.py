@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ..errors import TrackerError
+from . import tether
 
 _running: dict[tuple[str, int], TrackerServer] = {}
 
@@ -61,7 +62,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class TrackerServer:
-    """`mlflow server` with one worker and no job runner, stopped with its whole process group."""
+    """`mlflow server` with one worker and no job runner, stopped with its whole process group.
+
+    It is tethered to this process: if the kernel dies without stopping it, it stops too (no orphan server
+    holding the port and the store).
+    """
 
     def __init__(
         self, store_uri: str, artifacts: Path, port: int = 0, host: str = "127.0.0.1", log_file: Path | None = None
@@ -70,6 +75,7 @@ class TrackerServer:
         self.port = port or free_port(host)
         self.log_file = log_file
         self.process: subprocess.Popen | None = None
+        self._tether: int | None = None  # the pipe's write end: its closing stops the server
 
     @property
     def uri(self) -> str:
@@ -93,13 +99,25 @@ class TrackerServer:
         cmd = server_command(
             self.store_uri, self.artifacts, self.host, self.port, program=(sys.executable, "-m", "mlflow")
         )
-        with open(self.log_file, "ab") if self.log_file else contextlib.nullcontext(subprocess.DEVNULL) as log:
-            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        watched, self._tether = os.pipe()
+        cmd = [sys.executable, "-P", tether.__file__, str(watched), *cmd]
+        try:
+            with open(self.log_file, "ab") if self.log_file else contextlib.nullcontext(subprocess.DEVNULL) as log:
+                self.process = subprocess.Popen(
+                    cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, pass_fds=[watched]
+                )
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            os.close(watched)
         deadline = time.monotonic() + timeout
         while not self.alive():
             if self.process.poll() is not None:
+                code = self.process.returncode
+                self.stop()
                 where = f"; see {self.log_file}" if self.log_file else ""
-                raise TrackerError(f"mlflow server exited with code {self.process.returncode} on start{where}")
+                raise TrackerError(f"mlflow server exited with code {code} on start{where}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise TrackerError(f"mlflow server did not answer on {self.uri} within {timeout:.0f} s")
@@ -111,6 +129,9 @@ class TrackerServer:
         """Stop the server and its workers (the whole process group)."""
         proc, self.process = self.process, None
         _running.pop((self.store_uri, self.port), None)
+        if self._tether is not None:
+            os.close(self._tether)
+            self._tether = None
         if proc is None or proc.poll() is not None:
             return
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
