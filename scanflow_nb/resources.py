@@ -16,6 +16,7 @@ from .errors import ValidationError
 
 PEAK_RSS_MB = "resource.peak_rss_mb"  # the largest resident memory of the step's processes, MiB
 CPU_S = "resource.cpu_s"  # CPU time (user + system) of the step and the children it waited for
+USAGE_METRICS = (CPU_S, PEAK_RSS_MB)
 
 MIN_MEMORY = 6 * 2**20  # Docker's smallest memory limit
 MIN_CPUS = 0.01  # Docker's smallest CPU quota (1 ms per 100 ms)

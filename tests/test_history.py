@@ -73,6 +73,9 @@ def test_history_sees_runs_made_by_another_process(ran_twice):
     newest, oldest = frame.iloc[0], frame.iloc[1]
     assert (oldest["succeeded"], oldest["cached"], newest["succeeded"], newest["cached"]) == (2, 0, 0, 2)
     assert oldest["train.k"] == 2 and oldest["train.score"] == 6.0  # typed: parameters and metrics are numbers
+    # the user's parameters and metrics first, then what the engine measured of every executor
+    columns = list(frame.columns)
+    assert columns.index("train.score") < columns.index("prep.duration_s") < columns.index(f"train.{PEAK_RSS_MB}")
     assert set(frame["backend"]) == {"local"} and frame["duration"].gt(0).all()
     assert list(App.open(app_dir).runs("main", last=1)["run_id"]) == [newest["run_id"]]
     with pytest.raises(NotFoundError, match="unknown workflow 'nope'"):

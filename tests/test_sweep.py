@@ -42,6 +42,7 @@ def test_a_grid_of_four_gives_four_child_runs_and_the_best(app_dir, capsys):
     trials = result.trials
     assert len(trials) == 4 and sorted(trials["x"]) == [1, 2, 3, 4.5] and set(trials["status"]) == {"succeeded"}
     assert sorted(trials["loss"]) == [0.0, 1.0, 2.25, 4.0]
+    assert list(trials.columns) == ["trial", "status", "x", "loss", "duration", "run_id", "error"]  # for every trial
     client = get_client(app.store_uri)
     parent = client.get_run(result.run_id)
     assert parent.data.tags["scanflow.sweep"] == "main/quad" and parent.info.status == "FINISHED"

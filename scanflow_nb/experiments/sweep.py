@@ -26,6 +26,7 @@ from typing import Any
 from .. import events as ev
 from ..containers.names import shorten
 from ..errors import RunError, ScanflowError, ValidationError
+from ..resources import USAGE_METRICS
 from ..run.engine import Run
 from ..schedule import Task, task_key
 from ..spec import Executor, Workflow
@@ -371,7 +372,9 @@ class TrialRunner:
                 logged = get_client(self.uri).get_run(event.run_id).data.metrics
             except Exception as exc:  # the trial counts as failed; the sweep goes on
                 logged, trial.error = {}, f"its metrics could not be read: {exc}"
-            trial.metrics = {k: v for k, v in logged.items() if k not in BOOKKEEPING_METRICS}
+            # the engine's usage metrics are written after this event, so only some trials would show them
+            ignored = (*BOOKKEEPING_METRICS, *USAGE_METRICS)
+            trial.metrics = {k: v for k, v in logged.items() if k not in ignored}
             trial.metric = trial.metrics.get(self.metric) if self.metric else None
             if self.metric and trial.metric is None and not trial.error:
                 trial.error = f"it logged no metric {self.metric!r}"

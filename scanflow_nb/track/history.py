@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NotFoundError, ValidationError
+from ..resources import USAGE_METRICS
 from .store import get_client, sqlite_path
 
 KIND = "scanflow.kind"
@@ -28,6 +29,7 @@ PARENT = "mlflow.parentRunId"
 SWEEP = "scanflow.sweep"  # tag of a sweep's root run: listed by the sweep, not in the history
 RERUN_OF = "scanflow.rerun_of"  # tag of a re-run's root run: the run it re-ran
 BOOKKEEPING = ("attempts", "exit_code")  # metrics the engine logs on every executor run; left out of columns
+MEASURED = ("duration_s", *USAGE_METRICS)  # the engine's measures of every executor run: columns after the user's
 CACHED = "scanflow.cached."  # root-run tag prefix: CACHED + a cached executor's key -> the run it reused
 ROOT_TAGS = ("scanflow.workflow", "scanflow.backend", "scanflow.status", SWEEP, RERUN_OF, CACHED)
 EXECUTOR_TAGS = ("scanflow.key", "scanflow.status")
@@ -269,7 +271,7 @@ def history(uri: str, workflow: str | None = None, last: int | None = None):
 
     runs = workflow_runs(uri, workflow, last)
     names = _column_prefixes(runs)
-    rows = []
+    rows, measured = [], set()
     for run in runs:
         row: dict[str, Any] = {
             "run_id": run.root.run_id,
@@ -287,9 +289,10 @@ def history(uri: str, workflow: str | None = None, last: int | None = None):
             prefix = names[key]
             row.update({f"{prefix}.{name}": value for name, value in ex.params.items()})
             row.update({f"{prefix}.{name}": value for name, value in ex.metrics.items() if name not in BOOKKEEPING})
+            measured.update(f"{prefix}.{name}" for name in MEASURED)
         rows.append(row)
     frame = pd.DataFrame(rows, columns=None if rows else FIXED)
-    frame = frame[FIXED + sorted(c for c in frame.columns if c not in FIXED)]
+    frame = frame[FIXED + sorted((c for c in frame.columns if c not in FIXED), key=lambda c: (c in measured, c))]
     if rows:
         frame["start"] = pd.to_datetime(frame["start"], unit="s", utc=True).dt.tz_convert(_local_zone())
     for column in frame.columns:
