@@ -3,6 +3,8 @@ for the checker, the alias followed without a failed request, clean stops and cr
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -189,6 +191,37 @@ def test_rows_of_a_killed_service_are_logged_by_its_next_start(registry):
         assert wait_for(lambda: again.stats()["adopted_segments"] == 1), again.stats()
     finally:
         again.stop()
+
+
+KERNEL = """
+import sys, time
+from scanflow_nb.serve import start_service
+
+svc = start_service(sys.argv[1], sys.argv[2], "orphan", name="orphan", flush_seconds=600, batch_rows=10_000)
+print(svc.process.pid, svc.url, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_service_whose_kernel_is_killed_stops_and_logs_what_it_answered(registry):
+    """The kernel that started a service dies without a word: the service does not live on, orphaned; it
+    stops as on `%scanflow serve stop` and logs the rows it had answered."""
+    argv = [sys.executable, "-c", KERNEL, f"models:/{MODEL}/1", registry.uri]
+    kernel, service = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True), None
+    try:
+        pid, url = kernel.stdout.readline().split()
+        service = int(pid)
+        client = Client(url)
+        for start in range(0, 12, 4):
+            client.predict(registry.X[start : start + 4])
+        kernel.kill()
+        kernel.wait()
+        assert wait_for(lambda: not alive(service), timeout=90), "the service outlived its kernel"
+        assert wait_for(lambda: logged_rows(registry.uri, "orphan", "orphan") == 12, timeout=60)
+    finally:
+        kernel.kill()
+        if service is not None and alive(service):
+            os.killpg(service, signal.SIGKILL)
 
 
 def test_a_dead_logger_is_said_and_started_again_and_nothing_is_lost(registry):

@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 from ..errors import ScanflowError, ValidationError
+from ..track import tether
 from .service import CLIENT_ENV, DEFAULT_HOST, DEFAULT_PORT, REPLICA_HEADER, VERSION_HEADER, PredictionService
 
 
@@ -117,8 +118,10 @@ def serve(
     # so the flush below and the caller's last words happen (the handlers before serving come back after)
     quiet = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)} if quiet else {}
+    server = uvicorn.Server(config)
+    tether.follow(lambda: setattr(server, "should_exit", True))  # started by a kernel: stop if it dies
     try:
-        uvicorn.Server(config).run()
+        server.run()
     finally:
         final = service.close()
         for sig, handler in previous.items():

@@ -3,7 +3,7 @@
 The subprocess is the command line a terminal would run (`python -m scanflow_nb.cli serve ...`), in its own
 process group with its output in `<state>/serve/<name>/service.log`. Stopping sends SIGTERM (the service
 stops taking requests and logs what it buffered), waits, and only then kills. Services started here are
-stopped when the kernel exits.
+stopped when the kernel exits, or dies: a pipe tethers them to it (`track.tether`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 
 from ..errors import NotFoundError, ScanflowError, ValidationError
 from ..files import state_dir
+from ..track import tether
 from ..track.server import free_port
 from .service import DEFAULT_HOST, service_name
 from .spool import spool_root
@@ -41,8 +42,8 @@ class ServiceProcess:
         self.name, self.host, self.port, self.command, self.log_file = name, host, port, command, log_file
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(log_file, "ab") as out:
-            self.process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+            self.process, self._tether = tether.popen(
+                command, own=True, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
             )
 
     @property
@@ -83,6 +84,9 @@ class ServiceProcess:
     def stop(self, timeout: float = 60.0) -> str:
         """SIGTERM (flush and stop), SIGKILL after `timeout` s; returns the service's last line."""
         _RUNNING.pop(self.name, None)
+        if self._tether is not None:
+            os.close(self._tether)
+            self._tether = None
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
             if self.process.poll() is not None:
                 break

@@ -99,18 +99,8 @@ class TrackerServer:
         cmd = server_command(
             self.store_uri, self.artifacts, self.host, self.port, program=(sys.executable, "-m", "mlflow")
         )
-        watched, self._tether = os.pipe()
-        cmd = [sys.executable, "-P", tether.__file__, str(watched), *cmd]
-        try:
-            with open(self.log_file, "ab") if self.log_file else contextlib.nullcontext(subprocess.DEVNULL) as log:
-                self.process = subprocess.Popen(
-                    cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, pass_fds=[watched]
-                )
-        except BaseException:
-            self.stop()
-            raise
-        finally:
-            os.close(watched)
+        with open(self.log_file, "ab") if self.log_file else contextlib.nullcontext(subprocess.DEVNULL) as log:
+            self.process, self._tether = tether.popen(cmd, own=False, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while not self.alive():
             if self.process.poll() is not None:
