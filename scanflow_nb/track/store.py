@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import stat
 import sys
 import tempfile
 import threading
@@ -91,6 +92,8 @@ def heal(uri: str) -> str | None:
         st = path.stat()
     except FileNotFoundError:
         st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):  # MLflow would retry opening it for about 100 s
+        raise TrackerError(f"cannot open the MLflow store at {uri}: {path} is not a file; move it away")
     note = None
     if st is None:
         if _dispose_engines(path):  # else never opened by this kernel: created below, as a first use would
