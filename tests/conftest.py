@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,12 @@ import pytest
 pytest_plugins = ("docker_support", "browser_support", "serve_support")
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+# The Ctrl-C tests send SIGINT. A shell that starts the suite as a background job without job control (`make
+# test &` in a script) ignores SIGINT in it, and then no Python process of the suite raises KeyboardInterrupt:
+# give this process, and so every process it starts, Python's usual handler.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_report_header(config):
