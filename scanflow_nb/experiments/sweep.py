@@ -41,6 +41,8 @@ except ImportError:  # no advisory locks (Windows): sweeps of one executor are n
 
 DIRECTIONS = ("minimize", "maximize")
 SEARCHES = ("grid", "optuna", "random")
+# the engine's, not the trial's: its usage metrics are written after a trial's end event, so only some would show
+NOT_TRIAL_METRICS = (*BOOKKEEPING_METRICS, *USAGE_METRICS)
 
 
 @dataclass
@@ -372,9 +374,7 @@ class TrialRunner:
                 logged = get_client(self.uri).get_run(event.run_id).data.metrics
             except Exception as exc:  # the trial counts as failed; the sweep goes on
                 logged, trial.error = {}, f"its metrics could not be read: {exc}"
-            # the engine's usage metrics are written after this event, so only some trials would show them
-            ignored = (*BOOKKEEPING_METRICS, *USAGE_METRICS)
-            trial.metrics = {k: v for k, v in logged.items() if k not in ignored}
+            trial.metrics = {k: v for k, v in logged.items() if k not in NOT_TRIAL_METRICS}
             trial.metric = trial.metrics.get(self.metric) if self.metric else None
             if self.metric and trial.metric is None and not trial.error:
                 trial.error = f"it logged no metric {self.metric!r}"

@@ -42,7 +42,7 @@ class ServiceProcess:
         self.name, self.host, self.port, self.command, self.log_file = name, host, port, command, log_file
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(log_file, "ab") as out:
-            self.process, self._tether = tether.popen(
+            self.process = tether.Tethered(
                 command, own=True, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
             )
 
@@ -84,9 +84,7 @@ class ServiceProcess:
     def stop(self, timeout: float = 60.0) -> str:
         """SIGTERM (flush and stop), SIGKILL after `timeout` s; returns the service's last line."""
         _RUNNING.pop(self.name, None)
-        if self._tether is not None:
-            os.close(self._tether)
-            self._tether = None
+        self.process.release()
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
             if self.process.poll() is not None:
                 break

@@ -271,7 +271,7 @@ def history(uri: str, workflow: str | None = None, last: int | None = None):
 
     runs = workflow_runs(uri, workflow, last)
     names = _column_prefixes(runs)
-    rows, measured = [], set()
+    rows, measured = [], {f"{prefix}.{name}" for prefix in names.values() for name in MEASURED}
     for run in runs:
         row: dict[str, Any] = {
             "run_id": run.root.run_id,
@@ -289,7 +289,6 @@ def history(uri: str, workflow: str | None = None, last: int | None = None):
             prefix = names[key]
             row.update({f"{prefix}.{name}": value for name, value in ex.params.items()})
             row.update({f"{prefix}.{name}": value for name, value in ex.metrics.items() if name not in BOOKKEEPING})
-            measured.update(f"{prefix}.{name}" for name in MEASURED)
         rows.append(row)
     frame = pd.DataFrame(rows, columns=None if rows else FIXED)
     frame = frame[FIXED + sorted((c for c in frame.columns if c not in FIXED), key=lambda c: (c in measured, c))]

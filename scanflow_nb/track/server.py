@@ -74,8 +74,7 @@ class TrackerServer:
         self.store_uri, self.artifacts, self.host = store_uri, Path(artifacts), host
         self.port = port or free_port(host)
         self.log_file = log_file
-        self.process: subprocess.Popen | None = None
-        self._tether: int | None = None  # the pipe's write end: its closing stops the server
+        self.process: tether.Tethered | None = None
 
     @property
     def uri(self) -> str:
@@ -100,7 +99,7 @@ class TrackerServer:
             self.store_uri, self.artifacts, self.host, self.port, program=(sys.executable, "-m", "mlflow")
         )
         with open(self.log_file, "ab") if self.log_file else contextlib.nullcontext(subprocess.DEVNULL) as log:
-            self.process, self._tether = tether.popen(cmd, own=False, stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.process = tether.Tethered(cmd, own=False, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while not self.alive():
             if self.process.poll() is not None:
@@ -119,10 +118,10 @@ class TrackerServer:
         """Stop the server and its workers (the whole process group)."""
         proc, self.process = self.process, None
         _running.pop((self.store_uri, self.port), None)
-        if self._tether is not None:
-            os.close(self._tether)
-            self._tether = None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
+            return
+        proc.release()
+        if proc.poll() is not None:
             return
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
             try:

@@ -3,10 +3,10 @@
 The starter keeps the write end of a pipe that only it holds; the child side reads end of file once the
 starter's process has ended, however it ended (SIGKILL, a crash; a parent-death signal would follow the thread
 that started the child instead), and stops as on SIGTERM:
-- `popen(..., own=False)`: a command that is not ours runs under this file as a script
+- `Tethered(..., own=False)`: a command that is not ours runs under this file as a script
   (`python -P tether.py FD GRACE COMMAND...`), in our process group; at end of file, or on SIGTERM or SIGINT,
   the group gets SIGTERM, then SIGKILL after GRACE seconds, and we end as the command ended;
-- `popen(..., own=True)`: our own command calls `follow(stop)`, which calls `stop` at end of file.
+- `Tethered(..., own=True)`: our own command calls `follow(stop)`, which calls `stop` at end of file.
 Standard library only: the script runs before any package is imported.
 """
 
@@ -18,28 +18,35 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 FD_ENV = "SCANFLOW_TETHER_FD"
 POLL_S = 0.5
 
 
-def popen(command: list[str], own: bool, grace: float = 10.0, **options) -> tuple[subprocess.Popen, int]:
-    """Start `command` tethered to this process (Popen `options`, in a session of its own); returns it and
-    the pipe's write end: close that to stop the command as SIGTERM would."""
-    watched, held = os.pipe()
-    try:
-        if own:
-            options["env"] = {**(options.get("env") or os.environ), FD_ENV: str(watched)}
-        else:
-            command = [sys.executable, "-P", __file__, str(watched), str(grace), *command]
-        process = subprocess.Popen(command, start_new_session=True, pass_fds=[watched], **options)
-    except BaseException:
-        os.close(held)
-        raise
-    finally:
-        os.close(watched)
-    return process, held
+class Tethered(subprocess.Popen):
+    """`command` started tethered to this process (Popen `options`, in a session of its own). `release()`
+    closes the pipe's write end: the command then stops as on SIGTERM, if it still runs."""
+
+    def __init__(self, command: list[str], own: bool, grace: float = 10.0, **options):
+        watched, self._held = os.pipe()
+        try:
+            if own:
+                options["env"] = {**(options.get("env") or os.environ), FD_ENV: str(watched)}
+            else:
+                command = [sys.executable, "-P", __file__, str(watched), str(grace), *command]
+            super().__init__(command, start_new_session=True, pass_fds=[watched], **options)
+        except BaseException:
+            self.release()
+            raise
+        finally:
+            os.close(watched)
+
+    def release(self) -> None:
+        if self._held is not None:
+            os.close(self._held)
+            self._held = None
 
 
 def follow(stop: Callable[[], None]) -> None:
@@ -62,7 +69,7 @@ def _status(wait_status: int) -> int:
     return code if code >= 0 else 128 - code
 
 
-def _run(fd: int, grace: float, command: list[str]) -> int | None:
+def _run(fd: int, grace: float, command: list[str]) -> int:
     child = os.fork()
     if child == 0:
         os.close(fd)
@@ -74,21 +81,18 @@ def _run(fd: int, grace: float, command: list[str]) -> int | None:
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
-    while not stopping:
+    deadline = None
+    while True:
         pid, wait_status = os.waitpid(child, os.WNOHANG)
         if pid:
             return _status(wait_status)
-        if select.select([fd], [], [], POLL_S)[0] and not os.read(fd, 1):
-            stopping.append(True)
-    os.killpg(0, signal.SIGTERM)  # ours is handled: we wait for the command below
-    waited = 0.0
-    while waited < grace:
-        pid, wait_status = os.waitpid(child, os.WNOHANG)
-        if pid:
-            return _status(wait_status)
-        select.select([], [], [], POLL_S)
-        waited += POLL_S
-    os.killpg(0, signal.SIGKILL)  # the group, this process included
+        if deadline is not None:
+            if time.monotonic() > deadline:
+                os.killpg(0, signal.SIGKILL)  # the group, this process included
+            time.sleep(POLL_S)
+        elif stopping or (select.select([fd], [], [], POLL_S)[0] and not os.read(fd, 1)):
+            os.killpg(0, signal.SIGTERM)  # ours is handled: we wait for the command, `grace` s at most
+            deadline = time.monotonic() + grace
 
 
 if __name__ == "__main__":
