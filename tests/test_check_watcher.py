@@ -145,6 +145,36 @@ def test_interrupted_and_untagged_results_are_reconciled(data, tmp_path):
     assert watcher.poll() == []
 
 
+@pytest.mark.parametrize("cut", ["before the commit", "between the commit and the checked tag"])
+def test_a_result_the_tracker_cut_off_is_recorded_and_announced_once(data, tmp_path, monkeypatch, cut):
+    """The tracker fails while the watcher commits a complete result: the next poll records it, once."""
+    detector, _, drifted = data
+    uri = new_store(tmp_path)
+    batch = tr.log_batch(drifted[0], uri, EXP)
+    real_commit, cut_off = tr.commit, []
+
+    def commit_then_lose_the_tracker(client, batch_run_id, check_run_id):
+        if cut_off:
+            return real_commit(client, batch_run_id, check_run_id)
+        cut_off.append(check_run_id)
+        if cut != "before the commit":
+            tr._write_once(client, batch_run_id, tr.RESULT_PARAM, check_run_id)  # stored; the reply is lost
+        raise ConnectionError("the tracker went away")
+
+    monkeypatch.setattr(tr, "commit", commit_then_lose_the_tracker)
+    drifts = []
+    watcher = Watcher(uri, EXP, detector, every=0.2, on_drift=drifts.append)
+    with pytest.raises(ConnectionError):
+        watcher.poll()
+    assert watcher.records == [] and drifts == []
+
+    (record,) = watcher.poll()
+    assert record.batch_run_id == batch and record.check_run_id == cut_off[0] and record.result.is_drift
+    assert drifts == [record] and watcher.poll() == [] and watcher.status()["checked"] == 1
+    assert [r.info.run_id for r in results_by_batch(uri)[batch]] == cut_off
+    assert tr.client_for(uri).get_run(batch).data.tags[tr.CHECKED_TAG] == cut_off[0]
+
+
 def test_unusable_batches_get_one_failed_result_and_are_not_retried(data, tmp_path):
     detector, clean, _ = data
     uri = new_store(tmp_path)

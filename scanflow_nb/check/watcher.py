@@ -6,8 +6,10 @@ store), scores it with the detector, logs the result and commits it (`tracking.l
 number of watchers, in any number of kernels or machines, can watch one experiment: every batch
 gets exactly one check run. Results left by an interrupted earlier attempt are reconciled: a
 complete one is adopted, an incomplete one deleted, so this holds across stop/start, kernel
-restarts and tracker outages too. A claim whose holder died is taken over: at once when the holder
-was a process of this machine that is gone, else after `claim_timeout` seconds.
+restarts and tracker outages too; a result the tracker's failure cut off before this watcher could
+record it is recorded and announced by a later poll, once. A claim whose holder died is taken over:
+at once when the holder was a process of this machine that is gone, else after `claim_timeout`
+seconds.
 
 Every result also feeds the stream's alarm (`stream.StreamChecker`: CUSUM over the batches'
 p-values, about `arl` clean batches between false alarms). Its state is read back from the newest
@@ -107,6 +109,7 @@ class Watcher:
         self._polls = 0
         self._last_poll: float | None = None
         self._outage_start: float | None = None
+        self._scored: dict[str, tuple] = {}  # batch run id -> (result, error, stream step), until reported
 
     # -- control ------------------------------------------------------------------------------
     def add_callback(self, event: str, fn: Callable) -> None:
@@ -195,6 +198,8 @@ class Watcher:
         )
         if self._outage_start is not None:
             self._end_outage()
+        for gone in set(self._scored) - {run.info.run_id for run in pending}:
+            del self._scored[gone]  # checked since by another watcher
         new = []
         for run in pending:
             if self._stop.is_set():
@@ -209,8 +214,9 @@ class Watcher:
         client, batch_id = self._client, run.info.run_id
         params = run.data.params
         if tr.RESULT_PARAM in params:  # committed; only the tag was not written yet
-            tr.mark_checked(client, batch_id, params[tr.RESULT_PARAM])
-            return None
+            committed = params[tr.RESULT_PARAM]
+            tr.mark_checked(client, batch_id, committed)
+            return self._report_own(run, committed)
         attempt, holder = tr.latest_claim(params)
         if holder != self.claimant:
             if holder is not None and not self._stale(holder):
@@ -221,7 +227,7 @@ class Watcher:
         for old in earlier:
             if old.info.status == "FINISHED" or (old.info.status == "FAILED" and tr.ERROR_TAG in old.data.tags):
                 tr.commit(client, batch_id, old.info.run_id)  # a complete result that was never committed
-                return None
+                return self._report_own(run, old.info.run_id, old.data.tags)
         for old in earlier:
             client.delete_run(old.info.run_id)  # an attempt cut short: its result is incomplete
         result, error = self._score(batch_id)
@@ -236,10 +242,26 @@ class Watcher:
             extra[tr.OUTAGE_TAG] = (
                 f"{o['end'] - o['start']:.1f} s unreachable until {time.ctime(o['end'])}: {o['error']}"
             )
+        # kept until reported: if the tracker fails after the result is written, a later poll reports it
+        self._scored[batch_id] = (result, error, step)
         check_id = tr.log_check(client, self._exp_id, batch_id, result, error, extra, metrics)
         if check_id is None:
+            del self._scored[batch_id]
             return None  # another watcher committed first (it took over a claim thought stale)
-        if tr.OUTAGE_TAG in extra:
+        return self._report_own(run, check_id, extra)
+
+    def _report_own(self, run, check_id: str, tags: dict[str, str] | None = None) -> CheckRecord | None:
+        """Record and announce the committed result `check_id` of a batch this watcher scored (None if
+        the result is another watcher's). `tags`: the check run's tags, read from MLflow if not given."""
+        batch_id = run.info.run_id
+        if batch_id not in self._scored:
+            return None
+        if tags is None:
+            tags = self._client.get_run(check_id).data.tags
+        result, error, step = self._scored.pop(batch_id)
+        if tags.get(tr.WATCHER_TAG) != self.claimant:
+            return None
+        if tr.OUTAGE_TAG in tags:
             self.outages[-1]["reported"] = True
         now = time.time()
         logged_at = run.data.tags.get(tr.LOGGED_AT_TAG)
