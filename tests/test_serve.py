@@ -5,7 +5,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,10 +187,14 @@ def test_rows_of_a_killed_service_are_logged_by_its_next_start(registry):
     svc.process.wait(30)
     assert wait_for(lambda: not alive(logger), timeout=30)
     assert logged_rows(registry.uri, "crash", "crash") == 0
+    left = Path(tempfile.gettempdir()).glob(f"scanflow-model-{svc.process.pid}-*")
+    left = [*left, *Path(tempfile.gettempdir()).glob(f"scanflow-model-{logger}-*")]
+    assert left, "the killed service's downloaded model is where it was"
     again = start_service(f"models:/{MODEL}/1", registry.uri, "crash", **options)
     try:
         assert wait_for(lambda: logged_rows(registry.uri, "crash", "crash") == 20, timeout=60)
         assert wait_for(lambda: again.stats()["adopted_segments"] == 1), again.stats()
+        assert not any(folder.exists() for folder in left), "the next start removes what a killed one left"
     finally:
         again.stop()
 

@@ -9,6 +9,7 @@ Everything goes through an explicit tracking URI (no process-wide MLflow state).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -22,6 +23,7 @@ from typing import Any
 from ..errors import NotFoundError, ScanflowError, TrackerError
 
 log = logging.getLogger("scanflow_nb.serve")
+DOWNLOADS = "scanflow-model-"  # + the process id: the prefix of downloaded models' folders
 _REGISTERED = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<suffix>[^/]+))$")
 
 
@@ -97,6 +99,16 @@ def resolve_version(uri: str, tracking_uri: str) -> str | None:
         raise TrackerError(f"cannot ask the model registry at {tracking_uri} about {uri}: {exc.message}") from None
 
 
+def _download_folder() -> str:
+    """A new folder for a model's files, named after this process. Folders of processes that are gone
+    (a service killed outright never removes its own) are removed first."""
+    for old in Path(tempfile.gettempdir()).glob(f"{DOWNLOADS}*-*"):
+        pid = old.name[len(DOWNLOADS) :].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(old, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{DOWNLOADS}{os.getpid()}-")
+
+
 def load_model(uri: str, tracking_uri: str, version: str | None = None) -> LoadedModel:
     """Load `uri` (for a registered model: its `version`, or the one the URI means now) as a pyfunc model."""
     import mlflow.artifacts
@@ -117,7 +129,7 @@ def load_model(uri: str, tracking_uri: str, version: str | None = None) -> Loade
     if Path(source).exists():
         folder, local = None, source
     else:
-        folder = tempfile.mkdtemp(prefix="scanflow-model-")
+        folder = _download_folder()
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=tracking_uri, dst_path=folder)
         except Exception as exc:
