@@ -51,6 +51,7 @@ from typing import Any
 from ..errors import TrackerError
 from ..events import CACHED, FAILED, SKIPPED, SUCCEEDED
 from .artifacts import attach
+from .lean import LeanWrites
 from .store import experiment_id, get_client, log_values
 
 try:
@@ -162,6 +163,7 @@ class RunWriter:
         self._skipped = 0  # writes not tried after the store gave up
         self.failures: list[str] = []
         self.client = None
+        self._lean: LeanWrites | None = None  # one transaction per creation and per write-out (SQLite)
         self._thread = threading.Thread(target=self._main, daemon=True, name="scanflow-mlflow-writer")
         self._thread.start()
 
@@ -352,6 +354,7 @@ class RunWriter:
         try:
             self.client = get_client(self.uri)
             self._experiment_id = experiment_id(self.client, self.experiment)
+            self._lean = _lean_writes(self.client)
         except Exception as exc:
             self._fatal = str(exc) if isinstance(exc, TrackerError) else f"cannot open MLflow at {self.uri}: {exc}"
         self._opened.set()
@@ -369,18 +372,21 @@ class RunWriter:
         tags = {**self.common_tags, "scanflow.kind": ref.kind, **ref.tags, **self._tags_so_far(ref)}
         if parent is not None:
             tags["mlflow.parentRunId"] = parent.id_now
-        try:
-            create = self.client.create_run
-            run = self._write(
-                lambda: create(self._experiment_id, start_time=ref.start_ms, tags=tags, run_name=ref.name)
-            )
-        except Exception as exc:
-            ref._resolve(None, _one_line(exc))
-            return self._failed(ref.label, f"run not created: {_one_line(exc)}", exc)
-        ref.artifact_uri = run.info.artifact_uri
-        ref._resolve(run.info.run_id)
+        created = self._lean_write(lambda: self._lean.create(self._experiment_id, ref.name, ref.start_ms, tags))
+        if created is None:
+            try:
+                create = self.client.create_run
+                run = self._write(
+                    lambda: create(self._experiment_id, start_time=ref.start_ms, tags=tags, run_name=ref.name)
+                )
+            except Exception as exc:
+                ref._resolve(None, _one_line(exc))
+                return self._failed(ref.label, f"run not created: {_one_line(exc)}", exc)
+            created = run.info.run_id, run.info.artifact_uri
+        run_id, ref.artifact_uri = created
+        ref._resolve(run_id)
         if self._journal is not None:
-            self._journal.add(run.info.run_id)
+            self._journal.add(run_id)
 
     def _tags_so_far(self, ref: RunRef) -> dict[str, str]:
         """Tags asked for before the run exists, taken out to go with its creation (one write less)."""
@@ -408,17 +414,35 @@ class RunWriter:
                 continue
             pending.tags.update(more.tags)
             pending.artifacts += [(Path(f), False) for f in more.files]
-        values = {"params": pending.params, "metrics": pending.metrics, "tags": pending.tags}
-        if any(values.values()):
-            self._log(ref, run_id, values, pending.logged_ms or None)
-        for path, link in pending.artifacts:
+        for path, link in pending.artifacts:  # before the status: a closed run has all its files
             if path.is_file():
                 copy = partial(attach, self.client, run_id, ref.artifact_uri, path, "scanflow", link)
                 self._try(ref, f"artifact {path.name}", copy)
-        if pending.status is not None:
-            status = MLFLOW_STATUS.get(pending.status, "FINISHED")
-            end = pending.end_ms
+        values = {"params": pending.params, "metrics": pending.metrics, "tags": pending.tags}
+        status = MLFLOW_STATUS.get(pending.status, "FINISHED") if pending.status is not None else None
+        end, logged_ms = pending.end_ms, pending.logged_ms or _ms()
+        if (status or any(values.values())) and self._lean_write(
+            lambda: self._lean.write_out(run_id, **values, timestamp_ms=logged_ms, status=status, end_ms=end)
+        ):
+            ref.closed = status is not None
+            return
+        if any(values.values()):
+            self._log(ref, run_id, values, pending.logged_ms or None)
+        if status is not None:
             ref.closed = self._try(ref, "final status", lambda: self.client.set_terminated(run_id, status, end))
+
+    def _lean_write(self, call: Callable[[], Any]) -> Any:
+        """`call` on the lean path (`track.lean`); None if there is none or it did not write (refused, failed,
+        too big for one batch): MLflowClient then writes the same, with its errors and reports."""
+        if self._lean is None or self._gave_up:
+            return None
+        try:
+            result = call()
+        except Exception as exc:
+            log.debug("lean MLflow write not done, MlflowClient writes it: %s", exc)
+            return None
+        self._failures_in_a_row = 0
+        return result
 
     def _log(self, ref: RunRef, run_id: str, values: dict[str, dict], timestamp_ms: int | None) -> None:
         """One batch; if it fails, params, metrics and tags alone, so one bad value costs only its kind."""
@@ -473,6 +497,15 @@ class RunWriter:
 
 class _NotTried(TrackerError):
     """A write left out because the store failed too often already."""
+
+
+def _lean_writes(client) -> LeanWrites | None:
+    """The lean writes for `client`'s store; None (MlflowClient writes everything) where they cannot be had."""
+    try:
+        return LeanWrites.open(client)
+    except Exception as exc:
+        log.debug("no lean MLflow writes for %s: %s", client.tracking_uri, exc)
+        return None
 
 
 def _one_line(exc: BaseException) -> str:
