@@ -3,8 +3,9 @@
 Through MlflowClient, one executor's run costs a creation, a `log_batch` and a `set_terminated`: about
 a dozen SQL statements each (an eager experiment read, a dataset query, a full run load per status,
 an existence check per key), 25-30 ms of the kernel's CPU a step. `LeanWrites` does the same two
-things a run needs, with MLflow's own schema objects (`mlflow.store.tracking.dbmodels.models`), its
-validation helpers and its session maker (same engine, same error codes):
+things a run needs, with MLflow's own schema objects (`mlflow.store.tracking.dbmodels.models`, as
+SQLAlchemy Core statements: no unit of work, no relationship loads), its validation helpers and its
+engine (the same pooled connections, with the pragmas MLflow's sessions set):
 
     lean = LeanWrites.open(client)                  # None: not a SQLite store, or an unverified schema
     run_id, artifact_uri = lean.create(experiment_id, name, start_ms, tags)
@@ -25,14 +26,21 @@ from typing import Any
 
 # MLflow schema revisions whose runs, written here, read back as MLflow's own (tests/test_lean_writes.py)
 VERIFIED = {"dc11669786a5"}  # MLflow 3.17
+# what MLflow's sessions set on each SQLite connection (mlflow.store.db.utils); set here once per connection
+PRAGMAS = ("PRAGMA foreign_keys = ON", "PRAGMA busy_timeout = 20000", "PRAGMA case_sensitive_like = true")
 
 
 class LeanWrites:
     """Creations and write-outs of runs in one SQLite store; see the module's doc."""
 
     def __init__(self, store):
-        self._sessions = store.ManagedSessionMaker
+        from sqlalchemy import event
+
+        self._engine = store.engine
+        self._sql = _statements()
         self._sanitize = store.sanitize_metric_value  # NaN as 0 with is_nan, +-inf as the largest doubles
+        if not event.contains(self._engine, "connect", _pragmas):
+            event.listen(self._engine, "connect", _pragmas)
 
     @classmethod
     def open(cls, client) -> LeanWrites | None:
@@ -50,7 +58,6 @@ class LeanWrites:
         from mlflow.entities import LifecycleStage, RunStatus, SourceType
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
-        from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlRun, SqlTag
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
         from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
         from mlflow.utils.uri import append_to_uri_path
@@ -64,37 +71,37 @@ class LeanWrites:
             )
         tags[MLFLOW_RUN_NAME] = name
         run_id = uuid.uuid4().hex
-        with self._sessions(read_only=False) as session:
-            experiment = session.get(SqlExperiment, int(experiment_id))
-            if experiment is None:
+        with self._engine.begin() as db:
+            found = db.execute(self._sql.experiment, {"experiment": int(experiment_id)}).one_or_none()
+            if found is None:
                 raise MlflowException(f"No Experiment with id={experiment_id} exists", RESOURCE_DOES_NOT_EXIST)
-            if experiment.lifecycle_stage != LifecycleStage.ACTIVE:
+            stage, location = found
+            if stage != LifecycleStage.ACTIVE:
                 raise MlflowException(
-                    f"The experiment {experiment_id} must be in the 'active' state. "
-                    f"Current state is {experiment.lifecycle_stage}.",
+                    f"The experiment {experiment_id} must be in the 'active' state. Current state is {stage}.",
                     INVALID_PARAMETER_VALUE,
                 )
-            artifact_uri = append_to_uri_path(
-                experiment.artifact_location, run_id, SqlAlchemyStore.ARTIFACTS_FOLDER_NAME
+            artifact_uri = append_to_uri_path(location, run_id, SqlAlchemyStore.ARTIFACTS_FOLDER_NAME)
+            db.execute(
+                self._sql.insert_run,
+                {
+                    "name": name,
+                    "artifact_uri": artifact_uri,
+                    "run_uuid": run_id,
+                    "experiment_id": int(experiment_id),
+                    "source_type": SourceType.to_string(SourceType.UNKNOWN),
+                    "source_name": "",
+                    "entry_point_name": "",
+                    "user_id": tags.get(MLFLOW_USER, "unknown"),
+                    "status": RunStatus.to_string(RunStatus.RUNNING),
+                    "start_time": start_ms,
+                    "end_time": None,
+                    "deleted_time": None,
+                    "source_version": "",
+                    "lifecycle_stage": LifecycleStage.ACTIVE,
+                },
             )
-            run = SqlRun(
-                name=name,
-                artifact_uri=artifact_uri,
-                run_uuid=run_id,
-                experiment_id=int(experiment_id),
-                source_type=SourceType.to_string(SourceType.UNKNOWN),
-                source_name="",
-                entry_point_name="",
-                user_id=tags.get(MLFLOW_USER, "unknown"),
-                status=RunStatus.to_string(RunStatus.RUNNING),
-                start_time=start_ms,
-                end_time=None,
-                deleted_time=None,
-                source_version="",
-                lifecycle_stage=LifecycleStage.ACTIVE,
-            )
-            run.tags = [SqlTag(key=key, value=value) for key, value in tags.items()]
-            session.add(run)
+            db.execute(self._sql.insert_tags, [{"run_uuid": run_id, "key": k, "value": v} for k, v in tags.items()])
         return run_id, artifact_uri
 
     def write_out(
@@ -109,10 +116,9 @@ class LeanWrites:
     ) -> bool:
         """Params, metrics (at `timestamp_ms`, step 0), tags and, if `status`, the run's end, in one
         transaction: all of it is written or none. False (nothing written) if it exceeds one batch."""
-        from mlflow.entities import Metric, Param, RunStatus, RunTag
+        from mlflow.entities import LifecycleStage, Metric, Param, RunStatus, RunTag
         from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-        from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
         from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
         from mlflow.utils.validation import _validate_batch_log_data, _validate_batch_log_limits
 
@@ -124,13 +130,22 @@ class LeanWrites:
         except MlflowException:
             return False  # MlflowClient splits it into batches
         metric_list, param_list, tag_list = _validate_batch_log_data(metric_list, param_list, tag_list)
+        run_values: dict[str, Any] = {}  # what changes on the run's row
+        if status is not None:
+            run_values.update(status=RunStatus.to_string(RunStatus.from_string(status)), end_time=end_ms)
+        sql, run = self._sql, {"run": run_id}
 
-        with self._sessions(read_only=False) as session:
-            run = _active_run(session, SqlRun, run_id)
+        with self._engine.begin() as db:
+            stage = db.execute(sql.stage, run).scalar_one_or_none()
+            if stage is None:
+                raise MlflowException(f"Run with id={run_id} not found", RESOURCE_DOES_NOT_EXIST)
+            if stage != LifecycleStage.ACTIVE:
+                raise MlflowException(
+                    f"The run {run_id} must be in the 'active' state. Current state is {stage}.",
+                    INVALID_PARAMETER_VALUE,
+                )
             if param_list:
-                keys = [p.key for p in param_list]
-                query = session.query(SqlParam.key, SqlParam.value)
-                logged = dict(query.filter(SqlParam.run_uuid == run_id, SqlParam.key.in_(keys)).all())
+                logged = dict(db.execute(sql.params_of, {**run, "keys": [p.key for p in param_list]}).all())
                 changed = [
                     {"key": p.key, "old_value": logged[p.key], "new_value": p.value}
                     for p in param_list
@@ -142,45 +157,48 @@ class LeanWrites:
                         f" logged='{changed}' for run ID='{run_id}'.",
                         INVALID_PARAMETER_VALUE,
                     )
-                session.add_all(
-                    SqlParam(run_uuid=run_id, key=p.key, value=p.value) for p in param_list if p.key not in logged
-                )
+                new = [{"run_uuid": run_id, "key": p.key, "value": p.value} for p in param_list if p.key not in logged]
+                if new:
+                    db.execute(sql.insert_params, new)
             if metric_list:
-                rows = [SqlMetric(run_uuid=run_id, **self._metric(m)) for m in metric_list]
-                session.add_all(rows)
-                query = session.query(SqlLatestMetric)
-                latest = {
-                    m.key: m
-                    for m in query.filter(
-                        SqlLatestMetric.run_uuid == run_id, SqlLatestMetric.key.in_([r.key for r in rows])
-                    )
-                }
-                for row in rows:
-                    old = latest.get(row.key)
-                    if old is None:
-                        session.add(SqlLatestMetric(run_uuid=run_id, **_columns(row)))
-                    elif (row.step, row.timestamp, row.value) > (old.step, old.timestamp, old.value):
-                        old.value, old.step, old.timestamp, old.is_nan = row.value, row.step, row.timestamp, row.is_nan
+                rows = [self._metric(run_id, m) for m in metric_list]
+                db.execute(sql.insert_metrics, rows)
+                latest = {r[0]: r[1:] for r in db.execute(sql.latest_of, {**run, "keys": [r["key"] for r in rows]})}
+                new = [row for row in rows if row["key"] not in latest]
+                if new:
+                    db.execute(sql.insert_latest, new)
+                # MLflow's rule: the latest value is the one of the greatest (step, timestamp, value)
+                newer = [
+                    r for r in rows if r["key"] in latest and (r["step"], r["timestamp"], r["value"]) > latest[r["key"]]
+                ]
+                if newer:
+                    db.execute(sql.set_latest, [{f"new_{k}": v for k, v in r.items()} for r in newer])
             if tag_list:
-                query = session.query(SqlTag)
-                existing = {
-                    t.key: t for t in query.filter(SqlTag.run_uuid == run_id, SqlTag.key.in_([t.key for t in tag_list]))
-                }
-                for tag in tag_list:
-                    if tag.key == MLFLOW_RUN_NAME:
-                        run.name = tag.value
-                    if tag.key in existing:
-                        existing[tag.key].value = tag.value
-                    else:
-                        session.add(SqlTag(run_uuid=run_id, key=tag.key, value=tag.value))
-            if status is not None:
-                run.status = RunStatus.to_string(RunStatus.from_string(status))
-                run.end_time = end_ms
+                known = set(db.execute(sql.tags_of, {**run, "keys": [t.key for t in tag_list]}).scalars())
+                new = [{"run_uuid": run_id, "key": t.key, "value": t.value} for t in tag_list if t.key not in known]
+                if new:
+                    db.execute(sql.insert_tags, new)
+                again = [
+                    {"new_run_uuid": run_id, "new_key": t.key, "new_value": t.value} for t in tag_list if t.key in known
+                ]
+                if again:
+                    db.execute(sql.set_tag, again)
+                if MLFLOW_RUN_NAME in {t.key for t in tag_list}:  # MLflow keeps the run's name and this tag alike
+                    run_values["name"] = next(t.value for t in tag_list if t.key == MLFLOW_RUN_NAME)
+            if run_values:
+                db.execute(sql.set_run, {**run, **run_values})
         return True
 
-    def _metric(self, metric) -> dict[str, Any]:
+    def _metric(self, run_id: str, metric) -> dict[str, Any]:
         is_nan, value = self._sanitize(metric.value)
-        return {"key": metric.key, "value": value, "timestamp": metric.timestamp, "step": metric.step, "is_nan": is_nan}
+        return {
+            "run_uuid": run_id,
+            "key": metric.key,
+            "value": value,
+            "timestamp": metric.timestamp,
+            "step": metric.step,
+            "is_nan": is_nan,
+        }
 
 
 def revision(store) -> str | None:
@@ -191,21 +209,50 @@ def revision(store) -> str | None:
         return session.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
-def _active_run(session, SqlRun, run_id: str):
-    from mlflow.entities import LifecycleStage
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
-
-    run = session.get(SqlRun, run_id)
-    if run is None:
-        raise MlflowException(f"Run with id={run_id} not found", RESOURCE_DOES_NOT_EXIST)
-    if run.lifecycle_stage != LifecycleStage.ACTIVE:
-        raise MlflowException(
-            f"The run {run_id} must be in the 'active' state. Current state is {run.lifecycle_stage}.",
-            INVALID_PARAMETER_VALUE,
-        )
-    return run
+def _pragmas(dbapi_connection, _record) -> None:
+    for pragma in PRAGMAS:
+        dbapi_connection.execute(pragma)
 
 
-def _columns(metric) -> dict[str, Any]:
-    return {name: getattr(metric, name) for name in ("key", "value", "timestamp", "step", "is_nan")}
+def _statements():
+    """The statements of the lean writes, built once (on MLflow's tables: `dbmodels.models`)."""
+    from types import SimpleNamespace
+
+    from mlflow.store.tracking.dbmodels.models import (
+        SqlExperiment,
+        SqlLatestMetric,
+        SqlMetric,
+        SqlParam,
+        SqlRun,
+        SqlTag,
+    )
+    from sqlalchemy import bindparam, select
+
+    runs, tags, params, latest = SqlRun.__table__, SqlTag.__table__, SqlParam.__table__, SqlLatestMetric.__table__
+    experiments = SqlExperiment.__table__
+
+    def of_run(table, *columns):  # the rows of one run with the given keys
+        keys = bindparam("keys", expanding=True)
+        return select(*(table.c[c] for c in columns)).where(table.c.run_uuid == bindparam("run"), table.c.key.in_(keys))
+
+    def set_row(table, *columns):  # executemany: new_run_uuid, new_key and the new values
+        where = (table.c.run_uuid == bindparam("new_run_uuid"), table.c.key == bindparam("new_key"))
+        return table.update().where(*where).values({c: bindparam(f"new_{c}") for c in columns})
+
+    return SimpleNamespace(
+        insert_run=runs.insert(),
+        insert_tags=tags.insert(),
+        insert_params=params.insert(),
+        insert_metrics=SqlMetric.__table__.insert(),
+        insert_latest=latest.insert(),
+        set_run=runs.update().where(runs.c.run_uuid == bindparam("run")),  # SET: the columns given
+        experiment=select(experiments.c.lifecycle_stage, experiments.c.artifact_location).where(
+            experiments.c.experiment_id == bindparam("experiment")
+        ),
+        stage=select(runs.c.lifecycle_stage).where(runs.c.run_uuid == bindparam("run")),
+        params_of=of_run(params, "key", "value"),
+        latest_of=of_run(latest, "key", "step", "timestamp", "value"),
+        tags_of=of_run(tags, "key"),
+        set_latest=set_row(latest, "value", "timestamp", "step", "is_nan"),
+        set_tag=set_row(tags, "value"),
+    )
