@@ -60,6 +60,7 @@ USER_SETTINGS = {  # no news or update pop-ups; widget state saved with the note
     "@jupyter-widgets/jupyterlab-manager/plugin.jupyterlab-settings": {"saveState": True},
 }
 VIEWPORT = {"width": 1400, "height": 1000}
+BUSY_MS = 60_000  # what a page action or an `expect` waits at most
 DOCS_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
 FRONT_ENDS = {"lab": ("jupyterlab", "lab/tree"), "notebook": ("notebook", "notebooks")}  # module, notebook URL
 
@@ -335,13 +336,16 @@ def lab(tmp_path, front_end):
 @pytest.fixture
 def page(lab):
     """A headless Chromium page (Debian's chromium, driven by Playwright)."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # a busy 2-core machine: an action, and an `expect` without a timeout of its own, wait up to 60 s
+    # (Playwright's 5 s for `expect` failed a reopened notebook's widget, restored from its saved state)
+    expect.set_options(timeout=BUSY_MS)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport=VIEWPORT)
-            page.set_default_timeout(60_000)
+            page.set_default_timeout(BUSY_MS)
             yield page
         finally:
             browser.close()
