@@ -21,37 +21,38 @@ written by MLflow itself; any other store keeps the MlflowClient path.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 # MLflow schema revisions whose runs, written here, read back as MLflow's own (tests/test_lean_writes.py)
 VERIFIED = {"dc11669786a5"}  # MLflow 3.17
-# what MLflow's sessions set on each SQLite connection (mlflow.store.db.utils); set here once per connection
-PRAGMAS = ("PRAGMA foreign_keys = ON", "PRAGMA busy_timeout = 20000", "PRAGMA case_sensitive_like = true")
 
 
 class LeanWrites:
     """Creations and write-outs of runs in one SQLite store; see the module's doc."""
 
     def __init__(self, store):
-        from sqlalchemy import event
-
-        self._engine = store.engine
+        self._engine = store.engine  # its connections get MLflow's session pragmas (track.store)
         self._sql = _statements()
         self._sanitize = store.sanitize_metric_value  # NaN as 0 with is_nan, +-inf as the largest doubles
-        if not event.contains(self._engine, "connect", _pragmas):
-            event.listen(self._engine, "connect", _pragmas)
 
     @classmethod
     def open(cls, client) -> LeanWrites | None:
-        """The lean writes for `client`'s store, or None where MlflowClient must write (not SQLite, or
-        a schema revision no test verified)."""
+        """The lean writes for `client`'s store, or None where MlflowClient must write (not SQLite, a
+        schema revision no test verified, or the store cannot tell)."""
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
         store = getattr(getattr(client, "_tracking_client", None), "store", None)
         if not isinstance(store, SqlAlchemyStore) or store.db_type != "sqlite":
             return None
-        return cls(store) if revision(store) in VERIFIED else None
+        try:
+            return cls(store) if revision(store) in VERIFIED else None
+        except Exception as exc:
+            log.debug("no lean MLflow writes for %s: %s", client.tracking_uri, exc)
+            return None
 
     def create(self, experiment_id: str, name: str, start_ms: int, tags: dict[str, str]) -> tuple[str, str]:
         """A RUNNING run and its tags in one transaction; returns (run id, artifact uri)."""
@@ -183,8 +184,9 @@ class LeanWrites:
                 ]
                 if again:
                     db.execute(sql.set_tag, again)
-                if MLFLOW_RUN_NAME in {t.key for t in tag_list}:  # MLflow keeps the run's name and this tag alike
-                    run_values["name"] = next(t.value for t in tag_list if t.key == MLFLOW_RUN_NAME)
+                names = [t.value for t in tag_list if t.key == MLFLOW_RUN_NAME]
+                if names:  # MLflow keeps the run's name and this tag alike
+                    run_values["name"] = names[-1]
             if run_values:
                 db.execute(sql.set_run, {**run, **run_values})
         return True
@@ -207,11 +209,6 @@ def revision(store) -> str | None:
 
     with store.ManagedSessionMaker() as session:
         return session.execute(text("SELECT version_num FROM alembic_version")).scalar()
-
-
-def _pragmas(dbapi_connection, _record) -> None:
-    for pragma in PRAGMAS:
-        dbapi_connection.execute(pragma)
 
 
 def _statements():

@@ -354,7 +354,7 @@ class RunWriter:
         try:
             self.client = get_client(self.uri)
             self._experiment_id = experiment_id(self.client, self.experiment)
-            self._lean = _lean_writes(self.client)
+            self._lean = LeanWrites.open(self.client)
         except Exception as exc:
             self._fatal = str(exc) if isinstance(exc, TrackerError) else f"cannot open MLflow at {self.uri}: {exc}"
         self._opened.set()
@@ -497,15 +497,6 @@ class RunWriter:
 
 class _NotTried(TrackerError):
     """A write left out because the store failed too often already."""
-
-
-def _lean_writes(client) -> LeanWrites | None:
-    """The lean writes for `client`'s store; None (MlflowClient writes everything) where they cannot be had."""
-    try:
-        return LeanWrites.open(client)
-    except Exception as exc:
-        log.debug("no lean MLflow writes for %s: %s", client.tracking_uri, exc)
-        return None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -36,6 +36,14 @@ DAMAGE_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}  # a busy or lock
 BUSY_WAIT = 1.0  # seconds the check waits for another process's write; MLflow's own calls wait longer
 TEMPLATE_ARTIFACTS = "/scanflow-template-artifacts"  # the template's artifact root, replaced in each copy
 JOURNALS = ("-wal", "-shm", "-journal")  # SQLite's files beside a store
+# every connection to a store of ours: commits without fsync, and what MLflow's sessions set (mlflow.store.db.utils),
+# so that writes outside its sessions (track.lean) run under the same rules
+CONNECTION_PRAGMAS = (
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA foreign_keys = ON",
+    "PRAGMA busy_timeout = 20000",
+    "PRAGMA case_sensitive_like = true",
+)
 UNCHECKED = "unchecked"  # the check could not finish (busy, locked, unreadable): never a reason to set aside
 
 
@@ -211,7 +219,8 @@ def _write_ahead(path: Path) -> None:
 
 @cache
 def _commit_without_fsync() -> None:
-    """Every new connection of this process to one of its stores commits without fsync (WAL keeps it safe)."""
+    """Every new connection of this process to one of its stores gets `CONNECTION_PRAGMAS` (WAL keeps a
+    commit without fsync safe)."""
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
@@ -222,7 +231,8 @@ def _on_connect(dbapi_connection, _record) -> None:
     if isinstance(dbapi_connection, sqlite3.Connection):
         name = dbapi_connection.execute("PRAGMA database_list").fetchone()[2]
         if name and Path(name).resolve() in _stores:
-            dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+            for pragma in CONNECTION_PRAGMAS:
+                dbapi_connection.execute(pragma)
 
 
 def _dispose_engines(path: Path) -> bool:
