@@ -99,6 +99,11 @@ class Resources:
     def __bool__(self) -> bool:
         return any(getattr(self, f.name) is not None for f in fields(self))
 
+    def times(self, copies: int) -> Resources:
+        """What `copies` executors that each ask for these resources ask for together."""
+        said = (getattr(self, f.name) for f in fields(self))
+        return Resources(*(None if value is None else value * copies for value in said))
+
     def describe(self) -> str:
         """E.g. "1.5 CPUs, 2 GiB, 1 GPU"; "" when nothing is said."""
         parts = []

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import textwrap
+import threading
 
 import pytest
 import yaml
@@ -15,6 +16,7 @@ from scanflow_nb import App, Executor, Workflow
 from scanflow_nb.errors import RunError, ValidationError
 from scanflow_nb.resources import CPU_S, PEAK_RSS_MB, Resources, format_bytes
 from scanflow_nb.run.machine import this_machine
+from scanflow_nb.track.server import free_port
 
 STAMP = textwrap.dedent("""\
     import json, os, time
@@ -174,6 +176,33 @@ def test_executors_that_each_need_every_cpu_take_turns_and_those_that_fit_overla
     assert app.run("light", cpus=cpus / 2, force=True, echo=False).ok
     s = stamps(app)
     assert not overlap(s["l1"], s["l2"])
+
+
+HEALTHY = textwrap.dedent("""\
+    import http.server, os
+    class Healthy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+    address = (os.environ["SCANFLOW_SERVICE_HOST"], int(os.environ["SCANFLOW_SERVICE_PORT"]))
+    http.server.HTTPServer(address, Healthy).serve_forever()
+""")
+
+
+def test_what_the_runs_services_hold_to_the_end_fails_its_waiters_at_once(app_dir):
+    cpus = this_machine().cpus
+    api = Executor("api", code=HEALTHY, service=True, port=free_port(), cpus=cpus)
+    app = new_app(app_dir, Workflow("w", executors=[api, stamping("client", depends_on=["api"], cpus=1)]))
+    done = []
+    runner = threading.Thread(target=lambda: done.append(app.run("w", echo=False)), daemon=True)
+    runner.start()
+    runner.join(300)
+    assert done, "the run waited for CPUs that only the end of the run gives back"
+    client = done[0].executors["w/client"]
+    assert client.status == "failed", done[0].summary()
+    assert client.error == f"needs 1 CPU, but the run's services hold that to the end (w/api: {cpus:g} CPUs)"
+    assert done[0].executors["w/api"].status == "succeeded"  # stopped cleanly once nothing else was left
+    assert not (app.path / "stamps.jsonl").exists()
 
 
 def test_gpus_are_handed_out_one_executor_at_a_time(app_dir, monkeypatch):

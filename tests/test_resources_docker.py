@@ -17,7 +17,7 @@ from docker_support import new_app
 from scanflow_nb import Executor, Workflow
 from scanflow_nb.containers.export import export
 from scanflow_nb.errors import RunError
-from scanflow_nb.resources import CPU_S, PEAK_RSS_MB
+from scanflow_nb.resources import CPU_S, PEAK_RSS_MB, Resources
 from scanflow_nb.run.docker import leftovers
 
 pytestmark = [pytest.mark.docker]
@@ -123,6 +123,7 @@ def test_swarm_reserves_and_limits_and_fails_fast_when_no_node_has_room(
         app_dir,
         Workflow("fits", executors=[Executor("half", code=LIMITS, cpus=0.5, memory="300M")]),
         Workflow("huge", executors=[Executor("a", code="print(1)", cpus=cpus * 4)]),
+        Workflow("crowd", executors=[Executor("api", code="1", service=True, port=8080, replicas=3, cpus=cpus / 2)]),
         Workflow("later", executors=[Executor("b", code="print(1)", cpus=cpus / 2 + 0.25)]),
     )
     result = app.run("fits", backend=swarm_backend(), echo=False)
@@ -132,6 +133,11 @@ def test_swarm_reserves_and_limits_and_fails_fast_when_no_node_has_room(
     # more than the node has at all: refused before anything is created
     with pytest.raises(RunError, match=rf"executor 'huge/a' asks for {cpus * 4:g} CPUs \(.* has {cpus:g} CPUs\)"):
         app.run("huge", backend=swarm_backend(), echo=False)
+    # replicas that fit one by one but not together: refused too (each one reserves its CPUs)
+    each = Resources(cpus=cpus / 2).describe()
+    crowd = f"executor 'crowd/api' asks for 3 replicas of {each}: {cpus * 1.5:g} CPUs together, and the node"
+    with pytest.raises(RunError, match=re.escape(f"{crowd} has {cpus:g} CPUs")):
+        app.run("crowd", backend=swarm_backend(), echo=False)
     # more than the node has free: another service holds half of it; reported within seconds
     blocker = swarm_engine.services.create(
         base_image,

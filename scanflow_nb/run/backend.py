@@ -102,7 +102,8 @@ class Backend(Protocol):
     def close(self) -> None:
         """Remove whatever `open` and `launch` created. Called on success, failure and interrupt."""
 
-    # Optional: `late_env = True` (see `Launch.late_env`).
+    # Optional: `late_env = True` (see `Launch.late_env`); `runs_replicas = True` where a service's
+    # `replicas` all run (each holding its resources), not one copy.
     # Optional: `environment(key) -> dict` says where the last attempt of executor `key` ran, for its
     # provenance: "python" (version), "image" and "image_digest" on container back ends.
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from .. import events as ev
 from ..errors import NotFoundError, RunError, ScanflowError, TrackerError
-from ..resources import Usage, format_bytes, parse_cpus, thread_env
+from ..resources import Resources, Usage, format_bytes, parse_cpus, thread_env
 from ..schedule import Task, cache_key, plan, select
 from ..sources import code_path
 from ..spec import Executor
@@ -207,7 +207,7 @@ class Run:
         asked = self.cpus is not None or any(t.resources for t in chosen)
         self.admission = Admission(self.backend.nodes() if asked else [], self.cpus)
         for task in chosen:
-            self.admission.check(task.key, task.resources)
+            self.admission.check(task.key, task.resources, self._copies(task))
         for task in self.tasks:
             if task.key not in self.selected:
                 continue
@@ -315,12 +315,27 @@ class Run:
             task = self.tasks[position]
             if self.states[task.key] != ev.PENDING:
                 continue
-            if not self.admission.fits(task.resources):
+            if not self.admission.fits(self._holds(task)):
                 waiting.append(position)
             elif self._start(task):
                 self._running += 1
+        if waiting and not self._running:  # only serving services hold resources, and they hold them to the end
+            held = "; ".join(f"{key}: {self.admission.held[key][0].describe()}" for key in self.services)
+            for position in waiting:
+                task = self.tasks[position]
+                error = f"needs {self._holds(task).describe()}, but the run's services hold that to the end ({held})"
+                self._record(task, ev.FAILED, error=error)
+            waiting = []
         for position in waiting:
             heapq.heappush(self._ready, position)
+
+    def _copies(self, task: Task) -> int:
+        """How many copies of a task run at once: a service's replicas, where the back end runs them all."""
+        return task.executor.replicas if task.executor.service and getattr(self.backend, "runs_replicas", False) else 1
+
+    def _holds(self, task: Task) -> Resources:
+        """What a task holds while it runs: its resources, once for each copy."""
+        return task.resources.times(self._copies(task))
 
     def _settled(self, key: str, state: str) -> None:
         """Task `key` reached a final state: its dependents get ready, or are skipped if it did not succeed."""
@@ -400,7 +415,7 @@ class Run:
             self._executor_env(task),  # its worker adds the run ids once its MLflow run exists
             attempt=1,
             resources=task.resources,
-            gpus=self.admission.take(task.key, task.resources),
+            gpus=self.admission.take(task.key, self._holds(task)),
         )
         target = self._serve if ex.service else self._attempts
         worker = threading.Thread(target=target, args=(task, ref, launch), daemon=True, name=f"scanflow-{task.key}")

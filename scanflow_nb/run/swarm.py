@@ -261,6 +261,7 @@ class SwarmBackend(DockerBackend):
 
     name = "swarm"
     network_driver = "overlay"
+    runs_replicas = True
 
     def __init__(self, *args, pending_timeout: float = 5.0, **kwargs):
         super().__init__(*args, **kwargs)
