@@ -9,6 +9,8 @@ base and tracker images of `make machine`, a user's own) are never touched.
 from __future__ import annotations
 
 import os
+import textwrap
+import threading
 import uuid
 
 import pytest
@@ -18,6 +20,16 @@ from scanflow_nb.containers.base import DEFAULT_BASE_TAG
 from scanflow_nb.errors import BackendUnavailable
 
 BASE = os.environ.get("SCANFLOW_TEST_BASE_IMAGE", DEFAULT_BASE_TAG)
+# a service that answers 200 to every GET on the host and port its back end gives it
+HEALTHY = textwrap.dedent("""\
+    import http.server, os
+    class Healthy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+    address = (os.environ["SCANFLOW_SERVICE_HOST"], int(os.environ["SCANFLOW_SERVICE_PORT"]))
+    http.server.HTTPServer(address, Healthy).serve_forever()
+""")
 SESSION_LABEL = f"scanflow.test-session={uuid.uuid4().hex[:12]}"
 
 
@@ -92,6 +104,26 @@ def swarm_engine(docker_engine):
     if docker_engine.info().get("Swarm", {}).get("LocalNodeState") != "active":
         pytest.skip("needs a single-node swarm: `docker swarm init --advertise-addr 127.0.0.1` (.ci/docker.sh does it)")
     return docker_engine
+
+
+def run_within(app: App, workflow: str, seconds: float, **options):
+    """`app.run(workflow)`, failing the test if the run is not over within `seconds` (a run that waits for
+    ever must fail its test, not hang the suite)."""
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(app.run(workflow, echo=False, **options))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    runner.join(seconds)
+    assert outcome, f"the run of {workflow!r} was not over after {seconds:g} s"
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
 
 
 def new_app(app_dir, *workflows) -> App:

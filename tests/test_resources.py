@@ -6,11 +6,10 @@ import json
 import os
 import re
 import textwrap
-import threading
 
 import pytest
 import yaml
-from docker_support import new_app
+from docker_support import HEALTHY, new_app, run_within
 
 from scanflow_nb import App, Executor, Workflow
 from scanflow_nb.errors import RunError, ValidationError
@@ -178,30 +177,15 @@ def test_executors_that_each_need_every_cpu_take_turns_and_those_that_fit_overla
     assert not overlap(s["l1"], s["l2"])
 
 
-HEALTHY = textwrap.dedent("""\
-    import http.server, os
-    class Healthy(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.end_headers()
-    address = (os.environ["SCANFLOW_SERVICE_HOST"], int(os.environ["SCANFLOW_SERVICE_PORT"]))
-    http.server.HTTPServer(address, Healthy).serve_forever()
-""")
-
-
 def test_what_the_runs_services_hold_to_the_end_fails_its_waiters_at_once(app_dir):
     cpus = this_machine().cpus
     api = Executor("api", code=HEALTHY, service=True, port=free_port(), cpus=cpus)
     app = new_app(app_dir, Workflow("w", executors=[api, stamping("client", depends_on=["api"], cpus=1)]))
-    done = []
-    runner = threading.Thread(target=lambda: done.append(app.run("w", echo=False)), daemon=True)
-    runner.start()
-    runner.join(300)
-    assert done, "the run waited for CPUs that only the end of the run gives back"
-    client = done[0].executors["w/client"]
-    assert client.status == "failed", done[0].summary()
+    result = run_within(app, "w", 300)  # it used to wait for ever for what only the end of the run gives back
+    client = result.executors["w/client"]
+    assert client.status == "failed", result.summary()
     assert client.error == f"needs 1 CPU, but the run's services hold that to the end (w/api: {cpus:g} CPUs)"
-    assert done[0].executors["w/api"].status == "succeeded"  # stopped cleanly once nothing else was left
+    assert result.executors["w/api"].status == "succeeded"  # stopped cleanly once nothing else was left
     assert not (app.path / "stamps.jsonl").exists()
 
 

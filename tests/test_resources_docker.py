@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 import yaml
-from docker_support import new_app
+from docker_support import HEALTHY, new_app, run_within
 
 from scanflow_nb import Executor, Workflow
 from scanflow_nb.containers.export import export
@@ -165,6 +165,20 @@ def test_swarm_reserves_and_limits_and_fails_fast_when_no_node_has_room(
     assert error.startswith(f"later/b stayed pending: no swarm node has {cpus / 2 + 0.25:g} CPUs free ("), error
     took = failed[0] - created[0]
     assert took < 30, f"the pending task was reported {took:.0f} s after its service was created"
+    assert leftovers(app.path) == []
+
+
+@pytest.mark.swarm
+@pytest.mark.slow
+def test_each_replica_of_a_swarm_service_holds_its_resources(app_dir, swarm_backend, swarm_engine):
+    cpus = swarm_engine.nodes.list()[0].attrs["Description"]["Resources"]["NanoCPUs"] / 1e9
+    api = Executor("api", code=HEALTHY, service=True, port=8080, replicas=2, cpus=cpus / 2)
+    app = new_app(app_dir, Workflow("w", executors=[api, Executor("client", code="1", depends_on=["api"], cpus=0.25)]))
+    result = run_within(app, "w", 600, backend=swarm_backend())
+    assert result.executors["w/api"].status == "succeeded", result.summary()  # both replicas served, then stopped
+    held = Resources(cpus=cpus).describe()  # counted once, the client was admitted and stayed pending for ever
+    error = result.executors["w/client"].error
+    assert error == f"needs 0.25 CPUs, but the run's services hold that to the end (w/api: {held})"
     assert leftovers(app.path) == []
 
 
