@@ -162,20 +162,20 @@ def run(args, dataset: str, seed: int) -> dict:
     return results
 
 
-def seeds(args) -> range:
+def seed_range(args) -> range:
     return range(args.first_seed, args.first_seed + args.seeds)
 
 
 def _over_seeds(args, dataset: str) -> list[dict]:
     """`run` for every seed, `args.jobs` seeds at a time (each in its own process, with its own detector)."""
     if args.jobs == 1:
-        return [run(args, dataset, seed) for seed in seeds(args)]
+        return [run(args, dataset, seed) for seed in seed_range(args)]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     context = multiprocessing.get_context("spawn")  # TensorFlow does not survive a fork
     with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-        return list(pool.map(run, [args] * args.seeds, [dataset] * args.seeds, seeds(args)))
+        return list(pool.map(run, [args] * args.seeds, [dataset] * args.seeds, seed_range(args)))
 
 
 def main(argv=None) -> int:

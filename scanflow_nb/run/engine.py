@@ -321,11 +321,10 @@ class Run:
                 self._running += 1
         if waiting and not self._running:  # only serving services hold resources, and they hold them to the end
             held = "; ".join(f"{key}: {self.admission.held[key][0].describe()}" for key in self.services)
-            for position in waiting:
-                task = self.tasks[position]
+            for task in (self.tasks[position] for position in waiting):
                 error = f"needs {self._holds(task).describe()}, but the run's services hold that to the end ({held})"
                 self._record(task, ev.FAILED, error=error)
-            waiting = []
+            return
         for position in waiting:
             heapq.heappush(self._ready, position)
 
