@@ -156,7 +156,8 @@ def test_a_moved_alias_is_served_without_a_failed_request(registry):
     assert failures == [] and versions == sorted(versions)  # 1s, then 2s only
     assert requests.get(f"{svc.url}/version", timeout=5).json()["version"] == "2"
     assert svc.stats()["switches"][0]["previous"] == "1"
-    svc.stop()
+    logged = svc.wait_logged(60)  # MLflow has it all while the service still runs
+    assert logged["rows"] == client.rows and logged["switches_pending"] == 0, logged
     switch = mlflow.search_runs(
         [mlflow.get_experiment_by_name("canary").experiment_id], "tags.`scanflow.kind` = 'switch'"
     )
@@ -164,6 +165,7 @@ def test_a_moved_alias_is_served_without_a_failed_request(registry):
     by_version = {r.data.tags["scanflow.model_version"] for r in batch_runs(registry.uri, "canary", "canary")}
     assert by_version == {"1", "2"}  # a batch holds one version's answers
     assert logged_rows(registry.uri, "canary", "canary") == client.rows
+    svc.stop()
 
 
 def alive(pid: int) -> bool:

@@ -6,6 +6,7 @@ import signal
 import pytest
 from serve_support import MODEL, Client, logged_rows, wait_for
 
+from scanflow_nb.errors import ScanflowError
 from scanflow_nb.serve import start_service
 from scanflow_nb.track.server import TrackerServer, free_port
 
@@ -31,11 +32,13 @@ def test_rows_answered_while_the_tracker_is_down_are_logged_when_it_is_back(regi
             client.predict(registry.X[start : start + 5])
         down = wait_for(lambda: (s := svc.stats())["tracker"] == "unreachable" and s["spool_rows"] == 100 and s)
         assert down and down["outages"] == 1 and down["rows"] == 140, svc.stats()
+        with pytest.raises(ScanflowError, match=r"100 rows and 0 model switches wait \(the tracker is unreachable\)"):
+            svc.wait_logged(1)
 
         server = TrackerServer(registry.uri, tmp_path / "artifacts", port).start()
         assert wait_for(lambda: logged_rows(server.uri, "outage", "outage") == 140, timeout=90), svc.stats()
         # the service acknowledges a batch (its spool empties) just after MLflow has it: wait for that too
-        back = wait_for(lambda: (s := svc.stats())["spool_rows"] == 0 and s) or svc.stats()
+        back = svc.wait_logged(60)
         assert back["tracker"] == "ok" and back["spool_rows"] == 0 and back["dropped_rows"] == 0
         assert client.rows == 140
     finally:

@@ -383,6 +383,8 @@ def test_06_the_deployed_loop_flags_drift_promotes_and_the_service_follows(ran):
     assert after > before
     mlflow = text(nb, "mlflow")
     assert re.search(r"\d+ batch, \d+ check", mlflow) and "service" in mlflow
+    assert number(r"(\d+) batch", mlflow) >= 6, "600 answered rows in batches of at most 100, all in MLflow"
+    assert re.search(r"last batch: \d+ rows by v2", mlflow), mlflow
     assert "switch: api switch v1 -> v2 {'previous': '1', 'version': '2'}" in mlflow
     assert "['batch/batch.npy', 'batch/predictions.npy', 'batch/probabilities.npy']" in mlflow
     assert "workflow 'serve' succeeded" in text(nb, "stop")

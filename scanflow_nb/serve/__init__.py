@@ -2,13 +2,14 @@
 
     serve("models:/digits@champion", tracking_uri, "serve", port=5005)      # blocking, as `scanflow serve`
     svc = start_service("models:/digits@champion", app=app, workflow="serve")  # beside the kernel
-    svc.url, svc.version(), svc.stats(); svc.stop()
+    svc.url, svc.version(), svc.stats(); svc.wait_logged(); svc.stop()
+    wait_logged(url)     # any service, e.g. one a workflow run started: until MLflow has what it answered
 
 Heavy imports (mlflow, fastapi, uvicorn, pandas) happen when a service starts.
 """
 
 from .http import asgi_app, serve
-from .process import ServiceProcess, running_services, start_service, stop_service
+from .process import ServiceProcess, running_services, start_service, stop_service, wait_logged
 from .service import PredictionService
 from .spool import Spool, read_segment
 
@@ -22,4 +23,5 @@ __all__ = [
     "serve",
     "start_service",
     "stop_service",
+    "wait_logged",
 ]

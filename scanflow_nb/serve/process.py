@@ -35,8 +35,31 @@ def get_json(url: str, timeout: float = 2.0) -> dict[str, Any]:
         return json.loads(reply.read())
 
 
+def wait_logged(url: str, timeout: float = 120.0) -> dict[str, Any]:
+    """Wait until the service at `url` has logged to MLflow every row it answered and every model switch
+    (its rows wait up to its flush seconds); returns its stats. A service that cannot get there in `timeout`
+    s raises a ScanflowError saying what still waits, and why when it knows.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            stats = get_json(f"{url}/stats")
+        except (OSError, ValueError) as exc:
+            raise ScanflowError(f"the service at {url} does not answer /stats: {exc}") from None
+        if stats["logged"]:
+            return stats
+        if time.monotonic() > deadline:
+            why = "the tracker is unreachable" if stats["tracker"] != "ok" else stats["last_error"] or "no error said"
+            raise ScanflowError(
+                f"the service at {url} has not logged what it answered within {timeout:g} s: "
+                f"{stats['spool_rows']} rows and {stats['switches_pending']} model switches wait ({why})"
+            )
+        time.sleep(0.25)
+
+
 class ServiceProcess:
-    """A running `scanflow serve` subprocess: its URL, health, version, stats; `stop()` flushes and ends it."""
+    """A running `scanflow serve` subprocess: its URL, health, version, stats; `wait_logged()` waits until MLflow
+    has what it answered; `stop()` flushes and ends it."""
 
     def __init__(self, name: str, host: str, port: int, command: list[str], log_file: Path, env: dict[str, str]):
         self.name, self.host, self.port, self.command, self.log_file = name, host, port, command, log_file
@@ -76,6 +99,10 @@ class ServiceProcess:
 
     def stats(self) -> dict[str, Any]:
         return get_json(f"{self.url}/stats")
+
+    def wait_logged(self, timeout: float = 120.0) -> dict[str, Any]:
+        """Wait until MLflow has every row this service answered and every switch (see `wait_logged`)."""
+        return wait_logged(self.url, timeout)
 
     def tail(self, lines: int = 5) -> str:
         text = self.log_file.read_text(errors="replace") if self.log_file.is_file() else ""

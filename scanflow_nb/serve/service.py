@@ -9,7 +9,8 @@ CSV, Parquet), so clients see exactly what `mlflow models serve` answers. Around
   never hold this process's GIL: a request never waits for them);
 - follows a registry alias: a moved alias is loaded in the background and swapped in with one assignment;
 - answers `/health` (and MLflow's `/ping`), `/version` (which model version answers, as JSON) and `/stats`
-  (what was answered, journaled, logged, dropped; the tracker's and the logger's state).
+  (what was answered, journaled, logged, dropped; the tracker's and the logger's state; `logged`: whether
+  everything answered so far, and every model switch, is in MLflow).
 `http.serve()` runs it with uvicorn, as MLflow does, and flushes everything on a clean stop (SIGTERM, Ctrl-C).
 """
 
@@ -292,6 +293,8 @@ class PredictionService:
         logged, spool = self.logger.status, self.spool.stats()
         counts = {key: logged.get(key, 0) for key in LOGGED}
         settled = counts["shipped_rows"] + counts["dropped_rows"] + counts["unloggable_rows"]
+        spool_rows = spool["rows"] + counts["adopted_rows"] - settled
+        switches_pending = max(0, len(self.switches) - counts["switches_logged"])
         return {
             "service": self.name,
             "replica": self.spool.replica,
@@ -301,7 +304,9 @@ class PredictionService:
             "rows": spool["rows"],
             "requests": spool["requests"],
             **counts,
-            "spool_rows": spool["rows"] + counts["adopted_rows"] - settled,
+            "spool_rows": spool_rows,
+            "switches_pending": switches_pending,
+            "logged": spool_rows == 0 and switches_pending == 0,  # all answered so far is in MLflow
             "spool_bytes": spool["open_bytes"] + logged.get("ready_bytes", 0),
             "spool_dir": str(self.spool.dir),
             "unlogged_rows": self.unlogged["rows"],
