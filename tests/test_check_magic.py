@@ -8,6 +8,7 @@ import pytest
 import yaml
 from IPython.core.error import UsageError
 
+from scanflow_nb import ScanflowError
 from scanflow_nb.check import tracking as tr
 from scanflow_nb.check.watcher import CheckRecord
 from scanflow_nb.datasets import corrupt, load_digits, load_tumours, shift_table
@@ -42,15 +43,14 @@ def test_start_status_stop_from_the_notebook(shell, digits_app, capsys):
     try:
         tr.log_batch(clean, uri, "serve")
         tr.log_batch(drifted, uri, "serve")
-        deadline = time.monotonic() + 30
-        while len(monitor.points) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        monitor.wait(2, timeout=60)
         assert [p["drift"] for p in monitor.points] == [False, True]
         # p is tiny: the stream's alarm is raised with the drift, and the banner says so
         assert monitor.alert.startswith("ALARM: batch run") and "1 of 2 batches drifted" in monitor.alert
         assert monitor.level == "drift" and monitor.points[1]["alarm"]
         drifted_run = monitor.points[1]["batch"]
         monitor.selected = drifted_run  # what a click on the batch does: its most anomalous samples are read
+        deadline = time.monotonic() + 30
         while len(monitor.details.get("samples", [])) < 8 and time.monotonic() < deadline:
             time.sleep(0.1)
         samples = monitor.details["samples"]
@@ -120,12 +120,14 @@ def test_monitor_updates_from_another_thread():
 
     thread = threading.Thread(target=feed)
     thread.start()
-    thread.join()
+    assert monitor.wait(4, timeout=30) is monitor  # the points of all four are there once it returns
     assert [p["drift"] for p in monitor.points] == [False, False, True, False]
     assert "3 of 4 batches" not in monitor.alert and "4 batches checked, 1 drifted" in monitor.alert
     assert [p["p_value"] for p in monitor.points] == [0.4, 0.3, 0.001, None] and monitor.points[3]["error"]
     monitor.note("tracker unreachable; retrying in 2.0 s")
     assert "retrying" in monitor.problem
+    with pytest.raises(ScanflowError, match=r"4 of 5 batches checked after 0.2 s; latest problem: tracker unreach"):
+        monitor.wait(5, timeout=0.2)
     monitor.selected = "b2"  # no watcher: the check's verdict is shown, and why the samples are not
     deadline = time.monotonic() + 10
     while monitor.details["note"] == "reading the batch…" and time.monotonic() < deadline:

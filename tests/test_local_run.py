@@ -272,6 +272,20 @@ def test_background_run_can_be_cancelled(app_dir):
     assert result.executors["w/next"].status == "skipped"
 
 
+def test_waiting_on_a_background_run_for_a_state_it_will_never_reach_says_so(app_dir):
+    app = new_app(
+        app_dir,
+        Workflow("w", executors=[Executor("boom", code="raise SystemExit(3)"), stamping("after")]),
+    )
+    handle = app.run("w", echo=False, background=True)
+    with pytest.raises(ScanflowError, match="no executor 'nope' here"):
+        handle.wait_for("nope")
+    with pytest.raises(ScanflowError, match="w/boom is failed, and will not be succeeded"):
+        handle.wait_for("boom", "succeeded", timeout=180)
+    assert handle.result(timeout=60).status == "failed"
+    assert handle.wait_for("w/after", "skipped") is handle  # a state it did reach
+
+
 def test_keyboard_interrupt_stops_child_processes(tmp_path):
     """A real SIGINT to a process running a workflow, as when a kernel is interrupted."""
     script = tmp_path / "drive.py"

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import requests
-from serve_support import MODEL, batch_runs, logged_rows, wait_for
+from serve_support import MODEL, batch_runs, logged_rows
 
 from scanflow_nb import Executor, Workflow
 from scanflow_nb.events import SERVING
@@ -82,7 +82,7 @@ def test_keep_serving_until_stopped_from_the_notebook(shell, registry, capsys):
     shell.run_cell_magic("scanflow", "executor traffic -w live --depends-on api", TRAFFIC)
     handle = shell.run_line_magic("scanflow", "run live --background --keep-serving --no-graph")
     try:
-        assert wait_for(lambda: handle.states.get("live/traffic") == "succeeded", 180), handle.states
+        handle.wait_for("traffic", "succeeded", 180)
         assert handle.states["live/api"] == SERVING
         time.sleep(1)
         assert not handle.done  # the rest is over; the service keeps serving

@@ -30,7 +30,7 @@ from typing import Any
 from .. import events as ev
 from ..errors import NotFoundError, RunError, ScanflowError, TrackerError
 from ..resources import Resources, Usage, format_bytes, parse_cpus, thread_env
-from ..schedule import Task, cache_key, plan, select
+from ..schedule import Task, cache_key, plan, resolve, select
 from ..sources import code_path
 from ..spec import Executor
 from ..track.provenance import Provenance, executor_provenance, git_state, workflow_provenance
@@ -872,6 +872,21 @@ class RunHandle:
     def states(self) -> dict[str, str]:
         """Each executor's state now ("workflow/executor" -> pending, running, serving, succeeded...)."""
         return dict(self._run.states)
+
+    def wait_for(self, executor: str, state: str = ev.SERVING, timeout: float = 300.0) -> RunHandle:
+        """Wait until `executor` ("name" or "workflow/name") is in `state` (a service: "serving"); a ScanflowError
+        if it settles in another state, the run ends first, or `timeout` s pass."""
+        executor = resolve(sorted(self._run.selected), executor)
+        deadline = time.monotonic() + timeout
+        while (now := self._run.states.get(executor)) != state:
+            if now in ev.FINAL_STATES or (self.done and now is not None):
+                raise ScanflowError(f"{executor} is {now}, and will not be {state}")
+            if self.done:
+                raise ScanflowError(f"run of {self._run.root.name!r} ended before {executor} was {state}")
+            if time.monotonic() > deadline:
+                raise ScanflowError(f"{executor} is still {now or 'not started'} after {timeout:g} s (not {state})")
+            time.sleep(0.1)
+        return self
 
     def __repr__(self) -> str:
         if not self.done:

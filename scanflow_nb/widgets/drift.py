@@ -19,6 +19,7 @@ import anywidget
 import numpy as np
 import traitlets as t
 
+from ..errors import ScanflowError
 from .fallback import text_repr
 from .samples import is_image, sample_view
 
@@ -46,6 +47,7 @@ class DriftMonitor(anywidget.AnyWidget):
         self.watcher = watcher
         self._records: dict[str, Any] = {}  # batch run id -> its CheckRecord
         self._lock = threading.Lock()
+        self._checked = threading.Condition(self._lock)  # notified on each batch added
         self._batches: dict[str, np.ndarray] = {}  # batch run id -> its data, once read for a click
         points = [self._point(record) for record in list(getattr(watcher, "records", []))[-max_points:]]
         super().__init__(points=points, **self._banner(points), **kwargs)
@@ -67,6 +69,16 @@ class DriftMonitor(anywidget.AnyWidget):
                 for name, value in self._banner(points).items():
                     setattr(self, name, value)
                 self.problem = ""
+            self._checked.notify_all()
+
+    def wait(self, batches: int, timeout: float = 300.0) -> DriftMonitor:
+        """Wait until `batches` batches have been checked in all; a ScanflowError after `timeout` s says how
+        many were and the latest problem (e.g. the tracker unreachable)."""
+        with self._checked:
+            if not self._checked.wait_for(lambda: len(self._records) >= batches, timeout):
+                problem = f"; latest problem: {self.problem}" if self.problem else ""
+                raise ScanflowError(f"{len(self._records)} of {batches} batches checked after {timeout:g} s{problem}")
+        return self
 
     def note(self, message: str) -> None:
         """Show a problem (e.g. tracker unreachable) under the plot."""
