@@ -14,7 +14,7 @@ import pytest
 import requests
 from serve_support import MODEL, Client, batch_runs, logged_rows, wait_for
 
-from scanflow_nb import Workflow
+from scanflow_nb import ScanflowError, Workflow
 from scanflow_nb.check import KSDetector, Watcher
 from scanflow_nb.check import tracking as tr
 from scanflow_nb.cli import main as cli
@@ -147,6 +147,7 @@ def test_a_moved_alias_is_served_without_a_failed_request(registry):
     try:
         assert wait_for(lambda: len(client.answered) >= 5, timeout=60)
         mlflow.set_registered_model_alias(MODEL, "canary", "2")
+        assert svc.wait_version(2, timeout=30)["version"] == "2"
         assert wait_for(lambda: client.answered[-1][1] == "2", timeout=30)
         assert wait_for(lambda: len(client.answered) >= 5 + 5, timeout=30)
     finally:
@@ -156,6 +157,8 @@ def test_a_moved_alias_is_served_without_a_failed_request(registry):
     assert failures == [] and versions == sorted(versions)  # 1s, then 2s only
     assert requests.get(f"{svc.url}/version", timeout=5).json()["version"] == "2"
     assert svc.stats()["switches"][0]["previous"] == "1"
+    with pytest.raises(ScanflowError, match=r"still answers with v2 after 0.5 s, not v3 \("):
+        svc.wait_version(3, timeout=0.5)
     logged = svc.wait_logged(60)  # MLflow has it all while the service still runs
     assert logged["rows"] == client.rows and logged["switches_pending"] == 0, logged
     switch = mlflow.search_runs(

@@ -57,9 +57,31 @@ def wait_logged(url: str, timeout: float = 120.0) -> dict[str, Any]:
         time.sleep(0.25)
 
 
+def wait_version(url: str, version, timeout: float = 120.0) -> dict[str, Any]:
+    """Wait until the service at `url` answers with model `version` (a service following an alias loads a
+    moved one in the background); returns its /version. Past `timeout` s a ScanflowError says which version
+    still answers and the service's last error (e.g. the new one could not be loaded).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            now = get_json(f"{url}/version")
+            if str(now.get("version")) == str(version):
+                return now
+            if time.monotonic() > deadline:
+                error = get_json(f"{url}/stats").get("last_error") or "no error said"
+                raise ScanflowError(
+                    f"the service at {url} still answers with v{now.get('version')} after {timeout:g} s, "
+                    f"not v{version} ({error})"
+                )
+        except (OSError, ValueError) as exc:
+            raise ScanflowError(f"the service at {url} does not answer: {exc}") from None
+        time.sleep(0.25)
+
+
 class ServiceProcess:
-    """A running `scanflow serve` subprocess: its URL, health, version, stats; `wait_logged()` waits until MLflow
-    has what it answered; `stop()` flushes and ends it."""
+    """A running `scanflow serve` subprocess: its URL, health, version, stats; `wait_version()` waits for a
+    model version, `wait_logged()` until MLflow has what it answered; `stop()` flushes and ends it."""
 
     def __init__(self, name: str, host: str, port: int, command: list[str], log_file: Path, env: dict[str, str]):
         self.name, self.host, self.port, self.command, self.log_file = name, host, port, command, log_file
@@ -103,6 +125,10 @@ class ServiceProcess:
     def wait_logged(self, timeout: float = 120.0) -> dict[str, Any]:
         """Wait until MLflow has every row this service answered and every switch (see `wait_logged`)."""
         return wait_logged(self.url, timeout)
+
+    def wait_version(self, version, timeout: float = 120.0) -> dict[str, Any]:
+        """Wait until this service answers with model `version` (see `wait_version`)."""
+        return wait_version(self.url, version, timeout)
 
     def tail(self, lines: int = 5) -> str:
         text = self.log_file.read_text(errors="replace") if self.log_file.is_file() else ""
