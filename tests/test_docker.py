@@ -82,7 +82,7 @@ def test_exit_codes_retries_timeouts_and_a_container_killed_from_outside(app_dir
 
     def kill_from_outside(event):  # what `docker kill` or the OOM killer does to a container
         if event.key == "w/killed" and event.line == "sleeping":
-            docker_engine.containers.list(filters={"label": "scanflow.key=w/killed"})[0].kill()
+            docker_engine.containers.list(filters={"label": "scanflow.key=w/killed"}, ignore_removed=True)[0].kill()
 
     result = app.run("w", backend=docker_backend(), echo=False, max_workers=6, listeners=[kill_from_outside])
     r = result.executors

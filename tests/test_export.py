@@ -67,7 +67,7 @@ def test_compose_file_runs_as_written_with_debian_docker_compose(tmp_path, docke
             found = {
                 c.labels["com.docker.compose.service"]: c
                 for c in docker_engine.containers.list(
-                    all=True, filters={"label": f"com.docker.compose.project={project}"}
+                    all=True, filters={"label": f"com.docker.compose.project={project}"}, ignore_removed=True
                 )
             }
             return found if all(found.get(s) and found[s].status == "exited" for s in executors) else None
@@ -112,7 +112,9 @@ def test_stack_file_deploys_on_the_single_node_swarm(tmp_path, swarm_engine, bas
 
         status = wait_for(finished, 300, "every executor service to finish")
         assert {s: st["State"] for s, st in status.items()} == dict.fromkeys(executors, "complete")
-        tracker = swarm_engine.containers.list(filters={"label": f"com.docker.swarm.service.name={stack}_tracker"})[0]
+        tracker = swarm_engine.containers.list(
+            filters={"label": f"com.docker.swarm.service.name={stack}_tracker"}, ignore_removed=True
+        )[0]
         result = tracker.exec_run(["python", "-c", QUERY])
         assert result.exit_code == 0, result.output
         assert values_logged(json.loads(result.output.decode().splitlines()[-1])) == sorted(EXPECTED.values())
@@ -120,7 +122,9 @@ def test_stack_file_deploys_on_the_single_node_swarm(tmp_path, swarm_engine, bas
         subprocess.run(["docker", "stack", "rm", stack], capture_output=True, timeout=120)
         wait_for(
             lambda: (
-                not swarm_engine.containers.list(all=True, filters={"label": f"com.docker.stack.namespace={stack}"})
+                not swarm_engine.containers.list(
+                    all=True, filters={"label": f"com.docker.stack.namespace={stack}"}, ignore_removed=True
+                )
             ),
             120,
             "the stack to go",

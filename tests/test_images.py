@@ -88,12 +88,12 @@ def test_tags_follow_content_and_code_changes_reuse_the_dependency_layer(tmp_pat
 
 @pytest.mark.docker
 def test_requirements_that_fail_to_install_show_the_error_and_leave_nothing_running(tmp_path, builder, docker_engine):
-    before = {c.id for c in docker_engine.containers.list(all=True)}
+    before = {c.id for c in docker_engine.containers.list(all=True, ignore_removed=True)}
     ex = Executor("bad", code="print(1)", requirements=["scanflow-no-such-package-xyz==0.0.1"])
     with pytest.raises(ImageBuildError, match="building the image of wf/bad failed.*returned a non-zero code"):
         builder.executor_image(tmp_path, "wf", ex)
     assert "No matching distribution found for scanflow-no-such-package-xyz" in "\n".join(builder.lines)
-    new = [c for c in docker_engine.containers.list(all=True) if c.id not in before]
+    new = [c for c in docker_engine.containers.list(all=True, ignore_removed=True) if c.id not in before]
     assert [c.name for c in new if "scanflow.app" not in c.labels] == []  # runs of other tests carry their app
     assert not docker_engine.images.list(name="scanflow/wf-bad")
 

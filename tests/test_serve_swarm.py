@@ -39,7 +39,9 @@ LOAD = textwrap.dedent(
 
 def kill_one_replica(docker_engine, key: str, after: float, killed: list) -> None:
     time.sleep(after)
-    containers = docker_engine.containers.list(filters={"label": f"{LABEL_KEY}={key}", "status": "running"})
+    containers = docker_engine.containers.list(
+        filters={"label": f"{LABEL_KEY}={key}", "status": "running"}, ignore_removed=True
+    )
     containers[0].kill()  # SIGKILL: no flush, no goodbye
     killed.append(containers[0].id)
 

@@ -442,7 +442,9 @@ def _objects(docker_client, filters: dict) -> list:
     found = []
     if docker_client.info().get("Swarm", {}).get("LocalNodeState") == "active":
         found += docker_client.services.list(filters=filters)
-    found += docker_client.containers.list(all=True, filters=filters)
+    # ignore_removed: a container that goes between the listing and its inspection (the swarm removing a
+    # removed service's tasks, a run ending) is not an error
+    found += docker_client.containers.list(all=True, filters=filters, ignore_removed=True)
     found += docker_client.networks.list(filters=filters)
     return found
 
