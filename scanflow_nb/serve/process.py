@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,26 +36,33 @@ def get_json(url: str, timeout: float = 2.0) -> dict[str, Any]:
         return json.loads(reply.read())
 
 
+def _poll(url: str, path: str, done: Callable[[dict], bool], timeout: float) -> tuple[dict[str, Any], bool]:
+    """GET `path` of the service at `url` until `done(reply)` or `timeout` s pass: the last reply, and whether
+    it was done. A service that does not answer raises a ScanflowError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            reply = get_json(f"{url}{path}")
+        except (OSError, ValueError) as exc:
+            raise ScanflowError(f"the service at {url} does not answer {path}: {exc}") from None
+        if done(reply) or time.monotonic() > deadline:
+            return reply, done(reply)
+        time.sleep(0.25)
+
+
 def wait_logged(url: str, timeout: float = 120.0) -> dict[str, Any]:
     """Wait until the service at `url` has logged to MLflow every row it answered and every model switch
     (its rows wait up to its flush seconds); returns its stats. A service that cannot get there in `timeout`
     s raises a ScanflowError saying what still waits, and why when it knows.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            stats = get_json(f"{url}/stats")
-        except (OSError, ValueError) as exc:
-            raise ScanflowError(f"the service at {url} does not answer /stats: {exc}") from None
-        if stats["logged"]:
-            return stats
-        if time.monotonic() > deadline:
-            why = "the tracker is unreachable" if stats["tracker"] != "ok" else stats["last_error"] or "no error said"
-            raise ScanflowError(
-                f"the service at {url} has not logged what it answered within {timeout:g} s: "
-                f"{stats['spool_rows']} rows and {stats['switches_pending']} model switches wait ({why})"
-            )
-        time.sleep(0.25)
+    stats, logged = _poll(url, "/stats", lambda stats: stats["logged"], timeout)
+    if not logged:
+        why = "the tracker is unreachable" if stats["tracker"] != "ok" else stats["last_error"] or "no error said"
+        raise ScanflowError(
+            f"the service at {url} has not logged what it answered within {timeout:g} s: "
+            f"{stats['spool_rows']} rows and {stats['switches_pending']} model switches wait ({why})"
+        )
+    return stats
 
 
 def wait_version(url: str, version, timeout: float = 120.0) -> dict[str, Any]:
@@ -62,21 +70,14 @@ def wait_version(url: str, version, timeout: float = 120.0) -> dict[str, Any]:
     moved one in the background); returns its /version. Past `timeout` s a ScanflowError says which version
     still answers and the service's last error (e.g. the new one could not be loaded).
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            now = get_json(f"{url}/version")
-            if str(now.get("version")) == str(version):
-                return now
-            if time.monotonic() > deadline:
-                error = get_json(f"{url}/stats").get("last_error") or "no error said"
-                raise ScanflowError(
-                    f"the service at {url} still answers with v{now.get('version')} after {timeout:g} s, "
-                    f"not v{version} ({error})"
-                )
-        except (OSError, ValueError) as exc:
-            raise ScanflowError(f"the service at {url} does not answer: {exc}") from None
-        time.sleep(0.25)
+    now, answers = _poll(url, "/version", lambda now: str(now.get("version")) == str(version), timeout)
+    if not answers:
+        error = _poll(url, "/stats", lambda stats: True, 0)[0].get("last_error") or "no error said"
+        raise ScanflowError(
+            f"the service at {url} still answers with v{now.get('version')} after {timeout:g} s, "
+            f"not v{version} ({error})"
+        )
+    return now
 
 
 class ServiceProcess:
